@@ -1,0 +1,84 @@
+//! The config file as written: serde structs that keep each value's position.
+//!
+//! Strings that name a choice (types, tables, orders) are kept as strings
+//! here and parsed during validation, where the error can name the device and
+//! metric it belongs to; serde alone could only say "unknown variant".
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: RawNode,
+    #[serde(default)]
+    pub bus: Vec<RawBus>,
+    #[serde(default)]
+    pub device: Vec<RawDevice>,
+}
+
+/// `[node]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub group_id: Spanned<String>,
+    pub node_id: Spanned<String>,
+}
+
+/// `[[bus]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub port: Option<Spanned<String>>,
+    pub baud: Option<Spanned<i64>>,
+    pub parity: Option<Spanned<String>>,
+    pub data_bits: Option<Spanned<i64>>,
+    pub stop_bits: Option<Spanned<i64>>,
+    pub address: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub turnaround: Option<Spanned<String>>,
+}
+
+/// `[[device]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub name: Spanned<String>,
+    pub bus: Spanned<String>,
+    pub unit: Spanned<i64>,
+    pub poll: Option<Spanned<String>>,
+    pub max_read_registers: Option<Spanned<i64>>,
+    pub max_read_bits: Option<Spanned<i64>>,
+    pub max_gap: Option<Spanned<i64>>,
+    pub byte_order: Option<Spanned<String>>,
+    pub word_order: Option<Spanned<String>>,
+    pub offline_after: Option<Spanned<i64>>,
+    pub max_backoff: Option<Spanned<String>>,
+    #[serde(default)]
+    pub metric: Vec<RawMetric>,
+}
+
+/// `[[device.metric]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetric {
+    pub name: Spanned<String>,
+    pub table: Spanned<String>,
+    pub address: Spanned<i64>,
+    #[serde(rename = "type")]
+    pub data_type: Spanned<String>,
+    pub byte_order: Option<Spanned<String>>,
+    pub word_order: Option<Spanned<String>>,
+    pub bit: Option<Spanned<i64>>,
+    pub length: Option<Spanned<i64>>,
+    pub scale: Option<Spanned<f64>>,
+    pub offset: Option<Spanned<f64>>,
+    pub unit: Option<Spanned<String>>,
+    pub deadband: Option<Spanned<f64>>,
+    pub writable: Option<Spanned<bool>>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+}

@@ -1,0 +1,322 @@
+use super::*;
+
+const GOOD: &str = r#"
+[node]
+group_id = "plant1"
+node_id  = "line3-gw"
+
+[[bus]]
+name = "rs485-1"
+kind = "rtu"
+port = "/dev/ttyUSB0"
+baud = 9600
+parity = "even"
+timeout = "500ms"
+
+[[bus]]
+name = "plc-net"
+kind = "tcp"
+address = "10.0.0.5:502"
+
+[[device]]
+name = "meter1"
+bus  = "rs485-1"
+unit = 1
+poll = "1s"
+word_order = "little"
+
+[[device.metric]]
+name    = "voltage/L1"
+table   = "input"
+address = 0
+type    = "f32"
+unit    = "V"
+deadband = 0.5
+
+[[device.metric]]
+name    = "status/running"
+table   = "input"
+address = 0
+type    = "bool"
+bit     = 3
+
+[[device]]
+name = "plc"
+bus = "plc-net"
+unit = 0
+
+[[device.metric]]
+name = "speed"
+table = "holding"
+address = 100
+type = "i16"
+scale = 0.1
+writable = true
+min = -100
+max = 100
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_toml(Path::new("meter1.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+/// The good config with one line replaced, so each case names its fault.
+fn with(find: &str, replace: &str) -> String {
+    assert!(GOOD.contains(find), "{find}");
+    GOOD.replacen(find, replace, 1)
+}
+
+#[test]
+fn a_valid_config_becomes_typed_values_with_defaults_applied() {
+    let config = Config::from_toml(Path::new("x.toml"), GOOD).expect("valid");
+    assert_eq!(config.node.group_id, "plant1");
+    let LinkKind::Rtu(line) = &config.buses[0].link else {
+        panic!("rtu")
+    };
+    assert_eq!(
+        (line.baud, line.parity, line.data_bits, line.stop_bits),
+        (9600, Parity::Even, 8, 1)
+    );
+    assert_eq!(config.buses[0].timeout, Duration::from_millis(500));
+    assert_eq!(config.buses[1].timeout, DEFAULT_TIMEOUT);
+    let meter = &config.devices[0];
+    assert_eq!(
+        meter.metrics[0].layout.word_order,
+        WordOrder::Little,
+        "device default applies"
+    );
+    assert_eq!(meter.metrics[0].layout.byte_order, ByteOrder::Big);
+    assert_eq!(meter.metrics[1].layout.bit, Some(3));
+    let plc = &config.devices[1];
+    assert_eq!((plc.bus, plc.unit, plc.poll), (1, 0, DEFAULT_POLL));
+    assert_eq!(
+        plc.metrics[0].scaling,
+        Some(Scaling {
+            scale: 0.1,
+            offset: 0.0
+        })
+    );
+    assert_eq!(plc.metrics[0].value_type(), DataType::F64);
+    assert!(plc.metrics[0].writable);
+    assert_eq!(
+        meter.read_plan().requests().len(),
+        1,
+        "the bool shares the float's register"
+    );
+}
+
+#[test]
+fn errors_name_file_line_context_key_and_expectation() {
+    let text = with("type    = \"f32\"", "type    = \"flaot32\"");
+    assert_eq!(
+        errors(&text),
+        vec![
+            "meter1.toml:30: device \"meter1\", metric \"voltage/L1\": unknown type \"flaot32\", expected one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string"
+        ]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = with("unit = 1\n", "unit = 300\n").replace("address = 100", "address = 70000");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains(":22: device \"meter1\": unit = 300 is out of range, expected 0..=247"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("address = 70000 is out of range, expected 0..=65535"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn each_kind_of_mistake_is_refused_with_its_own_message() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with("name = \"plc\"", "name = \"meter1\""),
+            "duplicate device name \"meter1\"",
+        ),
+        (
+            with("name    = \"status/running\"", "name    = \"voltage/L1\""),
+            "duplicate metric name \"voltage/L1\"",
+        ),
+        (
+            with("name    = \"status/running\"", "name    = \"Voltage/l1\""),
+            "differs from \"voltage/L1\" only by letter case",
+        ),
+        (
+            with("type    = \"bool\"\nbit     = 3", "type    = \"string\""),
+            "type = \"string\" needs length",
+        ),
+        (
+            with("bus = \"plc-net\"", "bus = \"plc-net2\""),
+            "bus \"plc-net2\" is not defined, expected one of: rs485-1, plc-net",
+        ),
+        (
+            with("kind = \"rtu\"", "kind = \"rs485\""),
+            "unknown kind \"rs485\", expected one of tcp, rtu, rtu-over-tcp",
+        ),
+        (
+            with("timeout = \"500ms\"", "timeout = \"fast\""),
+            "timeout = \"fast\" is not a duration",
+        ),
+        (
+            with("poll = \"1s\"", "poll = \"0s\""),
+            "poll must be longer than zero",
+        ),
+        (
+            with("address = \"10.0.0.5:502\"", "address = \"10.0.0.5\""),
+            "is not host:port",
+        ),
+        (
+            with("baud = 9600", "baud = 9600\naddress = \"1.2.3.4:502\""),
+            "address applies only to kind",
+        ),
+        (
+            with("unit = 1\n", "unit = 0\n"),
+            "unit = 0 is the broadcast address on a serial line",
+        ),
+        (
+            with(
+                "name = \"plc-net\"",
+                "name = \"plc-net\"\nport = \"/dev/ttyUSB0\"",
+            ),
+            "port applies only to kind = \"rtu\"",
+        ),
+        (
+            with("group_id = \"plant1\"", "group_id = \"plant/1\""),
+            "group_id \"plant/1\" contains '/'",
+        ),
+        (
+            with("name = \"plc\"", "name = \"plc#2\""),
+            "name \"plc#2\" contains '#'",
+        ),
+        (
+            with("name    = \"voltage/L1\"", "name    = \"voltage//L1\""),
+            "has an empty folder",
+        ),
+        (
+            with("scale = 0.1", "scale = 0.0"),
+            "scale = 0 would make every reading 0",
+        ),
+        (
+            with("min = -100", "min = 200"),
+            "min = 200 is greater than max = 100",
+        ),
+        (
+            with("bit     = 3", "bit     = 16"),
+            "bit = 16 is out of range, expected 0..=15",
+        ),
+        (
+            with(
+                "type    = \"bool\"\nbit     = 3",
+                "type    = \"u16\"\nbit     = 3",
+            ),
+            "bit applies only to type = \"bool\"",
+        ),
+        (
+            with("table = \"holding\"", "table = \"coil\""),
+            "type \"i16\" cannot be read from table \"coil\"",
+        ),
+        (
+            with("table = \"holding\"", "table = \"input\""),
+            "writable = true needs table \"coil\" or \"holding\"",
+        ),
+        (
+            with("deadband = 0.5", "deadband = -1.0"),
+            "deadband = -1 must be a finite number >= 0",
+        ),
+        (
+            with(
+                "address = 0\ntype    = \"bool\"\nbit     = 3",
+                "address = 1\ntype    = \"u32\"",
+            ),
+            "registers 1..2 overlap metric \"voltage/L1\" at 0..1",
+        ),
+        (
+            with("type = \"i16\"", "type = \"u64\"\nlength = 2"),
+            "length applies only to type = \"string\"",
+        ),
+        (
+            with(
+                "word_order = \"little\"",
+                "word_order = \"little\"\nmax_read_registers = 200",
+            ),
+            "max_read_registers = 200 is out of range, expected 1..=125",
+        ),
+        (
+            with("deadband = 0.5", "deadband = 0.5\nscael = 2"),
+            "unknown field `scael`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errs:?}"
+        );
+        assert!(
+            errs.iter().all(|e| e.starts_with("meter1.toml:")),
+            "{errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_value_running_past_the_last_address_is_refused() {
+    let text = with("address = 100", "address = 65534").replace("type = \"i16\"", "type = \"f32\"");
+    assert_eq!(
+        errors(&text),
+        Vec::<String>::new(),
+        "65534..65535 is the last pair"
+    );
+    let text = with("address = 100", "address = 65533").replace("type = \"i16\"", "type = \"u64\"");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("ends at 65536, past the last address 65535")),
+        "{errs:?}"
+    );
+    let text = with("address = 100", "address = 65532").replace("type = \"i16\"", "type = \"u64\"");
+    assert_eq!(errors(&text), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_line() {
+    let errs = errors(&with("poll = \"1s\"", "poll = \"1s\"\npoll_rate = 5"));
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("meter1.toml:24: unknown field `poll_rate`, expected one of"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn silent_interval_follows_the_character_time_and_the_fixed_floor() {
+    let line = |baud, parity| SerialLine {
+        port: "/dev/null".into(),
+        baud,
+        parity,
+        data_bits: 8,
+        stop_bits: 1,
+    };
+    // 9600 8E1: 11 bits per char, 3.5 chars = 38.5 bits = 4010 us.
+    assert_eq!(
+        line(9600, Parity::Even).silent_interval(),
+        Duration::from_micros(4010)
+    );
+    // 9600 8N1: 10 bits, 35 bits = 3645 us.
+    assert_eq!(
+        line(9600, Parity::None).silent_interval(),
+        Duration::from_micros(3645)
+    );
+    assert_eq!(
+        line(115_200, Parity::None).silent_interval(),
+        Duration::from_micros(1750)
+    );
+}

@@ -1,0 +1,324 @@
+//! The `fieldmq` command: check a config, read a device once, or run the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use fieldmq::config::{Config, ConfigError, LinkKind};
+use fieldmq::engine::Engine;
+use fieldmq::modbus::bus::DeviceEvent;
+use fieldmq::modbus::cycle::{self, Raw};
+use fieldmq::modbus::link::Link;
+
+/// sysexits.h EX_CONFIG: the configuration is wrong, so restarting will not help.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fieldmq",
+    version,
+    about = "Industrial edge gateway: Modbus devices to MQTT and Sparkplug B"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config and print its buses, devices and read plan.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Poll one device once and print what it answered.
+    Read {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The device's name in the config.
+        #[arg(long, short)]
+        device: String,
+        /// Print one JSON object {"metric": value}; bad quality is null.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config_path = match &cli.command {
+        Command::Check { config } | Command::Read { config, .. } | Command::Run { config } => {
+            config.clone()
+        }
+    };
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e @ ConfigError::Invalid { .. }) => {
+            eprintln!("{e}");
+            eprintln!("fieldmq: {} is not a valid config", config_path.display());
+            return ExitCode::from(EX_CONFIG);
+        }
+        Err(e @ ConfigError::Io { .. }) => {
+            eprintln!("fieldmq: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let outcome = match cli.command {
+        Command::Check { .. } => {
+            print_check(&config);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read { device, json, .. } => {
+            runtime().and_then(|rt| rt.block_on(read(&config, &device, json)))
+        }
+        Command::Run { .. } => runtime().and_then(|rt| rt.block_on(run(config))),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("fieldmq: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_modbus=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn print_check(config: &Config) {
+    let metrics: usize = config.devices.iter().map(|d| d.metrics.len()).sum();
+    println!("{}: valid", config.path.display());
+    println!("node {}/{}", config.node.group_id, config.node.node_id);
+    println!(
+        "{} buses, {} devices, {} metrics",
+        config.buses.len(),
+        config.devices.len(),
+        metrics
+    );
+    for (index, bus) in config.buses.iter().enumerate() {
+        let link = match &bus.link {
+            LinkKind::Tcp { address } => format!("tcp {address}"),
+            LinkKind::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
+            LinkKind::Rtu(line) => {
+                let parity = format!("{:?}", line.parity).chars().next().unwrap_or('N');
+                format!(
+                    "rtu {} {} {}{}{}",
+                    line.port, line.baud, line.data_bits, parity, line.stop_bits
+                )
+            }
+        };
+        println!();
+        println!(
+            "bus {} ({link}, timeout {})",
+            bus.name,
+            humantime::format_duration(bus.timeout)
+        );
+        for device in config.devices.iter().filter(|d| d.bus == index) {
+            let plan = device.read_plan();
+            println!(
+                "  device {} unit {} every {}: {} metrics in {} requests",
+                device.name,
+                device.unit,
+                humantime::format_duration(device.poll),
+                device.metrics.len(),
+                plan.requests().len()
+            );
+            for request in plan.requests() {
+                let names: Vec<&str> = request
+                    .members
+                    .iter()
+                    .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
+                    .collect();
+                println!(
+                    "    FC{:02} {:<8} start {:<5} count {:<4} -> {}",
+                    request.table.read_function(),
+                    request.table.name(),
+                    request.start,
+                    request.count,
+                    names.join(", ")
+                );
+            }
+        }
+    }
+}
+
+async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, device) = config.device_by_name(name).with_context(|| {
+        let known: Vec<&str> = config.devices.iter().map(|d| d.name.as_str()).collect();
+        format!(
+            "no device \"{name}\" in {}; devices: {}",
+            config.path.display(),
+            known.join(", ")
+        )
+    })?;
+    let bus = config
+        .buses
+        .get(device.bus)
+        .context("device refers to a missing bus")?;
+    let mut link = Link::new(bus);
+    let mut plan = device.read_plan();
+    let cycle = cycle::poll(&mut link, device, &mut plan).await;
+    link.close().await;
+    let mut readings = cycle::decode(device, &plan, &cycle);
+    readings.sort_by_key(|r| r.metric);
+    if json {
+        let object: serde_json::Map<String, serde_json::Value> = readings
+            .iter()
+            .filter_map(|r| {
+                let metric = device.metrics.get(r.metric)?;
+                let value = r
+                    .value
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |v| v.to_json());
+                Some((metric.name.clone(), value))
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        let rows: Vec<[String; 5]> = readings
+            .iter()
+            .filter_map(|r| {
+                let metric = device.metrics.get(r.metric)?;
+                let (value, quality) = match &r.value {
+                    Ok(v) => (v.to_string(), "good".to_owned()),
+                    Err(fault) => ("-".to_owned(), format!("bad: {fault}")),
+                };
+                let raw = match r.raw {
+                    Raw::Registers(regs) => regs
+                        .iter()
+                        .map(|r| format!("{r:04X}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    Raw::Bit(bit) => u8::from(bit).to_string(),
+                    Raw::Missing => "-".to_owned(),
+                };
+                Some([
+                    metric.name.clone(),
+                    value,
+                    metric.unit.clone().unwrap_or_default(),
+                    quality,
+                    raw,
+                ])
+            })
+            .collect();
+        print_table(["metric", "value", "unit", "quality", "raw"], &rows);
+    }
+    if cycle.answered {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("fieldmq: device \"{name}\" did not answer");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    let mut engine = Engine::start(Arc::clone(&config), &shutdown);
+    tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), "fieldmq running");
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            received = &mut signal => {
+                tracing::info!(signal = received?, "shutting down");
+                break;
+            }
+            event = engine.events.recv() => match event {
+                Some(event) => log_event(&config, &event),
+                None => break,
+            },
+        }
+    }
+    shutdown.cancel();
+    engine.join().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn log_event(config: &Config, event: &DeviceEvent) {
+    let device_name = |id: usize| config.devices.get(id).map_or("?", |d| d.name.as_str());
+    match event {
+        DeviceEvent::Samples { device, samples } => {
+            let Some(dev) = config.devices.get(*device) else {
+                return;
+            };
+            for sample in samples {
+                let Some(metric) = dev.metrics.get(sample.metric) else {
+                    continue;
+                };
+                let value = sample
+                    .value
+                    .as_ref()
+                    .map_or_else(|| "null".to_owned(), ToString::to_string);
+                tracing::info!(
+                    device = %dev.name,
+                    metric = %metric.name,
+                    %value,
+                    unit = metric.unit.as_deref().unwrap_or(""),
+                    quality = %sample.quality,
+                    ts = sample.timestamp_ms,
+                    "sample"
+                );
+            }
+        }
+        DeviceEvent::Offline { device, fault } => {
+            tracing::warn!(device = device_name(*device), %fault, "offline")
+        }
+        DeviceEvent::Online { device } => tracing::info!(device = device_name(*device), "online"),
+    }
+}

@@ -1,0 +1,280 @@
+//! One bus connection: connect, time out, resynchronise, reconnect.
+//!
+//! tokio-modbus has no request timeout, and after a timeout the late reply
+//! stays in the socket or serial buffer, where the next transaction would read
+//! it (tokio-modbus#324). On TCP that shows up as a header mismatch forever;
+//! on RTU a stale frame of the same unit and function code would be accepted
+//! as the answer to the next request. So after any timeout or framing
+//! mismatch the [`Link`] drops its context: a TCP bus reconnects, a serial
+//! port is closed, left alone for the late-reply window, reopened and flushed.
+//! Serial transactions are also spaced by the 3.5-character silent interval.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_modbus::client::{Client, Context, rtu, tcp};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{Request, Response, Slave};
+use tokio_serial::{SerialPort, SerialPortBuilderExt};
+
+use crate::backoff::Backoff;
+use crate::config::{Bus, LinkKind, Parity, SerialLine};
+use crate::modbus::plan::Table;
+use crate::value::Fault;
+
+/// The data of a successful read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// Coils or discrete inputs, exactly as many as requested.
+    Bits(Vec<bool>),
+    /// Registers, exactly as many as requested.
+    Registers(Vec<u16>),
+}
+
+/// Why a transaction produced no answer from the device.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LinkError {
+    /// No response within the bus timeout.
+    #[error("timeout")]
+    Timeout,
+    /// The connection or port failed.
+    #[error("{0}")]
+    Io(String),
+    /// Not connected, and the next attempt is not due yet.
+    #[error("not connected ({0}); retrying")]
+    Down(String),
+    /// A response arrived that does not belong to the request.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl From<LinkError> for Fault {
+    fn from(e: LinkError) -> Fault {
+        match e {
+            LinkError::Timeout => Fault::Timeout,
+            LinkError::Io(why) | LinkError::Down(why) => Fault::Link(why),
+            LinkError::Mismatch(why) => Fault::Malformed(why),
+        }
+    }
+}
+
+/// A read's outcome: data, or the device's exception code.
+pub type Answer = Result<Data, u8>;
+
+const RECONNECT_BASE: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// A bus connection used by one task, one transaction at a time.
+pub struct Link {
+    bus: Bus,
+    context: Option<Context>,
+    reconnect: Backoff,
+    /// While disconnected: when the next connect attempt is allowed, and why the last failed.
+    retry: Option<(Instant, String)>,
+    /// The bus must stay quiet until then (silent interval, turnaround, late-reply window).
+    quiet_until: Instant,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("bus", &self.bus.name)
+            .field("connected", &self.context.is_some())
+            .finish()
+    }
+}
+
+impl Link {
+    /// A link for `bus`; it connects on first use.
+    pub fn new(bus: &Bus) -> Link {
+        Link {
+            bus: bus.clone(),
+            context: None,
+            reconnect: Backoff::new(RECONNECT_BASE, RECONNECT_MAX),
+            retry: None,
+            quiet_until: Instant::now(),
+        }
+    }
+
+    /// Reads `count` bits or registers from `table` of `unit`.
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        start: u16,
+        count: u16,
+    ) -> Result<Answer, LinkError> {
+        let request = match table {
+            Table::Coil => Request::ReadCoils(start, count),
+            Table::Discrete => Request::ReadDiscreteInputs(start, count),
+            Table::Input => Request::ReadInputRegisters(start, count),
+            Table::Holding => Request::ReadHoldingRegisters(start, count),
+        };
+        let response = self.transact(unit, request).await?;
+        let data = match response {
+            Err(code) => return Ok(Err(code)),
+            Ok(Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits))
+                if table.is_bits() =>
+            {
+                if bits.len() < usize::from(count) {
+                    return Err(self.mismatch(format!("{} bits for {count} requested", bits.len())));
+                }
+                bits.truncate(usize::from(count));
+                Data::Bits(bits)
+            }
+            Ok(Response::ReadInputRegisters(regs) | Response::ReadHoldingRegisters(regs))
+                if !table.is_bits() =>
+            {
+                if regs.len() != usize::from(count) {
+                    // On a serial line this is the signature of a stale reply to an earlier request.
+                    return Err(
+                        self.mismatch(format!("{} registers for {count} requested", regs.len()))
+                    );
+                }
+                Data::Registers(regs)
+            }
+            Ok(other) => return Err(self.mismatch(format!("unexpected response {other:?}"))),
+        };
+        Ok(Ok(data))
+    }
+
+    /// Closes the connection; the next transaction reconnects.
+    pub async fn close(&mut self) {
+        if let Some(mut context) = self.context.take() {
+            // Best effort: the connection is being abandoned either way.
+            let _ = timeout(self.bus.timeout, context.disconnect()).await;
+        }
+    }
+
+    async fn transact(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+    ) -> Result<Result<Response, u8>, LinkError> {
+        sleep_until(self.quiet_until).await;
+        let limit = self.bus.timeout;
+        let context = self.connected().await?;
+        context.set_slave(Slave(unit));
+        let outcome = timeout(limit, context.call(request)).await;
+        self.quiet_until = Instant::now() + self.gap();
+        match outcome {
+            Err(_) => {
+                self.resync();
+                Err(LinkError::Timeout)
+            }
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                self.context = None;
+                Err(LinkError::Io(e.to_string()))
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                self.resync();
+                Err(LinkError::Mismatch(e.to_string()))
+            }
+            Ok(Ok(Err(exception))) => Ok(Err(u8::from(exception))),
+            Ok(Ok(Ok(response))) => Ok(Ok(response)),
+        }
+    }
+
+    fn mismatch(&mut self, why: String) -> LinkError {
+        self.resync();
+        LinkError::Mismatch(why)
+    }
+
+    /// Quiet time between transactions.
+    fn gap(&self) -> Duration {
+        let silent = match &self.bus.link {
+            LinkKind::Rtu(line) => line.silent_interval(),
+            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } => Duration::ZERO,
+        };
+        silent + self.bus.turnaround
+    }
+
+    /// Forgets the connection after a lost transaction. A serial line is also
+    /// left alone for one timeout, so a late reply lands while the port is
+    /// closed and is flushed on reopening instead of answering the next request.
+    fn resync(&mut self) {
+        self.context = None;
+        if matches!(self.bus.link, LinkKind::Rtu(_)) {
+            self.quiet_until = Instant::now() + self.bus.timeout;
+        }
+    }
+
+    async fn connected(&mut self) -> Result<&mut Context, LinkError> {
+        if self.context.is_none() {
+            if let Some((at, why)) = &self.retry {
+                if Instant::now() < *at {
+                    return Err(LinkError::Down(why.clone()));
+                }
+            }
+            match open(&self.bus).await {
+                Ok(context) => {
+                    self.reconnect.reset();
+                    self.retry = None;
+                    self.context = Some(context);
+                }
+                Err(why) => {
+                    let delay = self.reconnect.next_delay();
+                    tracing::warn!(bus = %self.bus.name, error = %why, retry_in = ?delay, "cannot open bus");
+                    self.retry = Some((Instant::now() + delay, why.clone()));
+                    return Err(LinkError::Io(why));
+                }
+            }
+        }
+        self.context
+            .as_mut()
+            .ok_or_else(|| LinkError::Io("not connected".into()))
+    }
+}
+
+/// Opens the bus's connection or port. A free function, so the future borrows
+/// only the (shareable) bus settings and not the link with its context.
+async fn open(bus: &Bus) -> Result<Context, String> {
+    match &bus.link {
+        LinkKind::Tcp { address } => Ok(tcp::attach(connect_tcp(address, bus.timeout).await?)),
+        LinkKind::RtuOverTcp { address } => {
+            Ok(rtu::attach(connect_tcp(address, bus.timeout).await?))
+        }
+        LinkKind::Rtu(line) => {
+            let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
+            Ok(rtu::attach(port))
+        }
+    }
+}
+
+async fn connect_tcp(address: &str, limit: Duration) -> Result<TcpStream, String> {
+    let stream = timeout(limit, TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("connect to {address} timed out"))?
+        .map_err(|e| format!("connect to {address}: {e}"))?;
+    // Requests are small and strictly alternate with responses; Nagle would only add latency.
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn open_serial(line: &SerialLine) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+    let parity = match line.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = if line.data_bits == 7 {
+        tokio_serial::DataBits::Seven
+    } else {
+        tokio_serial::DataBits::Eight
+    };
+    let stop_bits = if line.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    let port = tokio_serial::new(&line.port, line.baud)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .open_native_async()?;
+    // Whatever arrived while the port was closed belongs to no request of ours.
+    port.clear(tokio_serial::ClearBuffer::All)?;
+    Ok(port)
+}
