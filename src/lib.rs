@@ -15,10 +15,12 @@
 //! - [`exception`]: report by exception (deadbands).
 //! - [`engine`]: spawns the bus tasks and merges their events.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
+//! - [`demo`]: the simulated meter behind `fieldmq demo`.
 //! - [`backoff`]: exponential backoff with jitter.
 
 pub mod backoff;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod exception;
 pub mod modbus;

@@ -1,6 +1,7 @@
 //! The `fieldmq` command: check a config, read a device once, or run the gateway.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -54,42 +55,86 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run against a simulated meter served on a local Modbus TCP port; no hardware or config needed.
+    Demo {
+        /// Where the simulated meter listens (Modbus TCP).
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        modbus_listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let config_path = match &cli.command {
-        Command::Check { config } | Command::Read { config, .. } | Command::Run { config } => {
-            config.clone()
-        }
-    };
-    let config = match Config::load(&config_path) {
-        Ok(config) => config,
-        Err(e @ ConfigError::Invalid { .. }) => {
-            eprintln!("{e}");
-            eprintln!("fieldmq: {} is not a valid config", config_path.display());
-            return ExitCode::from(EX_CONFIG);
-        }
-        Err(e @ ConfigError::Io { .. }) => {
-            eprintln!("fieldmq: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
     let outcome = match cli.command {
-        Command::Check { .. } => {
+        Command::Check { config } => with_config(&config, |config| {
             print_check(&config);
             Ok(ExitCode::SUCCESS)
+        }),
+        Command::Read {
+            config,
+            device,
+            json,
+        } => with_config(&config, |config| {
+            runtime()?.block_on(read(&config, &device, json))
+        }),
+        Command::Run { config } => with_config(&config, |config| runtime()?.block_on(run(config))),
+        Command::Demo { modbus_listen } => {
+            runtime().and_then(|rt| rt.block_on(demo(modbus_listen)))
         }
-        Command::Read { device, json, .. } => {
-            runtime().and_then(|rt| rt.block_on(read(&config, &device, json)))
-        }
-        Command::Run { .. } => runtime().and_then(|rt| rt.block_on(run(config))),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("fieldmq: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Loads the config and runs `then` with it; a config error exits with EX_CONFIG.
+fn with_config(
+    path: &Path,
+    then: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(config) => then(config),
+        Err(e) => Ok(config_error(path, &e)),
+    }
+}
+
+fn config_error(path: &Path, e: &ConfigError) -> ExitCode {
+    match e {
+        ConfigError::Invalid { .. } => {
+            eprintln!("{e}");
+            eprintln!("fieldmq: {} is not a valid config", path.display());
+        }
+        ConfigError::Io { .. } => eprintln!("fieldmq: {e}"),
+    }
+    ExitCode::from(EX_CONFIG)
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the simulated meter (try --modbus-listen 127.0.0.1:0)"))?;
+    let address = listener.local_addr().context("simulated meter address")?;
+    let sim = fieldmq::simulator::Simulator::new();
+    let stop_meter = CancellationToken::new();
+    let animation = tokio::spawn(fieldmq::demo::animate(sim.clone(), stop_meter.clone()));
+    // Give the meter its first readings before the first poll.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let server = tokio::spawn(sim.serve_tcp(listener));
+    let text = fieldmq::demo::config_text(address);
+    let config =
+        Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
+    println!(
+        "fieldmq demo: a simulated meter serves Modbus TCP on {address}; polling it every second."
+    );
+    println!("  any Modbus client can read it too: unit 1, input registers 0.. (f32, big-endian)");
+    println!("  stop with Ctrl-C");
+    let code = run(config).await;
+    stop_meter.cancel();
+    server.abort();
+    let _ = animation.await;
+    code
 }
 
 fn init_tracing() {

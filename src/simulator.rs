@@ -7,9 +7,11 @@
 //! device on a serial line. Tests, benchmarks and the demo use it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::{Ready, ready};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_modbus::server::Service;
@@ -39,6 +41,8 @@ struct Unit {
     discrete: BTreeMap<u16, bool>,
     input: BTreeMap<u16, u16>,
     holding: BTreeMap<u16, u16>,
+    /// How long the unit takes to answer, for slow devices and late replies.
+    delay: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +96,11 @@ impl Simulator {
         for (address, value) in (start..=u16::MAX).zip(values) {
             map.insert(address, *value);
         }
+    }
+
+    /// Makes `unit` answer only after `delay` (a slow device, or one whose replies come after the timeout).
+    pub fn set_delay(&self, unit: u8, delay: Duration) {
+        self.lock().units.entry(unit).or_default().delay = delay;
     }
 
     /// Current holding or input registers of a unit; `None` where an address does not exist.
@@ -153,11 +162,15 @@ impl Simulator {
             .await
     }
 
-    fn answer(&self, request: SlaveRequest<'static>) -> Result<Option<Response>, ExceptionCode> {
+    fn answer(
+        &self,
+        request: SlaveRequest<'static>,
+    ) -> (Duration, Result<Option<Response>, ExceptionCode>) {
         let mut state = self.lock();
         let Some(unit) = state.units.get_mut(&request.slave) else {
-            return Ok(None);
+            return (Duration::ZERO, Ok(None));
         };
+        let delay = unit.delay;
         let (function, start, count, result) = match request.request {
             Request::ReadCoils(a, n) => (
                 1,
@@ -225,7 +238,7 @@ impl Simulator {
             count,
         });
         *state.counts.entry(request.slave).or_default() += 1;
-        result.map(Some)
+        (delay, result.map(Some))
     }
 }
 
@@ -233,10 +246,16 @@ impl Service for Simulator {
     type Request = SlaveRequest<'static>;
     type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = Ready<Result<Self::Response, Self::Exception>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Exception>> + Send>>;
 
     fn call(&self, request: Self::Request) -> Self::Future {
-        ready(self.answer(request))
+        let (delay, answer) = self.answer(request);
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
     }
 }
 

@@ -23,6 +23,11 @@ use crate::modbus::link::Link;
 use crate::modbus::plan::ReadPlan;
 use crate::value::{DeviceId, Fault, Quality, Sample};
 
+/// The shortest wait before retrying an offline device. Starting the backoff
+/// at a fast poll period would let a dead unit take most of its line's time
+/// in the first seconds after it died.
+const OFFLINE_FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// What the bus tasks tell the rest of the gateway.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceEvent {
@@ -89,7 +94,7 @@ impl BusTask {
                 next_due: now,
                 failures: 0,
                 offline: false,
-                retry: Backoff::new(d.poll, d.max_backoff.max(d.poll)),
+                retry: Backoff::new(d.poll.max(OFFLINE_FIRST_RETRY), d.max_backoff.max(d.poll)),
             })
             .collect();
         Some(BusTask {

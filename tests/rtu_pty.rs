@@ -1,0 +1,191 @@
+//! RTU on a real serial line: a pseudo-terminal pair made by socat, the
+//! simulator on one end, the engine on the other.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fieldmq::modbus::bus::DeviceEvent;
+use fieldmq::modbus::plan::Table;
+use fieldmq::simulator::Simulator;
+use fieldmq::value::{Quality, Value};
+use support::{Running, config, good_value};
+use tokio::process::{Child, Command};
+use tokio_serial::SerialPortBuilderExt;
+
+/// A socat process linking two ptys; killed when dropped.
+struct PtyPair {
+    _socat: Child,
+    _dir: tempfile::TempDir,
+    device_end: PathBuf,
+    gateway_end: PathBuf,
+}
+
+async fn pty_pair() -> PtyPair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("ttyDEV"), dir.path().join("ttyGW"));
+    let socat = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("socat must be installed (scripts/test installs it)");
+    for _ in 0..100 {
+        if a.exists() && b.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.exists() && b.exists(), "socat made no pty pair");
+    PtyPair {
+        _socat: socat,
+        _dir: dir,
+        device_end: a,
+        gateway_end: b,
+    }
+}
+
+fn serve(sim: &Simulator, port: &Path) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let serial = tokio_serial::new(port.to_string_lossy(), 19200)
+        .open_native_async()
+        .expect("open the device end of the pty");
+    tokio::spawn(sim.clone().serve_rtu(serial))
+}
+
+fn line_config(port: &Path, devices: &str) -> String {
+    format!(
+        r#"
+[node]
+group_id = "g"
+node_id = "n"
+[[bus]]
+name = "rs485"
+kind = "rtu"
+port = "{}"
+baud = 19200
+parity = "none"
+timeout = "150ms"
+{devices}
+"#,
+        port.display()
+    )
+}
+
+fn device(name: &str, unit: u8, extra: &str) -> String {
+    format!(
+        r#"
+[[device]]
+name = "{name}"
+bus = "rs485"
+unit = {unit}
+poll = "100ms"
+{extra}
+[[device.metric]]
+name = "power"
+table = "input"
+address = 0
+type = "f32"
+"#
+    )
+}
+
+#[tokio::test]
+async fn two_live_units_keep_their_rate_next_to_a_dead_one() {
+    let pty = pty_pair().await;
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]); // 230.5
+    sim.set_registers(2, Table::Input, 0, &[0xBFC0, 0x0000]); // -1.5
+    let server = serve(&sim, &pty.device_end);
+    let devices = [
+        device("meter1", 1, ""),
+        device("meter2", 2, ""),
+        device("ghost", 7, "offline_after = 2\nmax_backoff = \"2s\""),
+    ]
+    .concat();
+    let mut run = Running::start(config(&line_config(&pty.gateway_end, &devices)));
+
+    let mut values = [None, None];
+    let mut ghost_offline = false;
+    while values.iter().any(Option::is_none) || !ghost_offline {
+        match run
+            .next(
+                Duration::from_secs(5),
+                "both meters and the ghost going offline",
+            )
+            .await
+        {
+            DeviceEvent::Samples { device, samples } if device < 2 => {
+                values[device] = Some(good_value(&samples, 0))
+            }
+            DeviceEvent::Samples { device: 2, samples } => {
+                assert!(matches!(samples[0].quality, Quality::Bad(_)))
+            }
+            DeviceEvent::Offline { device: 2, .. } => ghost_offline = true,
+            _ => {}
+        }
+    }
+    assert_eq!(values, [Some(Value::F32(230.5)), Some(Value::F32(-1.5))]);
+
+    // Measure the live units' rate over 3 s while the dead one is retried with backoff.
+    let before = [sim.served_count(1), sim.served_count(2)];
+    let drain = async { while run.engine.events.recv().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
+    for (unit, before) in [1u8, 2].into_iter().zip(before) {
+        let polled = sim.served_count(unit) - before;
+        assert!(
+            polled >= 25,
+            "unit {unit} polled {polled} times in 3 s at 100 ms next to a dead unit"
+        );
+    }
+    run.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_late_reply_is_never_taken_for_the_answer_to_a_later_request() {
+    let pty = pty_pair().await;
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
+    sim.set_registers(3, Table::Input, 0, &[0x3F80, 0x0000]); // 1.0
+    // Unit 3 always answers 60 ms after the gateway gave up waiting.
+    sim.set_delay(3, Duration::from_millis(210));
+    let server = serve(&sim, &pty.device_end);
+    let devices = [
+        device("fast", 1, ""),
+        device("slow", 3, "offline_after = 1000"),
+    ]
+    .concat();
+    let mut run = Running::start(config(&line_config(&pty.gateway_end, &devices)));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut fast_reads = 0;
+    while tokio::time::Instant::now() < deadline {
+        let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(200), run.engine.events.recv()).await
+        else {
+            continue;
+        };
+        if let DeviceEvent::Samples { device, samples } = event {
+            if device == 0 {
+                assert_eq!(samples[0].value, Some(Value::F32(230.5)), "{samples:?}");
+                fast_reads += 1;
+            } else {
+                assert_eq!(
+                    samples[0].value, None,
+                    "a stale reply was accepted as a fresh value: {samples:?}"
+                );
+            }
+        }
+    }
+    assert!(fast_reads >= 1);
+    assert!(
+        sim.served_count(3) >= 5,
+        "the slow unit was asked repeatedly"
+    );
+    run.stop().await;
+    server.abort();
+}

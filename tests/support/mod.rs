@@ -1,0 +1,114 @@
+//! Shared pieces of the integration tests: simulators on loopback ports,
+//! configs written for them, and an engine whose events can be awaited.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldmq::config::Config;
+use fieldmq::engine::Engine;
+use fieldmq::modbus::bus::DeviceEvent;
+use fieldmq::simulator::Simulator;
+use fieldmq::value::{Quality, Sample, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A simulator serving Modbus TCP on a free loopback port.
+pub async fn tcp_simulator(sim: &Simulator) -> (SocketAddr, JoinHandle<std::io::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    (addr, tokio::spawn(sim.clone().serve_tcp(listener)))
+}
+
+/// Parses a config written by a test; a test config that does not validate is a test bug.
+pub fn config(text: &str) -> Arc<Config> {
+    match Config::from_toml(Path::new("test.toml"), text) {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
+    }
+}
+
+/// A running engine and what it has said so far.
+pub struct Running {
+    pub config: Arc<Config>,
+    pub engine: Engine,
+    pub shutdown: CancellationToken,
+}
+
+impl Running {
+    pub fn start(config: Arc<Config>) -> Running {
+        let shutdown = CancellationToken::new();
+        let engine = Engine::start(Arc::clone(&config), &shutdown);
+        Running {
+            config,
+            engine,
+            shutdown,
+        }
+    }
+
+    /// The next event, or a panic naming what was awaited.
+    pub async fn next(&mut self, within: Duration, what: &str) -> DeviceEvent {
+        match tokio::time::timeout(within, self.engine.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("engine stopped while waiting for {what}"),
+            Err(_) => panic!("no event within {within:?} while waiting for {what}"),
+        }
+    }
+
+    /// Skips events until `pick` accepts one.
+    pub async fn until<T>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pick: impl FnMut(&DeviceEvent) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left, what).await;
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    }
+
+    /// The samples of the next `Samples` event of `device`.
+    pub async fn samples_of(&mut self, device: usize, within: Duration) -> Vec<Sample> {
+        self.until(within, "samples", |e| match e {
+            DeviceEvent::Samples { device: d, samples } if *d == device => Some(samples.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// A metric's index by name.
+    pub fn metric(&self, device: usize, name: &str) -> usize {
+        self.config.devices[device]
+            .metrics
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.engine.join())
+            .await
+            .expect("bus tasks stop within 5 s of shutdown");
+    }
+}
+
+/// The value of `metric` in `samples`, asserting it is good.
+pub fn good_value(samples: &[Sample], metric: usize) -> Value {
+    let s = samples
+        .iter()
+        .find(|s| s.metric == metric)
+        .unwrap_or_else(|| panic!("metric {metric} not in {samples:?}"));
+    assert_eq!(s.quality, Quality::Good, "{s:?}");
+    s.value.clone().expect("good samples carry a value")
+}
