@@ -85,7 +85,7 @@ pub async fn animate(sim: Simulator, shutdown: CancellationToken) {
         ] {
             sim.set_registers(UNIT, Table::Input, address, &float_registers(value));
         }
-        let running = (step / 20) % 2 == 0;
+        let running = (step / 20).is_multiple_of(2);
         sim.set_registers(UNIT, Table::Holding, 0, &[u16::from(running)]);
     }
 }

@@ -115,7 +115,13 @@ impl Value {
             Value::I32(v) => (*v).into(),
             Value::U64(v) => (*v).into(),
             Value::I64(v) => (*v).into(),
-            Value::F32(v) => serde_json::Number::from_f64(f64::from(*v))
+            // Through the shortest decimal form, so 231.51738f32 prints as
+            // 231.51738 and not as its exact binary widening 231.5173797607422.
+            Value::F32(v) => v
+                .to_string()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
                 .map_or(serde_json::Value::Null, Into::into),
             Value::F64(v) => {
                 serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into)

@@ -292,7 +292,7 @@ async fn garbage_server() -> std::net::SocketAddr {
                         break;
                     }
                     // Alternate: wrong transaction id with a valid-looking body, then a lying length field.
-                    let reply: &[u8] = if round % 2 == 0 {
+                    let reply: &[u8] = if round.is_multiple_of(2) {
                         &[0xBE, 0xEF, 0, 0, 0, 5, 1, 3, 2, 0, 1]
                     } else {
                         &[buf[0], buf[1], 0, 0, 0, 3, 1, 3, 200]

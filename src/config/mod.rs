@@ -311,6 +311,8 @@ struct Checker<'a> {
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 const DEFAULT_OFFLINE_AFTER: u32 = 3;
+/// Longer periods make no sense for polling and would overflow deadline arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 const BYTE_ORDERS: [(&str, ByteOrder); 2] =
     [("big", ByteOrder::Big), ("little", ByteOrder::Little)];
@@ -375,6 +377,7 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration that must be longer than zero (periods, timeouts).
     fn duration(
         &mut self,
         ctx: &str,
@@ -382,20 +385,40 @@ impl Checker<'_> {
         value: Option<&Spanned<String>>,
         default: Duration,
     ) -> Duration {
-        let Some(value) = value else { return default };
-        match humantime::parse_duration(value.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.error(value.span(), ctx, format!("{key} must be longer than zero"));
+        match (value, self.any_duration(ctx, key, value)) {
+            (Some(v), Some(d)) if d.is_zero() => {
+                self.error(v.span(), ctx, format!("{key} must be longer than zero"));
                 default
             }
+            (_, d) => d.unwrap_or(default),
+        }
+    }
+
+    /// A duration of any length; `None` when absent or not a duration.
+    fn any_duration(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Option<Duration> {
+        let value = value?;
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if d > MAX_DURATION => {
+                let message = format!(
+                    "{key} = \"{}\" is longer than the longest allowed, \"7days\"",
+                    value.get_ref()
+                );
+                self.error(value.span(), ctx, message);
+                None
+            }
+            Ok(d) => Some(d),
             Err(e) => {
                 let message = format!(
                     "{key} = \"{}\" is not a duration ({e}), expected e.g. \"500ms\", \"2s\" or \"1m 30s\"",
                     value.get_ref()
                 );
                 self.error(value.span(), ctx, message);
-                default
+                None
             }
         }
     }
@@ -588,9 +611,9 @@ impl Checker<'_> {
             name: raw.name.get_ref().clone(),
             link,
             timeout: self.duration(&ctx, "timeout", raw.timeout.as_ref(), DEFAULT_TIMEOUT),
-            turnaround: raw.turnaround.as_ref().map_or(Duration::ZERO, |t| {
-                self.duration(&ctx, "turnaround", Some(t), Duration::ZERO)
-            }),
+            turnaround: self
+                .any_duration(&ctx, "turnaround", raw.turnaround.as_ref())
+                .unwrap_or(Duration::ZERO),
         }
     }
 
@@ -814,27 +837,27 @@ impl Checker<'_> {
                 );
             }
         }
-        if let Some(d) = &raw.deadband {
-            if !(d.get_ref().is_finite() && *d.get_ref() >= 0.0) {
-                self.error(
-                    d.span(),
-                    &ctx,
-                    format!("deadband = {} must be a finite number >= 0", d.get_ref()),
-                );
-            }
+        if let Some(d) = &raw.deadband
+            && !(d.get_ref().is_finite() && *d.get_ref() >= 0.0)
+        {
+            self.error(
+                d.span(),
+                &ctx,
+                format!("deadband = {} must be a finite number >= 0", d.get_ref()),
+            );
         }
-        if let (Some(lo), Some(hi)) = (&raw.min, &raw.max) {
-            if lo.get_ref() > hi.get_ref() {
-                self.error(
-                    lo.span(),
-                    &ctx,
-                    format!(
-                        "min = {} is greater than max = {}",
-                        lo.get_ref(),
-                        hi.get_ref()
-                    ),
-                );
-            }
+        if let (Some(lo), Some(hi)) = (&raw.min, &raw.max)
+            && lo.get_ref() > hi.get_ref()
+        {
+            self.error(
+                lo.span(),
+                &ctx,
+                format!(
+                    "min = {} is greater than max = {}",
+                    lo.get_ref(),
+                    hi.get_ref()
+                ),
+            );
         }
         let writable = raw.writable.as_ref().is_some_and(|w| *w.get_ref());
         if let (true, Some(w)) = (

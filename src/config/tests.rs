@@ -170,6 +170,10 @@ fn each_kind_of_mistake_is_refused_with_its_own_message() {
             "poll must be longer than zero",
         ),
         (
+            with("poll = \"1s\"", "poll = \"300years\""),
+            "poll = \"300years\" is longer than the longest allowed",
+        ),
+        (
             with("address = \"10.0.0.5:502\"", "address = \"10.0.0.5\""),
             "is not host:port",
         ),

@@ -39,15 +39,15 @@ pub async fn poll(link: &mut Link, device: &Device, plan: &mut ReadPlan) -> Cycl
             }
             Ok(Err(code)) => {
                 answered = true;
-                if code == ILLEGAL_DATA_ADDRESS {
-                    if let Some((left, right)) = plan.split(index) {
-                        tracing::warn!(
-                            device = %device.name,
-                            "{request_text} was refused with illegal data address; the plan now reads {left} and {right} instead",
-                            request_text = format!("FC{:02} {table} {start}+{count}", table.read_function()),
-                        );
-                        continue;
-                    }
+                if code == ILLEGAL_DATA_ADDRESS
+                    && let Some((left, right)) = plan.split(index)
+                {
+                    tracing::warn!(
+                        device = %device.name,
+                        "{request_text} was refused with illegal data address; the plan now reads {left} and {right} instead",
+                        request_text = format!("FC{:02} {table} {start}+{count}", table.read_function()),
+                    );
+                    continue;
                 }
                 answers.push((now_ms(), Err(Fault::Exception(code))));
                 index += 1;

@@ -203,10 +203,10 @@ impl Link {
 
     async fn connected(&mut self) -> Result<&mut Context, LinkError> {
         if self.context.is_none() {
-            if let Some((at, why)) = &self.retry {
-                if Instant::now() < *at {
-                    return Err(LinkError::Down(why.clone()));
-                }
+            if let Some((at, why)) = &self.retry
+                && Instant::now() < *at
+            {
+                return Err(LinkError::Down(why.clone()));
             }
             match open(&self.bus).await {
                 Ok(context) => {

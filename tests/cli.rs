@@ -1,0 +1,217 @@
+//! The `fieldmq` binary as an engineer uses it: check, read, run.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fieldmq::modbus::plan::Table;
+use fieldmq::simulator::Simulator;
+use support::tcp_simulator;
+use tokio::process::Command;
+
+fn fieldmq() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldmq"));
+    cmd.env("RUST_LOG", "info").stdin(Stdio::null());
+    cmd
+}
+
+async fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("fieldmq finishes within 30 s")
+        .expect("fieldmq runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[tokio::test]
+async fn every_shipped_config_validates_and_prints_its_read_plan() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("examples"))
+        .expect("examples/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.push(root.join("config/fieldmq.example.toml"));
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let (code, stdout, stderr) =
+            output(fieldmq().arg("check").arg("--config").arg(&file)).await;
+        assert_eq!(code, 0, "{}: {stderr}", file.display());
+        assert!(stdout.contains(": valid"), "{stdout}");
+        assert!(stdout.contains("FC0"), "the read plan is printed: {stdout}");
+    }
+}
+
+#[tokio::test]
+async fn a_broken_config_names_file_line_and_key_and_exits_78_from_every_subcommand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "meter1.toml",
+        "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[bus]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n[[device]]\nname = \"meter1\"\nbus = \"b\"\nunit = 1\n[[device.metric]]\nname = \"voltage/L1\"\ntable = \"input\"\naddress = 0\ntype = \"flaot32\"\n",
+    );
+    for args in [
+        vec!["check"],
+        vec!["run"],
+        vec!["read", "--device", "meter1"],
+    ] {
+        let (code, _, stderr) = output(fieldmq().args(&args).arg("--config").arg(&path)).await;
+        assert_eq!(code, 78, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("meter1.toml:16: device \"meter1\", metric \"voltage/L1\": unknown type \"flaot32\", expected one of bool, u16"),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = output(
+        fieldmq()
+            .args(["check", "--config"])
+            .arg(dir.path().join("missing.toml")),
+    )
+    .await;
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+}
+
+fn sim_config(addr: std::net::SocketAddr) -> String {
+    format!(
+        "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[bus]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout = \"300ms\"\n\
+         [[device]]\nname = \"meter\"\nbus = \"b\"\nunit = 1\n\
+         [[device.metric]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nunit = \"V\"\n\
+         [[device.metric]]\nname = \"temp\"\ntable = \"holding\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\n\
+         [[device.metric]]\nname = \"missing\"\ntable = \"holding\"\naddress = 50\ntype = \"u16\"\n"
+    )
+}
+
+#[tokio::test]
+async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
+    sim.set_registers(1, Table::Holding, 0, &[0xFF85]);
+    let (addr, server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "sim.toml", &sim_config(addr));
+
+    let (code, stdout, stderr) = output(
+        fieldmq()
+            .args(["read", "--device", "meter", "--config"])
+            .arg(&path),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let voltage_row = stdout
+        .lines()
+        .find(|l| l.starts_with("voltage"))
+        .expect("voltage row");
+    for cell in ["230.5", "V", "good", "4366 8000"] {
+        assert!(voltage_row.contains(cell), "{voltage_row:?} lacks {cell}");
+    }
+    let missing_row = stdout
+        .lines()
+        .find(|l| l.starts_with("missing"))
+        .expect("missing row");
+    assert!(
+        missing_row.contains("bad: exception 0x02 (illegal data address)"),
+        "{missing_row}"
+    );
+
+    let (code, stdout, stderr) = output(
+        fieldmq()
+            .args(["read", "--device", "meter", "--json", "--config"])
+            .arg(&path),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["voltage"], serde_json::json!(230.5));
+    assert!(
+        (json["temp"].as_f64().expect("number") - (-12.3)).abs() < 1e-9,
+        "{json}"
+    );
+    assert_eq!(json["missing"], serde_json::Value::Null);
+
+    let (code, _, stderr) = output(
+        fieldmq()
+            .args(["read", "--device", "nope", "--config"])
+            .arg(&path),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no device \"nope\"") && stderr.contains("devices: meter"),
+        "{stderr}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn read_exits_1_when_the_device_does_not_answer() {
+    // A port nothing listens on: bind, note it, close.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "dead.toml", &sim_config(addr));
+    let (code, stdout, stderr) = output(
+        fieldmq()
+            .args(["read", "--device", "meter", "--config"])
+            .arg(&path),
+    )
+    .await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("bad: link: connect to"), "{stdout}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_logs_samples_and_stops_cleanly_on_sigterm() {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
+    sim.set_registers(1, Table::Holding, 0, &[0xFF85]);
+    let (addr, server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "sim.toml", &sim_config(addr));
+    let child = fieldmq()
+        .env("NO_COLOR", "1")
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fieldmq run");
+    let pid = child.id().expect("pid");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .expect("fieldmq stops within 5 s of SIGTERM")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("metric=voltage") && stderr.contains("value=230.5"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("shutting down")
+            && stderr.contains("SIGTERM")
+            && stderr.contains("stopped"),
+        "{stderr}"
+    );
+    server.abort();
+}
