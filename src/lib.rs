@@ -17,6 +17,7 @@
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
 //! - [`demo`]: the simulated meter behind `fieldmq demo`.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`sparkplug`]: Sparkplug B payload schema and topics (groundwork of the MQTT side).
 
 pub mod backoff;
 pub mod config;
@@ -25,4 +26,5 @@ pub mod engine;
 pub mod exception;
 pub mod modbus;
 pub mod simulator;
+pub mod sparkplug;
 pub mod value;

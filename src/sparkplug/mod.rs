@@ -1,0 +1,10 @@
+//! Sparkplug B 3.0: the payload schema, topics, and the edge node's session rules.
+
+pub mod payload;
+pub mod topic;
+
+/// The protobuf messages generated from `proto/sparkplug_b.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/fieldmq.sparkplug_b.rs"));
+}
