@@ -1,6 +1,7 @@
 //! Sparkplug B 3.0: the payload schema, topics, and the edge node's session rules.
 
 pub mod payload;
+pub mod session;
 pub mod topic;
 
 /// The protobuf messages generated from `proto/sparkplug_b.proto`.
