@@ -94,21 +94,43 @@ fn sim_config(addr: std::net::SocketAddr) -> String {
     )
 }
 
-#[tokio::test]
-async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
+/// A simulated meter on a loopback port and a config file for it.
+struct MeterFixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn meter_fixture() -> MeterFixture {
     let sim = Simulator::new();
     sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
     sim.set_registers(1, Table::Holding, 0, &[0xFF85]);
     let (addr, server) = tcp_simulator(&sim).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "sim.toml", &sim_config(addr));
+    MeterFixture {
+        _dir: dir,
+        path,
+        server,
+    }
+}
 
-    let (code, stdout, stderr) = output(
-        fieldmq()
-            .args(["read", "--device", "meter", "--config"])
-            .arg(&path),
-    )
-    .await;
+/// `fieldmq read --device DEVICE [extra...] --config PATH`.
+async fn read(path: &Path, device: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = fieldmq();
+    cmd.args(["read", "--device", device])
+        .args(extra)
+        .arg("--config")
+        .arg(path);
+    output(&mut cmd).await
+}
+
+#[tokio::test]
+async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
+    let meter = meter_fixture().await;
+    let path = &meter.path;
+
+    let (code, stdout, stderr) = read(path, "meter", &[]).await;
     assert_eq!(code, 0, "{stderr}");
     let voltage_row = stdout
         .lines()
@@ -126,12 +148,7 @@ async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
         "{missing_row}"
     );
 
-    let (code, stdout, stderr) = output(
-        fieldmq()
-            .args(["read", "--device", "meter", "--json", "--config"])
-            .arg(&path),
-    )
-    .await;
+    let (code, stdout, stderr) = read(path, "meter", &["--json"]).await;
     assert_eq!(code, 0, "{stderr}");
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(json["voltage"], serde_json::json!(230.5));
@@ -141,18 +158,13 @@ async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
     );
     assert_eq!(json["missing"], serde_json::Value::Null);
 
-    let (code, _, stderr) = output(
-        fieldmq()
-            .args(["read", "--device", "nope", "--config"])
-            .arg(&path),
-    )
-    .await;
+    let (code, _, stderr) = read(path, "nope", &[]).await;
     assert_eq!(code, 1);
     assert!(
         stderr.contains("no device \"nope\"") && stderr.contains("devices: meter"),
         "{stderr}"
     );
-    server.abort();
+    meter.server.abort();
 }
 
 #[tokio::test]
@@ -164,13 +176,8 @@ async fn read_exits_1_when_the_device_does_not_answer() {
         .local_addr()
         .expect("addr");
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "dead.toml", &sim_config(addr));
-    let (code, stdout, stderr) = output(
-        fieldmq()
-            .args(["read", "--device", "meter", "--config"])
-            .arg(&path),
-    )
-    .await;
+    let path = &write_config(dir.path(), "dead.toml", &sim_config(addr));
+    let (code, stdout, stderr) = read(path, "meter", &[]).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stdout.contains("bad: link: connect to"), "{stdout}");
     assert!(stderr.contains("did not answer"), "{stderr}");
@@ -178,16 +185,12 @@ async fn read_exits_1_when_the_device_does_not_answer() {
 
 #[tokio::test]
 async fn run_logs_samples_and_stops_cleanly_on_sigterm() {
-    let sim = Simulator::new();
-    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
-    sim.set_registers(1, Table::Holding, 0, &[0xFF85]);
-    let (addr, server) = tcp_simulator(&sim).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "sim.toml", &sim_config(addr));
+    let meter = meter_fixture().await;
+    let path = &meter.path;
     let child = fieldmq()
         .env("NO_COLOR", "1")
         .args(["run", "--config"])
-        .arg(&path)
+        .arg(path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -213,5 +216,5 @@ async fn run_logs_samples_and_stops_cleanly_on_sigterm() {
             && stderr.contains("stopped"),
         "{stderr}"
     );
-    server.abort();
+    meter.server.abort();
 }
