@@ -1,4 +1,5 @@
-//! Starts one [`BusTask`] per bus and gathers their events into one stream.
+//! Starts one [`BusTask`] per bus, gathers their events into one stream, and
+//! routes writes to the task that owns each device's bus.
 
 use std::sync::Arc;
 
@@ -6,34 +7,86 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::{Rejection, Write};
 use crate::config::Config;
-use crate::modbus::bus::{BusTask, DeviceEvent};
+use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent};
+use crate::stats::Stats;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
 /// A slow consumer thus shows up as poll overrun, never as unbounded memory.
 const EVENT_QUEUE: usize = 256;
+
+/// Writes queued per bus. A bus does one transaction at a time, so more than
+/// a handful waiting means commands arrive faster than the line can carry
+/// them; further ones are refused at once ([`Rejection::Busy`]) rather than
+/// carried out late.
+const WRITE_QUEUE: usize = 16;
 
 /// The running acquisition side: bus tasks and the stream of what they read.
 #[derive(Debug)]
 pub struct Engine {
     /// Samples and device state changes, from all buses.
     pub events: mpsc::Receiver<DeviceEvent>,
+    /// Where writes for the devices go.
+    pub writes: WriteRouter,
+    /// Counters shared with the bus tasks.
+    pub stats: Arc<Stats>,
     tasks: JoinSet<()>,
+}
+
+/// Hands validated writes to the bus task of their device.
+#[derive(Debug, Clone)]
+pub struct WriteRouter {
+    config: Arc<Config>,
+    buses: Vec<mpsc::Sender<Write>>,
+}
+
+impl WriteRouter {
+    /// Queues `write` for its device's bus without waiting.
+    pub fn send(&self, write: Write) -> Result<(), Rejection> {
+        let device = self.config.devices.get(write.device);
+        let name = device.map_or_else(String::new, |d| d.name.clone());
+        let sender = device
+            .and_then(|d| self.buses.get(d.bus))
+            .ok_or_else(|| Rejection::UnknownDevice(name.clone()))?;
+        sender.try_send(write).map_err(|_| Rejection::Busy(name))
+    }
 }
 
 impl Engine {
     /// Spawns a task per bus; they stop when `shutdown` is cancelled.
     pub fn start(config: Arc<Config>, shutdown: &CancellationToken) -> Engine {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
+        let stats = Arc::new(Stats::default());
         let mut tasks = JoinSet::new();
+        let mut buses = Vec::with_capacity(config.buses.len());
         for bus in 0..config.buses.len() {
+            let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+            buses.push(write_tx);
+            let channels = BusChannels {
+                events: tx.clone(),
+                writes: write_rx,
+                stats: Arc::clone(&stats),
+            };
             if let Some(task) =
-                BusTask::new(Arc::clone(&config), bus, tx.clone(), shutdown.child_token())
+                BusTask::new(Arc::clone(&config), bus, channels, shutdown.child_token())
             {
                 tasks.spawn(task.run());
             }
         }
-        Engine { events, tasks }
+        Engine {
+            events,
+            writes: WriteRouter { config, buses },
+            stats,
+            tasks,
+        }
+    }
+
+    /// Hands the event stream to another consumer (the publisher). The bus
+    /// tasks stop once that consumer drops it.
+    pub fn take_events(&mut self) -> mpsc::Receiver<DeviceEvent> {
+        let (_, closed) = mpsc::channel(1);
+        std::mem::replace(&mut self.events, closed)
     }
 
     /// Waits for every bus task to finish (after shutdown was cancelled).
@@ -48,7 +101,7 @@ impl Engine {
                         None => break,
                     }
                 }
-                _ = self.events.recv() => {}
+                Some(_) = self.events.recv() => {}
             }
         }
     }

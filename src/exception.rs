@@ -38,6 +38,15 @@ impl ChangeFilter {
         }
         news
     }
+
+    /// Makes `sample` the reference for later samples, whether it is news or
+    /// not: used for values that are reported regardless, such as a snapshot
+    /// at a birth or the read-back after a write.
+    pub fn record(&mut self, sample: &Sample) {
+        if let Some(slot) = self.last.get_mut(sample.metric) {
+            *slot = Some((sample.value.clone(), sample.quality.clone()));
+        }
+    }
 }
 
 fn moved(before: Option<&Value>, now: Option<&Value>, deadband: Option<f64>) -> bool {

@@ -20,11 +20,18 @@
 //! - [`sparkplug`]: Sparkplug B payload schema and topics (groundwork of the MQTT side).
 
 pub mod backoff;
+pub mod command;
 pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod exception;
+pub mod last_values;
 pub mod modbus;
+pub mod mqtt;
+pub mod plain;
+pub mod profile;
+pub mod publisher;
 pub mod simulator;
+pub mod stats;
 pub mod sparkplug;
 pub mod value;

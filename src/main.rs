@@ -14,6 +14,7 @@ use fieldmq::engine::Engine;
 use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::modbus::cycle::{self, Raw};
 use fieldmq::modbus::link::Link;
+use fieldmq::publisher::Publisher;
 
 /// sysexits.h EX_CONFIG: the configuration is wrong, so restarting will not help.
 const EX_CONFIG: u8 = 78;
@@ -304,20 +305,46 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     let mut engine = Engine::start(Arc::clone(&config), &shutdown);
-    tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), "fieldmq running");
+    let publisher = match &config.upstream {
+        Some(_) => Some(
+            Publisher::start(
+                Arc::clone(&config),
+                engine.writes.clone(),
+                Arc::clone(&engine.stats),
+            )
+            .context("cannot start the upstream connection")?,
+        ),
+        None => None,
+    };
+    tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), upstream = publisher.is_some(), "fieldmq running");
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            received = &mut signal => {
-                tracing::info!(signal = received?, "shutting down");
-                break;
+    match publisher {
+        Some(publisher) => {
+            let events = engine.take_events();
+            let task = tokio::spawn(publisher.run(events, shutdown.clone()));
+            tokio::pin!(task);
+            tokio::select! {
+                received = &mut signal => {
+                    tracing::info!(signal = received?, "shutting down");
+                    shutdown.cancel();
+                    task.await.context("publisher task")?;
+                }
+                finished = &mut task => finished.context("publisher task")?,
             }
-            event = engine.events.recv() => match event {
-                Some(event) => log_event(&config, &event),
-                None => break,
-            },
         }
+        None => loop {
+            tokio::select! {
+                received = &mut signal => {
+                    tracing::info!(signal = received?, "shutting down");
+                    break;
+                }
+                event = engine.events.recv() => match event {
+                    Some(event) => log_event(&config, &event),
+                    None => break,
+                },
+            }
+        },
     }
     shutdown.cancel();
     engine.join().await;
@@ -364,6 +391,16 @@ fn log_event(config: &Config, event: &DeviceEvent) {
         DeviceEvent::Offline { device, fault } => {
             tracing::warn!(device = device_name(*device), %fault, "offline")
         }
-        DeviceEvent::Online { device } => tracing::info!(device = device_name(*device), "online"),
+        DeviceEvent::Online { device, samples } => {
+            tracing::info!(device = device_name(*device), "online");
+            log_event(
+                config,
+                &DeviceEvent::Samples {
+                    device: *device,
+                    samples: samples.clone(),
+                },
+            );
+        }
+        DeviceEvent::Written { .. } => {}
     }
 }

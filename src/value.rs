@@ -88,6 +88,22 @@ pub enum Value {
 }
 
 impl Value {
+    /// The type this value is of.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            Value::Bool(_) => DataType::Bool,
+            Value::U16(_) => DataType::U16,
+            Value::I16(_) => DataType::I16,
+            Value::U32(_) => DataType::U32,
+            Value::I32(_) => DataType::I32,
+            Value::U64(_) => DataType::U64,
+            Value::I64(_) => DataType::I64,
+            Value::F32(_) => DataType::F32,
+            Value::F64(_) => DataType::F64,
+            Value::String(_) => DataType::String,
+        }
+    }
+
     /// The value as a double, for deadbands and scaling; `None` for bools and strings.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {

@@ -11,7 +11,7 @@ use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::modbus::plan::Table;
 use fieldmq::simulator::Simulator;
 use fieldmq::value::{Quality, Value};
-use support::{Running, config, good_value};
+use support::{Running, config, good_value, samples_in};
 use tokio::process::{Child, Command};
 use tokio_serial::SerialPortBuilderExt;
 
@@ -111,21 +111,16 @@ async fn two_live_units_keep_their_rate_next_to_a_dead_one() {
     let mut values = [None, None];
     let mut ghost_offline = false;
     while values.iter().any(Option::is_none) || !ghost_offline {
-        match run
+        let event = run
             .next(
                 Duration::from_secs(5),
                 "both meters and the ghost going offline",
             )
-            .await
-        {
-            DeviceEvent::Samples { device, samples } if device < 2 => {
-                values[device] = Some(good_value(&samples, 0))
-            }
-            DeviceEvent::Samples { device: 2, samples } => {
-                assert!(matches!(samples[0].quality, Quality::Bad(_)))
-            }
-            DeviceEvent::Offline { device: 2, .. } => ghost_offline = true,
-            _ => {}
+            .await;
+        match samples_in(&event) {
+            Some((device, samples)) if device < 2 => values[device] = Some(good_value(samples, 0)),
+            Some((_, samples)) => assert!(matches!(samples[0].quality, Quality::Bad(_))),
+            None => ghost_offline |= matches!(event, DeviceEvent::Offline { device: 2, .. }),
         }
     }
     assert_eq!(values, [Some(Value::F32(230.5)), Some(Value::F32(-1.5))]);
@@ -134,10 +129,13 @@ async fn two_live_units_keep_their_rate_next_to_a_dead_one() {
     let before = [sim.served_count(1), sim.served_count(2)];
     let drain = async { while run.engine.events.recv().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
+    // 30 ticks fit in 3 s; each backoff retry of the ghost costs one 150 ms
+    // timeout (at most three in the window). Polling the ghost every tick
+    // would halve the rate to ~12.
     for (unit, before) in [1u8, 2].into_iter().zip(before) {
         let polled = sim.served_count(unit) - before;
         assert!(
-            polled >= 25,
+            polled >= 22,
             "unit {unit} polled {polled} times in 3 s at 100 ms next to a dead unit"
         );
     }
@@ -169,7 +167,7 @@ async fn a_late_reply_is_never_taken_for_the_answer_to_a_later_request() {
         else {
             continue;
         };
-        if let DeviceEvent::Samples { device, samples } = event {
+        if let Some((device, samples)) = samples_in(&event) {
             if device == 0 {
                 assert_eq!(samples[0].value, Some(Value::F32(230.5)), "{samples:?}");
                 fast_reads += 1;

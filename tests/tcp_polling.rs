@@ -8,7 +8,7 @@ use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::modbus::plan::Table;
 use fieldmq::simulator::{Served, Simulator};
 use fieldmq::value::{Fault, Quality, Value};
-use support::{Running, config, good_value, tcp_simulator};
+use support::{Running, config, good_value, samples_in, tcp_simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -264,11 +264,12 @@ async fn a_server_that_restarts_takes_the_device_offline_and_back_online() {
     // Same port again: a real device coming back after a power cycle.
     let listener = TcpListener::bind(addr).await.expect("rebind the same port");
     let server = tokio::spawn(sim.clone().serve_tcp(listener));
-    run.until(10 * SECOND, "online", |e| {
-        matches!(e, DeviceEvent::Online { .. }).then_some(())
-    })
-    .await;
-    let back = run.samples_of(0, 5 * SECOND).await;
+    let back = run
+        .until(10 * SECOND, "online", |e| match e {
+            DeviceEvent::Online { samples, .. } => Some(samples.clone()),
+            _ => None,
+        })
+        .await;
     assert_eq!(
         good_value(&back, run.metric(0, "voltage/L1")),
         Value::F32(230.5)
@@ -369,19 +370,20 @@ type = "u16"
     while tokio::time::Instant::now() < deadline
         && (liar_faults.len() < 2 || !ghost_offline || meter_values == 0)
     {
-        match run.next(3 * SECOND, "events").await {
-            DeviceEvent::Samples { device: 0, samples } => {
+        let event = run.next(3 * SECOND, "events").await;
+        match (samples_in(&event), &event) {
+            (Some((0, samples)), _) => {
                 assert_eq!(samples[0].value, Some(Value::U16(0x4366)));
                 meter_values += 1;
             }
-            DeviceEvent::Samples { device: 2, samples } => {
+            (_, DeviceEvent::Samples { device: 2, samples }) => {
                 let Quality::Bad(fault) = &samples[0].quality else {
                     panic!("garbage decoded as a value: {samples:?}")
                 };
                 assert_eq!(samples[0].value, None);
                 liar_faults.push(fault.clone());
             }
-            DeviceEvent::Offline { device: 1, .. } => ghost_offline = true,
+            (_, DeviceEvent::Offline { device: 1, .. }) => ghost_offline = true,
             _ => {}
         }
     }

@@ -6,6 +6,7 @@
 //! with its file, line and key. Nothing downstream parses strings again.
 
 mod raw;
+mod upstream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,10 @@ use crate::modbus::codec::{ByteOrder, RegisterLayout, Scaling, WordOrder};
 use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
 use crate::value::DataType;
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
+pub use upstream::{
+    ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Qos, Server, TopicTemplate, Upstream,
+    parse_url,
+};
 
 /// Why a config was refused: every problem found, each with its position.
 #[derive(Debug, Error)]
@@ -78,6 +83,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Identity of this gateway.
     pub node: Node,
+    /// The MQTT server to publish to; without it the gateway only logs what it reads.
+    pub upstream: Option<Upstream>,
     /// Field buses, each polled by one task.
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.
@@ -91,6 +98,10 @@ pub struct Node {
     pub group_id: String,
     /// Sparkplug edge node id.
     pub node_id: String,
+    /// Where state that must survive a restart is kept (bdSeq, later the buffer).
+    pub data_dir: PathBuf,
+    /// How often the gateway's own statistics are published when they changed.
+    pub stats_interval: Duration,
 }
 
 /// One field bus: a serial line or a TCP endpoint, used one transaction at a time.
@@ -224,6 +235,10 @@ pub struct Metric {
     pub min: Option<f64>,
     /// Highest value a write may set.
     pub max: Option<f64>,
+    /// Plain profile: QoS of its messages.
+    pub qos: Qos,
+    /// Plain profile: whether its messages are retained.
+    pub retain: bool,
 }
 
 impl Metric {
@@ -302,6 +317,13 @@ fn line_of(text: &str, offset: usize) -> usize {
         .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
+/// Plain-profile publishing settings a device gives its metrics by default.
+#[derive(Debug, Clone, Copy)]
+struct Publishing {
+    qos: Qos,
+    retain: bool,
+}
+
 /// Collects diagnostics while turning raw values into validated ones.
 struct Checker<'a> {
     text: &'a str,
@@ -314,6 +336,12 @@ const DEFAULT_OFFLINE_AFTER: u32 = 3;
 /// Longer periods make no sense for polling and would overflow deadline arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Where systemd's `StateDirectory=fieldmq` puts the service's state.
+const DEFAULT_DATA_DIR: &str = "/var/lib/fieldmq";
+const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Plain profile: a new subscriber sees each metric's last value at once.
+const DEFAULT_RETAIN: bool = true;
+const QOS_LEVELS: [Qos; 3] = [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce];
 const BYTE_ORDERS: [(&str, ByteOrder); 2] =
     [("big", ByteOrder::Big), ("little", ByteOrder::Little)];
 const WORD_ORDERS: [(&str, WordOrder); 2] =
@@ -474,21 +502,41 @@ impl Checker<'_> {
     fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
         self.topic_id("[node]", "group_id", &raw.node.group_id);
         self.topic_id("[node]", "node_id", &raw.node.node_id);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let node = Node {
+            group_id: raw.node.group_id.get_ref().clone(),
+            node_id: raw.node.node_id.get_ref().clone(),
+            data_dir: raw.node.data_dir.as_ref().map_or_else(
+                || PathBuf::from(DEFAULT_DATA_DIR),
+                |d| base.join(d.get_ref()),
+            ),
+            stats_interval: self.duration(
+                "[node]",
+                "stats_interval",
+                raw.node.stats_interval.as_ref(),
+                DEFAULT_STATS_INTERVAL,
+            ),
+        };
+        let upstream = raw
+            .upstream
+            .as_ref()
+            .map(|u| self.upstream(u, &node, base));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
         self.shared_ports(&raw.bus);
-        let devices = raw
+        let devices: Vec<Device> = raw
             .device
             .iter()
             .map(|d| self.device(d, &raw.bus, &buses))
             .collect();
+        if let Some(u) = upstream.as_ref().filter(|u| u.profile == Profile::Plain) {
+            self.plain_topics(&node, &u.topic_template, &devices, &raw.device);
+        }
         Config {
             path: path.to_owned(),
-            node: Node {
-                group_id: raw.node.group_id.into_inner(),
-                node_id: raw.node.node_id.into_inner(),
-            },
+            node,
+            upstream,
             buses,
             devices,
         }
@@ -690,10 +738,18 @@ impl Checker<'_> {
             );
         }
         self.unique(&ctx, "metric", raw.metric.iter().map(|m| &m.name));
+        let defaults = Publishing {
+            qos: raw
+                .qos
+                .as_ref()
+                .and_then(|q| self.qos(&ctx, q))
+                .unwrap_or_default(),
+            retain: raw.retain.as_ref().map_or(DEFAULT_RETAIN, |r| *r.get_ref()),
+        };
         let metrics: Vec<Metric> = raw
             .metric
             .iter()
-            .map(|m| self.metric(&ctx, m, byte_order, word_order, &limits))
+            .map(|m| self.metric(&ctx, m, byte_order, word_order, &limits, defaults))
             .collect();
         self.overlaps(&ctx, &raw.metric, &metrics);
         Device {
@@ -724,6 +780,7 @@ impl Checker<'_> {
         byte_order: ByteOrder,
         word_order: WordOrder,
         limits: &Limits,
+        defaults: Publishing,
     ) -> Metric {
         let ctx = format!("{device_ctx}, metric \"{}\"", raw.name.get_ref());
         self.metric_name(&ctx, &raw.name);
@@ -880,7 +937,18 @@ impl Checker<'_> {
             writable,
             min: raw.min.as_ref().map(|v| *v.get_ref()),
             max: raw.max.as_ref().map(|v| *v.get_ref()),
+            qos: raw
+                .qos
+                .as_ref()
+                .and_then(|q| self.qos(&ctx, q))
+                .unwrap_or(defaults.qos),
+            retain: raw.retain.as_ref().map_or(defaults.retain, |r| *r.get_ref()),
         }
+    }
+
+    fn qos(&mut self, ctx: &str, value: &Spanned<i64>) -> Option<Qos> {
+        let level: usize = self.int(ctx, "qos", value, 0, 2)?;
+        QOS_LEVELS.get(level).copied()
     }
 
     fn metric_name(&mut self, ctx: &str, name: &Spanned<String>) {

@@ -12,6 +12,7 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub node: RawNode,
+    pub upstream: Option<RawUpstream>,
     #[serde(default)]
     pub bus: Vec<RawBus>,
     #[serde(default)]
@@ -24,6 +25,29 @@ pub struct RawConfig {
 pub struct RawNode {
     pub group_id: Spanned<String>,
     pub node_id: Spanned<String>,
+    pub data_dir: Option<Spanned<String>>,
+    pub stats_interval: Option<Spanned<String>>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Option<Spanned<String>>,
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub keep_alive: Option<Spanned<String>>,
+    pub clean_session: Option<Spanned<bool>>,
+    pub max_packet_size: Option<Spanned<i64>>,
+    pub primary_host: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub topic_template: Option<Spanned<String>>,
 }
 
 /// `[[bus]]`
@@ -57,6 +81,8 @@ pub struct RawDevice {
     pub word_order: Option<Spanned<String>>,
     pub offline_after: Option<Spanned<i64>>,
     pub max_backoff: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    pub retain: Option<Spanned<bool>>,
     #[serde(default)]
     pub metric: Vec<RawMetric>,
 }
@@ -81,4 +107,6 @@ pub struct RawMetric {
     pub writable: Option<Spanned<bool>>,
     pub min: Option<Spanned<f64>>,
     pub max: Option<Spanned<f64>>,
+    pub qos: Option<Spanned<i64>>,
+    pub retain: Option<Spanned<bool>>,
 }

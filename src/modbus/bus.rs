@@ -21,7 +21,9 @@ use crate::exception::ChangeFilter;
 use crate::modbus::cycle::{self, Cycle};
 use crate::modbus::link::Link;
 use crate::modbus::plan::ReadPlan;
-use crate::value::{DeviceId, Fault, Quality, Sample};
+use crate::command::Write;
+use crate::stats::Stats;
+use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value};
 
 /// The shortest wait before retrying an offline device. Starting the backoff
 /// at a fast poll period would let a dead unit take most of its line's time
@@ -45,10 +47,23 @@ pub enum DeviceEvent {
         /// The failure that took it offline.
         fault: Fault,
     },
-    /// The device answered again after being offline.
+    /// The device answered, for the first time or after being offline.
     Online {
         /// The device.
         device: DeviceId,
+        /// Every metric as read in that cycle, so consumers start from a complete picture.
+        samples: Vec<Sample>,
+    },
+    /// A write asked for by a command was carried out, or failed at the device.
+    Written {
+        /// The device.
+        device: DeviceId,
+        /// The metric written.
+        metric: MetricId,
+        /// The value asked for.
+        value: Value,
+        /// `Ok` when the device accepted it.
+        outcome: Result<(), Fault>,
     },
 }
 
@@ -59,7 +74,8 @@ struct Slot {
     filter: ChangeFilter,
     next_due: Instant,
     failures: u32,
-    offline: bool,
+    /// `None` until the first cycle decides it.
+    online: Option<bool>,
     retry: Backoff,
 }
 
@@ -69,7 +85,20 @@ pub struct BusTask {
     link: Link,
     slots: Vec<Slot>,
     events: mpsc::Sender<DeviceEvent>,
+    writes: mpsc::Receiver<Write>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
+}
+
+/// The channels a bus task is connected to.
+#[derive(Debug)]
+pub struct BusChannels {
+    /// Where it reports.
+    pub events: mpsc::Sender<DeviceEvent>,
+    /// Writes for its devices, carried out between poll cycles.
+    pub writes: mpsc::Receiver<Write>,
+    /// Counters it adds to.
+    pub stats: Arc<Stats>,
 }
 
 impl BusTask {
@@ -77,7 +106,7 @@ impl BusTask {
     pub fn new(
         config: Arc<Config>,
         bus: usize,
-        events: mpsc::Sender<DeviceEvent>,
+        channels: BusChannels,
         shutdown: CancellationToken,
     ) -> Option<BusTask> {
         let link = Link::new(config.buses.get(bus)?);
@@ -93,7 +122,7 @@ impl BusTask {
                 filter: ChangeFilter::new(d.metrics.iter().map(|m| m.deadband).collect()),
                 next_due: now,
                 failures: 0,
-                offline: false,
+                online: None,
                 retry: Backoff::new(d.poll.max(OFFLINE_FIRST_RETRY), d.max_backoff.max(d.poll)),
             })
             .collect();
@@ -101,7 +130,9 @@ impl BusTask {
             config,
             link,
             slots,
-            events,
+            events: channels.events,
+            writes: channels.writes,
+            stats: channels.stats,
             shutdown,
         })
     }
@@ -112,7 +143,14 @@ impl BusTask {
         while let Some(index) = self.next_slot() {
             let due = self.slots[index].next_due;
             tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => break,
+                Some(write) = self.writes.recv() => {
+                    if !self.write(write).await {
+                        break;
+                    }
+                    continue;
+                }
                 () = sleep_until(due) => {}
             }
             if !self.poll_slot(index).await {
@@ -134,21 +172,32 @@ impl BusTask {
             return true;
         };
         let cycle = cycle::poll(&mut self.link, device, &mut slot.plan).await;
+        Stats::bump(&self.stats.polls);
         let now = Instant::now();
         let mut events = Vec::new();
+        let mut samples = samples_of(slot.id, device, &slot.plan, &cycle);
         if cycle.answered {
             slot.failures = 0;
             slot.retry.reset();
-            if slot.offline {
-                slot.offline = false;
-                tracing::info!(device = %device.name, "device answers again");
-                events.push(DeviceEvent::Online { device: slot.id });
-            }
             slot.next_due = next_tick(slot.next_due, device.poll, now);
+            if slot.online != Some(true) {
+                if slot.online == Some(false) {
+                    tracing::info!(device = %device.name, "device answers again");
+                }
+                slot.online = Some(true);
+                for sample in &samples {
+                    slot.filter.record(sample);
+                }
+                events.push(DeviceEvent::Online {
+                    device: slot.id,
+                    samples: std::mem::take(&mut samples),
+                });
+            }
         } else {
+            Stats::bump(&self.stats.poll_failures);
             slot.failures = slot.failures.saturating_add(1);
-            if !slot.offline && slot.failures >= device.offline_after {
-                slot.offline = true;
+            if slot.online != Some(false) && slot.failures >= device.offline_after {
+                slot.online = Some(false);
                 let fault = first_fault(&cycle);
                 tracing::warn!(device = %device.name, %fault, failures = slot.failures, "device offline; retrying with backoff");
                 events.push(DeviceEvent::Offline {
@@ -156,25 +205,75 @@ impl BusTask {
                     fault,
                 });
             }
-            slot.next_due = if slot.offline {
+            slot.next_due = if slot.online == Some(false) {
                 now + slot.retry.next_delay()
             } else {
                 next_tick(slot.next_due, device.poll, now)
             };
         }
-        let samples = changed_samples(slot, device, &cycle);
+        samples.retain(|s| slot.filter.admit(s));
         if !samples.is_empty() {
             events.push(DeviceEvent::Samples {
                 device: slot.id,
                 samples,
             });
         }
-        for event in events {
-            if self.events.send(event).await.is_err() {
-                return false;
+        send(&self.events, events).await
+    }
+
+    /// Carries out a write, reports it, and on success reads the metric back
+    /// and reports what the device now holds, news or not: the writer wants
+    /// to see the outcome. `false` when nobody listens any more.
+    async fn write(&mut self, write: Write) -> bool {
+        let config = Arc::clone(&self.config);
+        let Some(slot) = self.slots.iter_mut().find(|s| s.id == write.device) else {
+            return true;
+        };
+        let Some(device) = config.devices.get(slot.id) else {
+            return true;
+        };
+        let Some(metric) = device.metrics.get(write.metric) else {
+            return true;
+        };
+        let outcome = match self
+            .link
+            .write(device.unit, metric.address, &write.image)
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(code)) => Err(Fault::Exception(code)),
+            Err(e) => Err(Fault::from(e)),
+        };
+        Stats::bump(&self.stats.writes);
+        match &outcome {
+            Ok(()) => {
+                tracing::info!(device = %device.name, metric = %metric.name, value = %write.value, "written")
+            }
+            Err(fault) => {
+                Stats::bump(&self.stats.write_failures);
+                tracing::warn!(device = %device.name, metric = %metric.name, value = %write.value, %fault, "write failed");
             }
         }
-        true
+        let written = outcome.is_ok();
+        let mut events = vec![DeviceEvent::Written {
+            device: write.device,
+            metric: write.metric,
+            value: write.value,
+            outcome,
+        }];
+        if written {
+            let mut plan = ReadPlan::build([(write.metric, metric.span())], device.limits);
+            let cycle = cycle::poll(&mut self.link, device, &mut plan).await;
+            let samples = samples_of(slot.id, device, &plan, &cycle);
+            for sample in &samples {
+                slot.filter.record(sample);
+            }
+            events.push(DeviceEvent::Samples {
+                device: slot.id,
+                samples,
+            });
+        }
+        send(&self.events, events).await
     }
 }
 
@@ -186,8 +285,19 @@ fn first_fault(cycle: &Cycle) -> Fault {
         .unwrap_or(Fault::Timeout)
 }
 
-fn changed_samples(slot: &mut Slot, device: &Device, cycle: &Cycle) -> Vec<Sample> {
-    let mut readings = cycle::decode(device, &slot.plan, cycle);
+/// Hands events on; `false` when nobody listens any more.
+async fn send(to: &mpsc::Sender<DeviceEvent>, events: Vec<DeviceEvent>) -> bool {
+    for event in events {
+        if to.send(event).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Every metric of a cycle as a sample, in metric order.
+fn samples_of(id: DeviceId, device: &Device, plan: &ReadPlan, cycle: &Cycle) -> Vec<Sample> {
+    let mut readings = cycle::decode(device, plan, cycle);
     readings.sort_by_key(|r| r.metric);
     readings
         .into_iter()
@@ -197,14 +307,13 @@ fn changed_samples(slot: &mut Slot, device: &Device, cycle: &Cycle) -> Vec<Sampl
                 Err(fault) => (None, Quality::Bad(fault)),
             };
             Sample {
-                device: slot.id,
+                device: id,
                 metric: r.metric,
                 value,
                 quality,
                 timestamp_ms: r.timestamp_ms,
             }
         })
-        .filter(|s| slot.filter.admit(s))
         .collect()
 }
 

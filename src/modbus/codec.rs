@@ -132,6 +132,148 @@ fn decode_string(regs: &[u16], bo: ByteOrder) -> String {
         .to_owned()
 }
 
+/// A value that cannot be put into a metric's registers.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum EncodeError {
+    /// The value is of another kind than the layout holds (text into a number, ...).
+    #[error("a {got} value cannot be written to a {expected} metric")]
+    WrongType {
+        /// The layout's type.
+        expected: DataType,
+        /// What was offered.
+        got: &'static str,
+    },
+    /// The number does not fit the register type (after reverse scaling).
+    #[error("{value} does not fit a {data_type} register")]
+    OutOfRange {
+        /// The raw value that was computed.
+        value: f64,
+        /// The layout's type.
+        data_type: DataType,
+    },
+    /// The text is longer than the registers the string occupies, or not ASCII.
+    #[error("text of {bytes} bytes does not fit {registers} registers of ASCII")]
+    TextTooLong {
+        /// UTF-8 bytes offered.
+        bytes: usize,
+        /// Registers available.
+        registers: u16,
+    },
+    /// A bool inside a register is written by read-modify-write, not encoded whole.
+    #[error("a bit inside a register is not a whole-register value")]
+    BitInRegister,
+}
+
+/// Encodes `value` into the registers of `layout`, the exact inverse of
+/// [`decode_registers`]: integers must be whole and in range, floats are
+/// narrowed only to `f32` when the layout says so, strings are padded with NULs.
+pub fn encode_registers(layout: &RegisterLayout, value: &Value) -> Result<Vec<u16>, EncodeError> {
+    let (bo, wo) = (layout.byte_order, layout.word_order);
+    let t = layout.data_type;
+    if t == DataType::String {
+        let Value::String(text) = value else {
+            return Err(EncodeError::WrongType {
+                expected: t,
+                got: value.data_type().name(),
+            });
+        };
+        let capacity = usize::from(layout.length) * 2;
+        if text.len() > capacity || !text.is_ascii() {
+            return Err(EncodeError::TextTooLong {
+                bytes: text.len(),
+                registers: layout.length,
+            });
+        }
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.resize(capacity, 0);
+        return Ok(bytes
+            .chunks_exact(2)
+            .map(|pair| swap_bytes(u16::from_be_bytes([pair[0], pair[1]]), bo))
+            .collect());
+    }
+    if t == DataType::Bool {
+        if layout.bit.is_some() {
+            return Err(EncodeError::BitInRegister);
+        }
+        let Value::Bool(on) = value else {
+            return Err(EncodeError::WrongType {
+                expected: t,
+                got: value.data_type().name(),
+            });
+        };
+        return Ok(vec![swap_bytes(u16::from(*on), bo)]);
+    }
+    let bytes: Vec<u8> = match (t, value) {
+        (DataType::F32, v) => (number(t, v)? as f32).to_be_bytes().to_vec(),
+        (DataType::F64, v) => number(t, v)?.to_be_bytes().to_vec(),
+        (DataType::U16, v) => whole::<u16>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::I16, v) => whole::<i16>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::U32, v) => whole::<u32>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::I32, v) => whole::<i32>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::U64, v) => whole::<u64>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::I64, v) => whole::<i64>(t, v)?.to_be_bytes().to_vec(),
+        (DataType::Bool | DataType::String, _) => Vec::new(),
+    };
+    let mut regs: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|pair| swap_bytes(u16::from_be_bytes([pair[0], pair[1]]), bo))
+        .collect();
+    if wo == WordOrder::Little {
+        regs.reverse();
+    }
+    Ok(regs)
+}
+
+/// Sets or clears one bit of a register image read from the device (in its byte order).
+pub fn with_bit(reg: u16, bit: u8, on: bool, order: ByteOrder) -> u16 {
+    let word = swap_bytes(reg, order);
+    let mask = 1u16 << (bit & 15);
+    let word = if on { word | mask } else { word & !mask };
+    swap_bytes(word, order)
+}
+
+fn number(t: DataType, v: &Value) -> Result<f64, EncodeError> {
+    v.as_f64().ok_or(EncodeError::WrongType {
+        expected: t,
+        got: v.data_type().name(),
+    })
+}
+
+/// A number as an integer type: 64-bit integers are taken exactly, anything
+/// else must be a whole number within the type's range.
+fn whole<T>(t: DataType, v: &Value) -> Result<T, EncodeError>
+where
+    T: TryFrom<i128>,
+{
+    let exact: Option<i128> = match v {
+        Value::U64(x) => Some(i128::from(*x)),
+        Value::I64(x) => Some(i128::from(*x)),
+        Value::U32(x) => Some(i128::from(*x)),
+        Value::I32(x) => Some(i128::from(*x)),
+        Value::U16(x) => Some(i128::from(*x)),
+        Value::I16(x) => Some(i128::from(*x)),
+        _ => None,
+    };
+    let as_int = match exact {
+        Some(i) => i,
+        None => {
+            let x = number(t, v)?;
+            // Any f64 beyond ±2^100 is far outside every register type; the bound keeps the cast exact.
+            if x.fract() != 0.0 || !x.is_finite() || x.abs() > 1e30 {
+                return Err(EncodeError::OutOfRange {
+                    value: x,
+                    data_type: t,
+                });
+            }
+            x as i128
+        }
+    };
+    T::try_from(as_int).map_err(|_| EncodeError::OutOfRange {
+        value: as_int as f64,
+        data_type: t,
+    })
+}
+
 /// Linear conversion from the raw value to engineering units: `raw * scale + offset`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scaling {
@@ -147,6 +289,16 @@ impl Scaling {
         match raw.as_f64() {
             Some(x) => Value::F64(x * self.scale + self.offset),
             None => raw,
+        }
+    }
+
+    /// The raw number that [`Scaling::apply`] turns into `engineering`,
+    /// rounded to the nearest whole number when the raw type is an integer.
+    pub fn reverse(&self, engineering: f64, raw_type: DataType) -> f64 {
+        let raw = (engineering - self.offset) / self.scale;
+        match raw_type {
+            DataType::F32 | DataType::F64 => raw,
+            _ => raw.round(),
         }
     }
 }
@@ -425,5 +577,99 @@ mod tests {
             tenth.apply(Value::String("x".into())),
             Value::String("x".into())
         );
+    }
+
+    #[test]
+    fn encoding_is_the_inverse_of_decoding_for_every_type_and_order() {
+        let values = [
+            Value::U16(0xBEEF),
+            Value::I16(-12345),
+            Value::U32(0xDEAD_BEEF),
+            Value::I32(-7_654_321),
+            Value::U64(0x0123_4567_89AB_CDEF),
+            Value::I64(-1_234_567_890_123),
+            Value::F32(-231.5174),
+            Value::F64(6.02214076e23),
+            Value::Bool(true),
+        ];
+        for value in values {
+            for bo in [ByteOrder::Big, ByteOrder::Little] {
+                for wo in [WordOrder::Big, WordOrder::Little] {
+                    let l = layout(value.data_type(), bo, wo);
+                    let image = encode_registers(&l, &value).unwrap();
+                    assert_eq!(image.len(), usize::from(l.register_count()));
+                    assert_eq!(decode_registers(&l, &image), Ok(value.clone()), "{bo:?}/{wo:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoding_matches_the_hand_written_images() {
+        // 123.456f32 is 0x42F6E979; CDAB word swap is the usual meter layout.
+        let f = layout(DataType::F32, ByteOrder::Big, WordOrder::Little);
+        assert_eq!(
+            encode_registers(&f, &Value::F64(123.456)),
+            Ok(vec![0xE979, 0x42F6])
+        );
+        let s = RegisterLayout {
+            length: 3,
+            ..layout(DataType::String, ByteOrder::Big, WordOrder::Big)
+        };
+        assert_eq!(
+            encode_registers(&s, &Value::String("ABC".into())),
+            Ok(vec![0x4142, 0x4300, 0x0000])
+        );
+    }
+
+    #[test]
+    fn encoding_refuses_values_that_do_not_fit() {
+        let u16l = layout(DataType::U16, ByteOrder::Big, WordOrder::Big);
+        assert!(matches!(
+            encode_registers(&u16l, &Value::F64(65536.0)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_registers(&u16l, &Value::I32(-1)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_registers(&u16l, &Value::F64(1.5)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_registers(&u16l, &Value::F64(f64::NAN)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_registers(&u16l, &Value::String("1".into())),
+            Err(EncodeError::WrongType { .. })
+        ));
+        let s = RegisterLayout {
+            length: 1,
+            ..layout(DataType::String, ByteOrder::Big, WordOrder::Big)
+        };
+        assert!(matches!(
+            encode_registers(&s, &Value::String("ABC".into())),
+            Err(EncodeError::TextTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn reverse_scaling_rounds_only_for_integer_registers() {
+        let tenth = Scaling {
+            scale: 0.1,
+            offset: -40.0,
+        };
+        assert_eq!(tenth.reverse(25.5, DataType::I16), 655.0);
+        assert_eq!(tenth.reverse(25.54, DataType::I16), 655.0);
+        assert!((tenth.reverse(25.54, DataType::F32) - 655.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_register_bit_is_set_and_cleared_in_device_byte_order() {
+        assert_eq!(with_bit(0x0000, 3, true, ByteOrder::Big), 0x0008);
+        assert_eq!(with_bit(0x00FF, 0, false, ByteOrder::Big), 0x00FE);
+        assert_eq!(with_bit(0x0000, 3, true, ByteOrder::Little), 0x0800);
     }
 }

@@ -20,6 +20,7 @@ use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
 use crate::backoff::Backoff;
+use crate::command::WriteImage;
 use crate::config::{Bus, LinkKind, Parity, SerialLine};
 use crate::modbus::plan::Table;
 use crate::value::Fault;
@@ -138,6 +139,42 @@ impl Link {
             Ok(other) => return Err(self.mismatch(format!("unexpected response {other:?}"))),
         };
         Ok(Ok(data))
+    }
+
+    /// Writes `image` at `address` of `unit`: FC 05 for a coil, FC 06 for one
+    /// register, FC 16 for several, and FC 03 + FC 06 for a bit of a register.
+    /// The answer is the device's exception code when it refused.
+    pub async fn write(
+        &mut self,
+        unit: u8,
+        address: u16,
+        image: &WriteImage,
+    ) -> Result<Result<(), u8>, LinkError> {
+        let request = match image {
+            WriteImage::Coil(on) => Request::WriteSingleCoil(address, *on),
+            WriteImage::Registers(regs) if regs.len() == 1 => {
+                Request::WriteSingleRegister(address, regs[0])
+            }
+            WriteImage::Registers(regs) => Request::WriteMultipleRegisters(address, regs.clone().into()),
+            WriteImage::RegisterBit { mask, on } => {
+                let current = match self.read(unit, Table::Holding, address, 1).await? {
+                    Ok(Data::Registers(regs)) => regs.first().copied().unwrap_or(0),
+                    Ok(Data::Bits(_)) => return Err(self.mismatch("bits for a register read".into())),
+                    Err(code) => return Ok(Err(code)),
+                };
+                let word = if *on { current | mask } else { current & !mask };
+                Request::WriteSingleRegister(address, word)
+            }
+        };
+        match self.transact(unit, request).await? {
+            Err(code) => Ok(Err(code)),
+            Ok(
+                Response::WriteSingleCoil(..)
+                | Response::WriteSingleRegister(..)
+                | Response::WriteMultipleRegisters(..),
+            ) => Ok(Ok(())),
+            Ok(other) => Err(self.mismatch(format!("unexpected response {other:?}"))),
+        }
     }
 
     /// Closes the connection; the next transaction reconnects.

@@ -1,5 +1,7 @@
 //! Sparkplug B 3.0: the payload schema, topics, and the edge node's session rules.
 
+pub mod edge;
+pub mod host;
 pub mod payload;
 pub mod session;
 pub mod topic;

@@ -77,11 +77,37 @@ pub fn value_field(value: &Value) -> metric::Value {
     }
 }
 
+/// A command's value field read as a value of type `t`, the inverse of
+/// [`value_field`]; `None` when the field is not the one `t` travels in or
+/// the number does not fit. A signed 16-bit value is accepted sign-extended
+/// (as Tahu and fieldmq send it) or as its bare 16 bits.
+pub fn value_from_field(field: &metric::Value, t: DataType) -> Option<Value> {
+    use metric::Value as F;
+    Some(match (t, field) {
+        (DataType::Bool, F::BooleanValue(v)) => Value::Bool(*v),
+        (DataType::U16, F::IntValue(v)) => Value::U16(u16::try_from(*v).ok()?),
+        (DataType::I16, F::IntValue(v)) => Value::I16(
+            i16::try_from(v.cast_signed())
+                .ok()
+                .or_else(|| u16::try_from(*v).ok().map(u16::cast_signed))?,
+        ),
+        (DataType::U32, F::IntValue(v)) => Value::U32(*v),
+        (DataType::I32, F::IntValue(v)) => Value::I32(v.cast_signed()),
+        (DataType::U64, F::LongValue(v)) => Value::U64(*v),
+        (DataType::I64, F::LongValue(v)) => Value::I64(v.cast_signed()),
+        (DataType::F32, F::FloatValue(v)) => Value::F32(*v),
+        (DataType::F64, F::DoubleValue(v)) => Value::F64(*v),
+        (DataType::String, F::StringValue(v)) => Value::String(v.clone()),
+        _ => return None,
+    })
+}
+
 /// Aliases for every device metric: unique across the node (tck-id-payloads-alias-uniqueness).
 /// Alias 0 and the first few are left to node metrics.
 #[derive(Debug, Clone)]
 pub struct Aliases {
     first_of_device: Vec<u64>,
+    metrics_of_device: Vec<usize>,
 }
 
 /// Aliases below this belong to node metrics.
@@ -100,12 +126,23 @@ impl Aliases {
                 first
             })
             .collect();
-        Aliases { first_of_device }
+        let metrics_of_device = config.devices.iter().map(|d| d.metrics.len()).collect();
+        Aliases {
+            first_of_device,
+            metrics_of_device,
+        }
     }
 
     /// The alias of a device metric.
     pub fn of(&self, device: DeviceId, metric: MetricId) -> u64 {
         self.first_of_device.get(device).copied().unwrap_or(0) + metric as u64
+    }
+
+    /// The metric of `device` that `alias` stands for, if it is one of that device's.
+    pub fn metric_of(&self, device: DeviceId, alias: u64) -> Option<MetricId> {
+        let first = *self.first_of_device.get(device)?;
+        let metric = usize::try_from(alias.checked_sub(first)?).ok()?;
+        (metric < *self.metrics_of_device.get(device)?).then_some(metric)
     }
 }
 

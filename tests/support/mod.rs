@@ -77,10 +77,10 @@ impl Running {
         }
     }
 
-    /// The samples of the next `Samples` event of `device`.
+    /// The samples of the next `Samples` or `Online` event of `device`.
     pub async fn samples_of(&mut self, device: usize, within: Duration) -> Vec<Sample> {
-        self.until(within, "samples", |e| match e {
-            DeviceEvent::Samples { device: d, samples } if *d == device => Some(samples.clone()),
+        self.until(within, "samples", |e| match samples_in(e) {
+            Some((d, samples)) if d == device => Some(samples.to_vec()),
             _ => None,
         })
         .await
@@ -111,4 +111,15 @@ pub fn good_value(samples: &[Sample], metric: usize) -> Value {
         .unwrap_or_else(|| panic!("metric {metric} not in {samples:?}"));
     assert_eq!(s.quality, Quality::Good, "{s:?}");
     s.value.clone().expect("good samples carry a value")
+}
+
+/// The device and samples an event carries: changes, or the complete
+/// snapshot that comes with a device going online.
+pub fn samples_in(event: &DeviceEvent) -> Option<(usize, &[Sample])> {
+    match event {
+        DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples } => {
+            Some((*device, samples))
+        }
+        _ => None,
+    }
 }

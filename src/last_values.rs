@@ -1,0 +1,96 @@
+//! The last reported state of every device and metric: what a birth
+//! certificate, a reconnect or a new subscriber needs to start from.
+
+use crate::config::Config;
+use crate::modbus::bus::DeviceEvent;
+use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, now_ms};
+
+/// One device's last known state.
+#[derive(Debug, Clone, Default)]
+struct DeviceState {
+    online: bool,
+    samples: Vec<Option<Sample>>,
+}
+
+/// Last values of all devices, updated from the bus tasks' events.
+#[derive(Debug, Clone)]
+pub struct LastValues {
+    devices: Vec<DeviceState>,
+}
+
+impl LastValues {
+    /// Nothing known yet: every device offline, no values.
+    pub fn new(config: &Config) -> LastValues {
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| DeviceState {
+                online: false,
+                samples: vec![None; d.metrics.len()],
+            })
+            .collect();
+        LastValues { devices }
+    }
+
+    /// Takes in what a bus task reported.
+    pub fn apply(&mut self, event: &DeviceEvent) {
+        match event {
+            DeviceEvent::Samples { device, samples } => self.store(*device, samples),
+            DeviceEvent::Online { device, samples } => {
+                if let Some(state) = self.devices.get_mut(*device) {
+                    state.online = true;
+                }
+                self.store(*device, samples);
+            }
+            DeviceEvent::Offline { device, .. } => {
+                if let Some(state) = self.devices.get_mut(*device) {
+                    state.online = false;
+                }
+            }
+            DeviceEvent::Written { .. } => {}
+        }
+    }
+
+    fn store(&mut self, device: DeviceId, samples: &[Sample]) {
+        let Some(state) = self.devices.get_mut(device) else {
+            return;
+        };
+        for sample in samples {
+            if let Some(slot) = state.samples.get_mut(sample.metric) {
+                *slot = Some(sample.clone());
+            }
+        }
+    }
+
+    /// Whether the device answered its last poll cycles.
+    pub fn is_online(&self, device: DeviceId) -> bool {
+        self.devices.get(device).is_some_and(|d| d.online)
+    }
+
+    /// How many devices are online.
+    pub fn online_count(&self) -> usize {
+        self.devices.iter().filter(|d| d.online).count()
+    }
+
+    /// Every metric of a device, in metric order; a metric never read is a
+    /// bad-quality sample without value, so a birth still declares it.
+    pub fn snapshot(&self, device: DeviceId) -> Vec<Sample> {
+        let Some(state) = self.devices.get(device) else {
+            return Vec::new();
+        };
+        state
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(metric, sample): (MetricId, _)| {
+                sample.clone().unwrap_or_else(|| Sample {
+                    device,
+                    metric,
+                    value: None,
+                    quality: Quality::Bad(Fault::Offline),
+                    timestamp_ms: now_ms(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! The plain profile: one JSON message per metric on a readable topic, for
+//! consumers that do not speak Sparkplug.
+//!
+//! - `{template}` (default `{group_id}/{node_id}/{device}/{metric}`):
+//!   `{"value":..,"ts":..,"unit":..,"quality":"good"|"bad"}` with the metric's QoS and retain flag;
+//! - `{group_id}/{node_id}/state`: retained `ONLINE`, and `OFFLINE` as the retained will;
+//! - `{group_id}/{node_id}/{device}/state`: retained `ONLINE`/`OFFLINE`;
+//! - `{metric topic}/set`: a JSON value to write, under the same rules as a DCMD.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::command::{self, Rejection};
+use crate::config::{Config, Qos, TopicTemplate};
+use crate::last_values::LastValues;
+use crate::modbus::bus::DeviceEvent;
+use crate::mqtt::Message;
+use crate::profile::Action;
+use crate::value::{DeviceId, MetricId, Quality, Sample};
+
+/// Node and device state payloads.
+pub const ONLINE: &str = "ONLINE";
+/// See [`ONLINE`].
+pub const OFFLINE: &str = "OFFLINE";
+
+/// The plain-profile publisher's state.
+#[derive(Debug)]
+pub struct PlainNode {
+    config: Arc<Config>,
+    connected: bool,
+    /// Per device, per metric.
+    topics: Vec<Vec<String>>,
+    /// `/set` topic → the writable metric it writes.
+    set_topics: HashMap<String, (DeviceId, MetricId)>,
+}
+
+impl PlainNode {
+    /// Topics for every metric of `config`, from its template.
+    pub fn new(config: Arc<Config>) -> PlainNode {
+        let template = config
+            .upstream
+            .as_ref()
+            .map_or_else(TopicTemplate::standard, |u| u.topic_template.clone());
+        let topics: Vec<Vec<String>> = config
+            .devices
+            .iter()
+            .map(|d| {
+                d.metrics
+                    .iter()
+                    .map(|m| template.render(&config.node, &d.name, &m.name))
+                    .collect()
+            })
+            .collect();
+        let mut set_topics = HashMap::new();
+        for (device, d) in config.devices.iter().enumerate() {
+            for (metric, m) in d.metrics.iter().enumerate() {
+                if let (true, Some(topic)) = (m.writable, topics[device].get(metric)) {
+                    set_topics.insert(format!("{topic}/set"), (device, metric));
+                }
+            }
+        }
+        PlainNode {
+            config,
+            connected: false,
+            topics,
+            set_topics,
+        }
+    }
+
+    fn node_state_topic(&self) -> String {
+        let node = &self.config.node;
+        format!("{}/{}/state", node.group_id, node.node_id)
+    }
+
+    fn device_state(&self, device: DeviceId, online: bool) -> Option<Action> {
+        let node = &self.config.node;
+        let name = &self.config.devices.get(device)?.name;
+        Some(Action::Publish(Message {
+            topic: format!("{}/{}/{name}/state", node.group_id, node.node_id),
+            payload: if online { ONLINE } else { OFFLINE }.into(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        }))
+    }
+
+    /// The retained `OFFLINE` node state.
+    pub fn will(&self) -> Message {
+        Message {
+            topic: self.node_state_topic(),
+            payload: OFFLINE.into(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        }
+    }
+
+    /// Connected: subscribe to the `/set` topics of writable metrics.
+    pub fn connected(&mut self) -> Vec<Action> {
+        self.connected = true;
+        let mut filters: Vec<(String, Qos)> = self
+            .set_topics
+            .keys()
+            .map(|t| (t.clone(), Qos::AtLeastOnce))
+            .collect();
+        filters.sort();
+        vec![Action::Subscribe(filters)]
+    }
+
+    /// Subscribed: announce the node online and publish every state and known value.
+    pub fn subscribed(&mut self, cache: &LastValues) -> Vec<Action> {
+        let mut actions = vec![Action::Publish(Message {
+            topic: self.node_state_topic(),
+            payload: ONLINE.into(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        })];
+        for device in 0..self.config.devices.len() {
+            actions.extend(self.device_state(device, cache.is_online(device)));
+            if cache.is_online(device) {
+                actions.extend(cache.snapshot(device).iter().filter_map(|s| self.sample(s)));
+            }
+        }
+        actions
+    }
+
+    /// The connection is gone.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+    }
+
+    fn sample(&self, sample: &Sample) -> Option<Action> {
+        let metric = self
+            .config
+            .devices
+            .get(sample.device)?
+            .metrics
+            .get(sample.metric)?;
+        let topic = self.topics.get(sample.device)?.get(sample.metric)?.clone();
+        Some(Action::Publish(Message {
+            topic,
+            payload: payload(sample, metric.unit.as_deref()).into_bytes(),
+            qos: metric.qos,
+            retain: metric.retain,
+        }))
+    }
+
+    /// Device events become value and state messages.
+    pub fn event(&mut self, event: &DeviceEvent) -> Vec<Action> {
+        if !self.connected {
+            return Vec::new();
+        }
+        match event {
+            DeviceEvent::Samples { samples, .. } => {
+                samples.iter().filter_map(|s| self.sample(s)).collect()
+            }
+            DeviceEvent::Online { device, samples } => self
+                .device_state(*device, true)
+                .into_iter()
+                .chain(samples.iter().filter_map(|s| self.sample(s)))
+                .collect(),
+            DeviceEvent::Offline { device, .. } => {
+                self.device_state(*device, false).into_iter().collect()
+            }
+            DeviceEvent::Written { .. } => Vec::new(),
+        }
+    }
+
+    /// A `/set` message: a JSON value for a writable metric.
+    pub fn message(&mut self, topic: &str, payload: &[u8], cache: &LastValues) -> Vec<Action> {
+        let Some(&(device, metric)) = self.set_topics.get(topic) else {
+            return vec![Action::Reject(Rejection::UnknownMetric(topic.into()))];
+        };
+        let Some(def) = self
+            .config
+            .devices
+            .get(device)
+            .and_then(|d| d.metrics.get(metric))
+        else {
+            return Vec::new();
+        };
+        let outcome = serde_json::from_slice::<serde_json::Value>(payload)
+            .map_err(|e| Rejection::Malformed(format!("{topic}: not JSON ({e})")))
+            .and_then(|json| {
+                command::value_from_json(&json, def.value_type()).map_err(|why| {
+                    Rejection::WrongType {
+                        metric: def.name.clone(),
+                        expected: def.value_type(),
+                        got: why,
+                    }
+                })
+            })
+            .and_then(|value| {
+                if cache.is_online(device) {
+                    command::prepare(&self.config, device, metric, value)
+                } else {
+                    let name = self.config.devices.get(device).map_or("", |d| &d.name);
+                    Err(Rejection::DeviceOffline(name.into()))
+                }
+            });
+        vec![match outcome {
+            Ok(write) => Action::Write(write),
+            Err(rejection) => Action::Reject(rejection),
+        }]
+    }
+
+    /// The retained `OFFLINE` before a deliberate disconnect.
+    pub fn farewell(&mut self) -> Vec<Action> {
+        if !self.connected {
+            return Vec::new();
+        }
+        self.connected = false;
+        vec![Action::Publish(self.will())]
+    }
+}
+
+/// `{"value":..,"ts":..,"unit":..,"quality":..}`; a bad sample has a null
+/// value and says why, so a stale number is never shown as current.
+pub fn payload(sample: &Sample, unit: Option<&str>) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "value".into(),
+        sample
+            .value
+            .as_ref()
+            .map_or(serde_json::Value::Null, |v| v.to_json()),
+    );
+    object.insert("ts".into(), sample.timestamp_ms.into());
+    if let Some(unit) = unit {
+        object.insert("unit".into(), unit.into());
+    }
+    match &sample.quality {
+        Quality::Good => {
+            object.insert("quality".into(), "good".into());
+        }
+        Quality::Bad(fault) => {
+            object.insert("quality".into(), "bad".into());
+            object.insert("error".into(), fault.to_string().into());
+        }
+    }
+    serde_json::Value::Object(object).to_string()
+}

@@ -1,0 +1,134 @@
+//! What the gateway publishes, decided by its profile: Sparkplug B or plain
+//! JSON topics. A profile is pure protocol state: it is told what happened
+//! (connected, a device event, an incoming message) and answers with
+//! [`Action`]s for the publisher to carry out; it never does I/O itself.
+
+use std::sync::Arc;
+
+use crate::command::{Rejection, Write};
+use crate::config::{Config, Profile, Qos};
+use crate::last_values::LastValues;
+use crate::modbus::bus::DeviceEvent;
+use crate::mqtt::Message;
+use crate::plain::PlainNode;
+use crate::sparkplug::edge::EdgeNode;
+use crate::stats::StatsSnapshot;
+
+/// Something the publisher must do on a profile's behalf.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish a message.
+    Publish(Message),
+    /// Subscribe to these filters (one SUBSCRIBE packet; the answer is [`NodeProfile::subscribed`]).
+    Subscribe(Vec<(String, Qos)>),
+    /// Carry out a validated write.
+    Write(Write),
+    /// A command was refused; log and count it.
+    Reject(Rejection),
+    /// Leave this server (after what was published before) and continue with the next one.
+    LeaveServer,
+}
+
+/// The gateway's own figures, reported as node metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Counters since start.
+    pub counters: StatsSnapshot,
+    /// Devices answering now.
+    pub devices_online: u64,
+}
+
+/// The profile in use.
+#[derive(Debug)]
+pub enum NodeProfile {
+    /// Sparkplug B edge node.
+    Sparkplug(EdgeNode),
+    /// Plain JSON topics.
+    Plain(PlainNode),
+}
+
+impl NodeProfile {
+    /// The profile `profile` for `config`.
+    pub fn new(config: Arc<Config>, profile: Profile) -> NodeProfile {
+        match profile {
+            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config)),
+            Profile::Plain => NodeProfile::Plain(PlainNode::new(config)),
+        }
+    }
+
+    /// The last will for a connection whose epoch (Sparkplug: bdSeq) is `epoch`.
+    pub fn will(&self, epoch: u64) -> Message {
+        match self {
+            NodeProfile::Sparkplug(node) => node.will(epoch),
+            NodeProfile::Plain(node) => node.will(),
+        }
+    }
+
+    /// Whether a connection needs a fresh epoch (Sparkplug's bdSeq).
+    pub fn needs_epoch(&self) -> bool {
+        matches!(self, NodeProfile::Sparkplug(_))
+    }
+
+    /// A connection was established with the will of `epoch`.
+    pub fn connected(&mut self, epoch: u64) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.connected(epoch),
+            NodeProfile::Plain(node) => node.connected(),
+        }
+    }
+
+    /// The subscriptions asked for on connecting are in place.
+    pub fn subscribed(&mut self, cache: &LastValues, stats: NodeStats) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.subscribed(cache, stats),
+            NodeProfile::Plain(node) => node.subscribed(cache),
+        }
+    }
+
+    /// The connection is gone.
+    pub fn disconnected(&mut self) {
+        match self {
+            NodeProfile::Sparkplug(node) => node.disconnected(),
+            NodeProfile::Plain(node) => node.disconnected(),
+        }
+    }
+
+    /// A bus task reported `event`; `cache` already includes it.
+    pub fn event(&mut self, event: &DeviceEvent, cache: &LastValues) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.event(event, cache),
+            NodeProfile::Plain(node) => node.event(event),
+        }
+    }
+
+    /// A message arrived on a subscribed topic.
+    pub fn message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        cache: &LastValues,
+        stats: NodeStats,
+    ) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.message(topic, payload, cache, stats),
+            NodeProfile::Plain(node) => node.message(topic, payload, cache),
+        }
+    }
+
+    /// The gateway's figures now; published when they changed.
+    pub fn stats(&mut self, stats: NodeStats) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.stats(stats),
+            NodeProfile::Plain(_) => Vec::new(),
+        }
+    }
+
+    /// What to publish before a deliberate disconnect, since a clean
+    /// DISCONNECT makes the server discard the will.
+    pub fn farewell(&mut self) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.farewell(),
+            NodeProfile::Plain(node) => node.farewell(),
+        }
+    }
+}

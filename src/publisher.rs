@@ -1,0 +1,256 @@
+//! The task between the bus tasks and the upstream MQTT server: keeps the
+//! last values, lets the profile turn events into messages, publishes them,
+//! and routes incoming commands to the bus tasks as writes.
+//!
+//! It never waits on the uplink: messages are handed to rumqttc's bounded
+//! queue with `try_publish`, and what does not fit is counted as dropped, so
+//! a slow or dead uplink never slows polling down.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, SubscribeFilter};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::WriteRouter;
+use crate::last_values::LastValues;
+use crate::modbus::bus::DeviceEvent;
+use crate::mqtt::Message;
+use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
+use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
+use crate::profile::{Action, NodeProfile, NodeStats};
+use crate::sparkplug::session::BdSeqStore;
+use crate::stats::Stats;
+
+/// Link events waiting for the publisher.
+const LINK_QUEUE: usize = 64;
+/// How long a stopping gateway waits for its farewell to reach the server.
+const FAREWELL_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the publisher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config has no `[upstream]`.
+    #[error("no [upstream] in the config")]
+    NoUpstream,
+    /// The TLS files could not be used.
+    #[error("[upstream] TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// The publisher and its connection task.
+#[derive(Debug)]
+pub struct Publisher {
+    config: Arc<Config>,
+    profile: NodeProfile,
+    cache: LastValues,
+    client: AsyncClient,
+    link: mpsc::Receiver<LinkEvent>,
+    connection: JoinHandle<()>,
+    stop_connection: CancellationToken,
+    connected: bool,
+    writes: WriteRouter,
+    stats: Arc<Stats>,
+    max_packet_size: usize,
+}
+
+impl Publisher {
+    /// Builds the profile and starts the connection to `[upstream]`.
+    /// Fails only on what the config check could not see (TLS files that do not parse).
+    pub fn start(
+        config: Arc<Config>,
+        writes: WriteRouter,
+        stats: Arc<Stats>,
+    ) -> Result<Publisher, StartError> {
+        let upstream = config.upstream.as_ref().ok_or(StartError::NoUpstream)?;
+        let tls = tls_config(upstream)?;
+        let servers = upstream
+            .servers
+            .iter()
+            .map(|s| (s.url.clone(), mqtt_options(upstream, s, tls.as_ref())))
+            .collect();
+        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile);
+        let will_profile = NodeProfile::new(Arc::clone(&config), upstream.profile);
+        let greeting = Greeting {
+            epochs: profile
+                .needs_epoch()
+                .then(|| BdSeqStore::new(&config.node.data_dir)),
+            will: Box::new(move |epoch| will_profile.will(epoch)),
+        };
+        let (link_tx, link) = mpsc::channel(LINK_QUEUE);
+        let stop_connection = CancellationToken::new();
+        let (client, connection) =
+            Connection::new(servers, greeting, link_tx, stop_connection.clone())
+                .ok_or(StartError::NoUpstream)?;
+        Ok(Publisher {
+            cache: LastValues::new(&config),
+            max_packet_size: upstream.max_packet_size,
+            config,
+            profile,
+            client,
+            link,
+            connection: tokio::spawn(connection.run()),
+            stop_connection,
+            connected: false,
+            writes,
+            stats,
+        })
+    }
+
+    /// Runs until `shutdown` or until the bus tasks are gone, then says
+    /// goodbye (NDEATH or OFFLINE) and disconnects.
+    pub async fn run(mut self, mut events: mpsc::Receiver<DeviceEvent>, shutdown: CancellationToken) {
+        let mut stats_tick = tokio::time::interval(self.config.node.stats_interval);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(link) = self.link.recv() => self.link_event(link),
+                event = events.recv() => match event {
+                    Some(event) => {
+                        self.cache.apply(&event);
+                        let actions = self.profile.event(&event, &self.cache);
+                        self.execute(actions);
+                    }
+                    None => break,
+                },
+                _ = stats_tick.tick() => {
+                    let actions = self.profile.stats(self.node_stats());
+                    self.execute(actions);
+                }
+            }
+        }
+        self.farewell().await;
+    }
+
+    async fn farewell(mut self) {
+        self.stop_connection.cancel();
+        if self.connected {
+            let actions = self.profile.farewell();
+            self.execute(actions);
+            // Must follow the farewell: under MQTT 3.1.1 a clean DISCONNECT discards the will.
+            if let Err(e) = self.client.try_disconnect() {
+                tracing::warn!(error = %e, "cannot send DISCONNECT");
+            }
+        }
+        let mut connection = self.connection;
+        tokio::select! {
+            _ = &mut connection => {}
+            () = tokio::time::sleep(FAREWELL_GRACE) => {
+                tracing::warn!("upstream did not take the farewell in time; closing");
+                connection.abort();
+            }
+            // Keep acknowledging link events so the connection task can finish.
+            () = drain(&mut self.link) => {}
+        }
+    }
+
+    fn node_stats(&self) -> NodeStats {
+        NodeStats {
+            counters: self.stats.snapshot(),
+            devices_online: self.cache.online_count() as u64,
+        }
+    }
+
+    fn link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected { epoch, .. } => {
+                self.connected = true;
+                let actions = self.profile.connected(epoch);
+                self.execute(actions);
+            }
+            LinkEvent::Subscribed { refused } => {
+                if refused > 0 {
+                    tracing::warn!(refused, "the server refused subscriptions; commands will not arrive");
+                }
+                let actions = self.profile.subscribed(&self.cache, self.node_stats());
+                self.execute(actions);
+            }
+            LinkEvent::Message { topic, payload } => {
+                let actions = self
+                    .profile
+                    .message(&topic, &payload, &self.cache, self.node_stats());
+                self.execute(actions);
+                let actions = self.profile.stats(self.node_stats());
+                self.execute(actions);
+            }
+            LinkEvent::Disconnected { reason, ack } => {
+                tracing::debug!(%reason, "publisher paused");
+                self.connected = false;
+                self.profile.disconnected();
+                drop(ack);
+            }
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Publish(message) => self.publish(message),
+                Action::Subscribe(filters) if filters.is_empty() => {
+                    let more = self.profile.subscribed(&self.cache, self.node_stats());
+                    queue.extend(more);
+                }
+                Action::Subscribe(filters) => {
+                    let filters = filters
+                        .into_iter()
+                        .map(|(path, q)| SubscribeFilter::new(path, qos(q)));
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "cannot subscribe; commands will not arrive");
+                    }
+                }
+                Action::Write(write) => {
+                    if let Err(rejection) = self.writes.send(write) {
+                        queue.push_back(Action::Reject(rejection));
+                    }
+                }
+                Action::Reject(rejection) => {
+                    Stats::bump(&self.stats.commands_rejected);
+                    tracing::warn!(%rejection, "command refused; nothing written");
+                }
+                Action::LeaveServer => {
+                    if let Err(e) = self.client.try_disconnect() {
+                        tracing::warn!(error = %e, "cannot send DISCONNECT");
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, message: Message) {
+        if !self.connected {
+            return;
+        }
+        if message.wire_size() > self.max_packet_size {
+            Stats::bump(&self.stats.messages_dropped);
+            tracing::error!(
+                topic = %message.topic,
+                bytes = message.wire_size(),
+                max_packet_size = self.max_packet_size,
+                "message larger than [upstream] max_packet_size; not sent"
+            );
+            return;
+        }
+        let Message {
+            topic,
+            payload,
+            qos: q,
+            retain,
+        } = message;
+        if let Err(e) = self.client.try_publish(topic, qos(q), retain, payload) {
+            Stats::bump(&self.stats.messages_dropped);
+            tracing::warn!(error = %e, "uplink queue full; message dropped");
+        }
+    }
+}
+
+async fn drain(link: &mut mpsc::Receiver<LinkEvent>) {
+    while link.recv().await.is_some() {}
+    std::future::pending::<()>().await;
+}
