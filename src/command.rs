@@ -157,9 +157,7 @@ fn image(def: &Metric, value: &Value) -> Result<WriteImage, Rejection> {
         }),
         _ => {
             let raw = match (def.scaling, value.as_f64()) {
-                (Some(scaling), Some(x)) => {
-                    Value::F64(scaling.reverse(x, def.layout.data_type))
-                }
+                (Some(scaling), Some(x)) => Value::F64(scaling.reverse(x, def.layout.data_type)),
                 _ => value.clone(),
             };
             encode_registers(&def.layout, &raw)
@@ -338,12 +336,18 @@ writable = true
     #[test]
     fn json_values_are_read_as_the_metric_type() {
         use serde_json::json;
-        assert_eq!(value_from_json(&json!(42), DataType::U16), Ok(Value::U16(42)));
+        assert_eq!(
+            value_from_json(&json!(42), DataType::U16),
+            Ok(Value::U16(42))
+        );
         assert_eq!(
             value_from_json(&json!({"value": 2.5}), DataType::F64),
             Ok(Value::F64(2.5))
         );
-        assert_eq!(value_from_json(&json!(true), DataType::Bool), Ok(Value::Bool(true)));
+        assert_eq!(
+            value_from_json(&json!(true), DataType::Bool),
+            Ok(Value::Bool(true))
+        );
         assert!(value_from_json(&json!(70000), DataType::U16).is_err());
         assert!(value_from_json(&json!(1.5), DataType::U16).is_err());
         assert!(value_from_json(&json!("1"), DataType::U16).is_err());

@@ -32,6 +32,6 @@ pub mod plain;
 pub mod profile;
 pub mod publisher;
 pub mod simulator;
-pub mod stats;
 pub mod sparkplug;
+pub mod stats;
 pub mod value;

@@ -103,7 +103,11 @@ impl Publisher {
 
     /// Runs until `shutdown` or until the bus tasks are gone, then says
     /// goodbye (NDEATH or OFFLINE) and disconnects.
-    pub async fn run(mut self, mut events: mpsc::Receiver<DeviceEvent>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<DeviceEvent>,
+        shutdown: CancellationToken,
+    ) {
         let mut stats_tick = tokio::time::interval(self.config.node.stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -166,15 +170,18 @@ impl Publisher {
             }
             LinkEvent::Subscribed { refused } => {
                 if refused > 0 {
-                    tracing::warn!(refused, "the server refused subscriptions; commands will not arrive");
+                    tracing::warn!(
+                        refused,
+                        "the server refused subscriptions; commands will not arrive"
+                    );
                 }
                 let actions = self.profile.subscribed(&self.cache, self.node_stats());
                 self.execute(actions);
             }
             LinkEvent::Message { topic, payload } => {
-                let actions = self
-                    .profile
-                    .message(&topic, &payload, &self.cache, self.node_stats());
+                let actions =
+                    self.profile
+                        .message(&topic, &payload, &self.cache, self.node_stats());
                 self.execute(actions);
                 let actions = self.profile.stats(self.node_stats());
                 self.execute(actions);

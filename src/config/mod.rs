@@ -517,10 +517,7 @@ impl Checker<'_> {
                 DEFAULT_STATS_INTERVAL,
             ),
         };
-        let upstream = raw
-            .upstream
-            .as_ref()
-            .map(|u| self.upstream(u, &node, base));
+        let upstream = raw.upstream.as_ref().map(|u| self.upstream(u, &node, base));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
@@ -942,7 +939,10 @@ impl Checker<'_> {
                 .as_ref()
                 .and_then(|q| self.qos(&ctx, q))
                 .unwrap_or(defaults.qos),
-            retain: raw.retain.as_ref().map_or(defaults.retain, |r| *r.get_ref()),
+            retain: raw
+                .retain
+                .as_ref()
+                .map_or(defaults.retain, |r| *r.get_ref()),
         }
     }
 

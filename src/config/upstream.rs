@@ -124,7 +124,8 @@ const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;
 /// The MQTT 3.1.1 limit on a packet's remaining length.
 const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
-const PROFILES: [(&str, Profile); 2] = [("sparkplug", Profile::Sparkplug), ("plain", Profile::Plain)];
+const PROFILES: [(&str, Profile); 2] =
+    [("sparkplug", Profile::Sparkplug), ("plain", Profile::Plain)];
 
 impl Checker<'_> {
     pub(super) fn upstream(&mut self, raw: &RawUpstream, node: &Node, base: &Path) -> Upstream {
@@ -184,16 +185,29 @@ impl Checker<'_> {
             Some(id) => id.get_ref().clone(),
             None => node.node_id.clone(),
         };
-        let keep_alive = self.duration(ctx, "keep_alive", raw.keep_alive.as_ref(), DEFAULT_KEEP_ALIVE);
+        let keep_alive = self.duration(
+            ctx,
+            "keep_alive",
+            raw.keep_alive.as_ref(),
+            DEFAULT_KEEP_ALIVE,
+        );
         if let Some(k) = &raw.keep_alive
             && keep_alive > Duration::from_secs(u64::from(u16::MAX))
         {
-            self.error(k.span(), ctx, "keep_alive must be at most 65535s, the MQTT limit".into());
+            self.error(
+                k.span(),
+                ctx,
+                "keep_alive must be at most 65535s, the MQTT limit".into(),
+            );
         }
         if let Some(k) = &raw.keep_alive
             && keep_alive < Duration::from_secs(1)
         {
-            self.error(k.span(), ctx, "keep_alive must be at least 1s; MQTT counts it in whole seconds".into());
+            self.error(
+                k.span(),
+                ctx,
+                "keep_alive must be at least 1s; MQTT counts it in whole seconds".into(),
+            );
         }
         let profile = raw
             .profile
@@ -209,7 +223,11 @@ impl Checker<'_> {
         if let Some(host) = &raw.primary_host {
             self.topic_id(ctx, "primary_host", host);
             if profile == Profile::Plain {
-                self.error(host.span(), ctx, "primary_host applies only to profile = \"sparkplug\"".into());
+                self.error(
+                    host.span(),
+                    ctx,
+                    "primary_host applies only to profile = \"sparkplug\"".into(),
+                );
             }
         }
         let topic_template = match &raw.topic_template {
@@ -245,12 +263,20 @@ impl Checker<'_> {
         let ctx = "[upstream]";
         let written: Vec<&Spanned<String>> = match (&raw.url, &raw.urls) {
             (Some(url), Some(urls)) => {
-                self.error(urls.span(), ctx, "url and urls are alternatives; list every server in urls".into());
+                self.error(
+                    urls.span(),
+                    ctx,
+                    "url and urls are alternatives; list every server in urls".into(),
+                );
                 vec![url]
             }
             (Some(url), None) => vec![url],
             (None, Some(urls)) if urls.get_ref().is_empty() => {
-                self.error(urls.span(), ctx, "urls must list at least one server".into());
+                self.error(
+                    urls.span(),
+                    ctx,
+                    "urls must list at least one server".into(),
+                );
                 Vec::new()
             }
             (None, Some(urls)) => urls.get_ref().iter().collect(),
@@ -293,25 +319,52 @@ impl Checker<'_> {
         }
         for needed in ["{device}", "{metric}"] {
             if !text.contains(needed) {
-                self.error(raw.span(), ctx, format!("topic_template must contain {needed}, or metrics would share topics"));
+                self.error(
+                    raw.span(),
+                    ctx,
+                    format!("topic_template must contain {needed}, or metrics would share topics"),
+                );
             }
         }
-        if let Some(c) = text.chars().find(|c| matches!(c, '+' | '#') || c.is_control()) {
-            self.error(raw.span(), ctx, format!("topic_template contains {c:?}, which is not allowed in a topic name"));
+        if let Some(c) = text
+            .chars()
+            .find(|c| matches!(c, '+' | '#') || c.is_control())
+        {
+            self.error(
+                raw.span(),
+                ctx,
+                format!("topic_template contains {c:?}, which is not allowed in a topic name"),
+            );
         }
         if text.starts_with('/') || text.ends_with('/') || text.contains("//") {
-            self.error(raw.span(), ctx, "topic_template has an empty topic level".into());
+            self.error(
+                raw.span(),
+                ctx,
+                "topic_template has an empty topic level".into(),
+            );
         }
         TopicTemplate(text.clone())
     }
 
     /// Plain topics must not collide: a metric topic that is also another
     /// metric's `/set` topic or a state topic would mix data and commands.
-    pub(super) fn plain_topics(&mut self, node: &Node, template: &TopicTemplate, devices: &[Device], raw_devices: &[super::raw::RawDevice]) {
+    pub(super) fn plain_topics(
+        &mut self,
+        node: &Node,
+        template: &TopicTemplate,
+        devices: &[Device],
+        raw_devices: &[super::raw::RawDevice],
+    ) {
         let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        seen.insert(format!("{}/{}/state", node.group_id, node.node_id), "the node state".into());
+        seen.insert(
+            format!("{}/{}/state", node.group_id, node.node_id),
+            "the node state".into(),
+        );
         for device in devices {
-            seen.insert(format!("{}/{}/{}/state", node.group_id, node.node_id, device.name), format!("the state of device \"{}\"", device.name));
+            seen.insert(
+                format!("{}/{}/{}/state", node.group_id, node.node_id, device.name),
+                format!("the state of device \"{}\"", device.name),
+            );
         }
         for (device, raw_device) in devices.iter().zip(raw_devices) {
             for (metric, raw_metric) in device.metrics.iter().zip(&raw_device.metric) {
@@ -320,11 +373,17 @@ impl Checker<'_> {
                 for (t, what) in [(topic, "topic"), (set, "/set topic")] {
                     let owner = format!("metric \"{}\" of device \"{}\"", metric.name, device.name);
                     if let Some(first) = seen.get(&t) {
-                        let message = format!("{what} {t} is already {first}; rename the metric or change topic_template");
+                        let message = format!(
+                            "{what} {t} is already {first}; rename the metric or change topic_template"
+                        );
                         let ctx = format!("device \"{}\", metric \"{}\"", device.name, metric.name);
                         self.error(raw_metric.name.span(), &ctx, message);
                     } else {
-                        let label = if what == "topic" { format!("the topic of {owner}") } else { format!("the /set topic of {owner}") };
+                        let label = if what == "topic" {
+                            format!("the topic of {owner}")
+                        } else {
+                            format!("the /set topic of {owner}")
+                        };
                         seen.insert(t, label);
                     }
                 }
@@ -333,20 +392,48 @@ impl Checker<'_> {
     }
 
     /// A file that must exist; relative paths are taken from the config file's directory.
-    pub(super) fn existing_file(&mut self, ctx: &str, key: &str, value: &Spanned<String>, base: &Path) -> PathBuf {
+    pub(super) fn existing_file(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        base: &Path,
+    ) -> PathBuf {
         let path = base.join(value.get_ref());
         if let Err(e) = std::fs::File::open(&path) {
-            self.error(value.span(), ctx, format!("{key} = \"{}\": cannot read {}: {e}", value.get_ref(), path.display()));
+            self.error(
+                value.span(),
+                ctx,
+                format!(
+                    "{key} = \"{}\": cannot read {}: {e}",
+                    value.get_ref(),
+                    path.display()
+                ),
+            );
         }
         path
     }
 
-    fn secret(&mut self, ctx: &str, key: &str, value: &Spanned<String>, base: &Path) -> Option<String> {
+    fn secret(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        base: &Path,
+    ) -> Option<String> {
         let path = base.join(value.get_ref());
         match std::fs::read_to_string(&path) {
             Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
             Err(e) => {
-                self.error(value.span(), ctx, format!("{key} = \"{}\": cannot read {}: {e}", value.get_ref(), path.display()));
+                self.error(
+                    value.span(),
+                    ctx,
+                    format!(
+                        "{key} = \"{}\": cannot read {}: {e}",
+                        value.get_ref(),
+                        path.display()
+                    ),
+                );
                 None
             }
         }
@@ -375,7 +462,9 @@ pub fn parse_url(url: &str) -> Result<Server, String> {
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains(['/', '@', '?', '#']) {
-        return Err(format!("url \"{url}\" has a path, user or query; {expected} (credentials go in username/password)"));
+        return Err(format!(
+            "url \"{url}\" has a path, user or query; {expected} (credentials go in username/password)"
+        ));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6

@@ -16,12 +16,12 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::command::Write;
 use crate::config::{Config, Device};
 use crate::exception::ChangeFilter;
 use crate::modbus::cycle::{self, Cycle};
 use crate::modbus::link::Link;
 use crate::modbus::plan::ReadPlan;
-use crate::command::Write;
 use crate::stats::Stats;
 use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value};
 

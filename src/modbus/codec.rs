@@ -598,7 +598,11 @@ mod tests {
                     let l = layout(value.data_type(), bo, wo);
                     let image = encode_registers(&l, &value).unwrap();
                     assert_eq!(image.len(), usize::from(l.register_count()));
-                    assert_eq!(decode_registers(&l, &image), Ok(value.clone()), "{bo:?}/{wo:?}");
+                    assert_eq!(
+                        decode_registers(&l, &image),
+                        Ok(value.clone()),
+                        "{bo:?}/{wo:?}"
+                    );
                 }
             }
         }

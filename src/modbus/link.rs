@@ -155,11 +155,15 @@ impl Link {
             WriteImage::Registers(regs) if regs.len() == 1 => {
                 Request::WriteSingleRegister(address, regs[0])
             }
-            WriteImage::Registers(regs) => Request::WriteMultipleRegisters(address, regs.clone().into()),
+            WriteImage::Registers(regs) => {
+                Request::WriteMultipleRegisters(address, regs.clone().into())
+            }
             WriteImage::RegisterBit { mask, on } => {
                 let current = match self.read(unit, Table::Holding, address, 1).await? {
                     Ok(Data::Registers(regs)) => regs.first().copied().unwrap_or(0),
-                    Ok(Data::Bits(_)) => return Err(self.mismatch("bits for a register read".into())),
+                    Ok(Data::Bits(_)) => {
+                        return Err(self.mismatch("bits for a register read".into()));
+                    }
                     Err(code) => return Ok(Err(code)),
                 };
                 let word = if *on { current | mask } else { current & !mask };

@@ -23,8 +23,7 @@ use crate::mqtt::Message;
 use crate::profile::{Action, NodeStats};
 use crate::sparkplug::host::{HostChange, PrimaryHost};
 use crate::sparkplug::payload::{
-    Aliases, BD_SEQ, birth_metric, data_metric, datatype, datatype_of, node_death,
-    value_from_field,
+    Aliases, BD_SEQ, birth_metric, data_metric, datatype, datatype_of, node_death, value_from_field,
 };
 use crate::sparkplug::proto::Payload;
 use crate::sparkplug::proto::payload::{Metric, metric};
@@ -37,17 +36,24 @@ pub const REBIRTH: &str = "Node Control/Rebirth";
 /// The gateway's version, a node property.
 pub const VERSION: &str = "Properties/Version";
 
+/// Reads one figure out of the node statistics.
+type StatReader = fn(&NodeStats) -> u64;
+
 /// The gateway's own counters as node metrics: name, alias (below
 /// [`crate::sparkplug::payload::FIRST_DEVICE_ALIAS`]) and how to read it.
-const NODE_STATS: [(&str, u64, fn(&NodeStats) -> u64); 7] = [
+const NODE_STATS: [(&str, u64, StatReader); 7] = [
     ("Statistics/Polls", 1, |s| s.counters.polls),
     ("Statistics/Poll Failures", 2, |s| s.counters.poll_failures),
     ("Statistics/Writes", 3, |s| s.counters.writes),
-    ("Statistics/Write Failures", 4, |s| s.counters.write_failures),
+    ("Statistics/Write Failures", 4, |s| {
+        s.counters.write_failures
+    }),
     ("Statistics/Commands Rejected", 5, |s| {
         s.counters.commands_rejected
     }),
-    ("Statistics/Messages Dropped", 6, |s| s.counters.messages_dropped),
+    ("Statistics/Messages Dropped", 6, |s| {
+        s.counters.messages_dropped
+    }),
     ("Statistics/Devices Online", 7, |s| s.devices_online),
 ];
 
@@ -364,9 +370,18 @@ impl EdgeNode {
         }
     }
 
-    /// The primary host went offline: NDEATH, then leave this server
-    /// (tck-id-operational-behavior-edge-node-termination-host-offline).
+    /// The primary host went offline. A born node publishes NDEATH and
+    /// leaves the server, reconnecting with the next bdSeq
+    /// (tck-id-operational-behavior-edge-node-termination-host-offline);
+    /// a node still waiting moves on only when there is another server to
+    /// try (…-primary-application-state-with-multiple-servers-walk), since
+    /// reconnecting to the same one would change nothing.
     fn host_offline(&mut self) -> Vec<Action> {
+        let born = self.session.as_ref().is_some_and(|s| s.born);
+        let servers = self.config.upstream.as_ref().map_or(1, |u| u.servers.len());
+        if !born && servers < 2 {
+            return Vec::new();
+        }
         tracing::warn!("primary host offline: leaving this server");
         let mut actions = self.farewell();
         actions.push(Action::LeaveServer);
@@ -418,10 +433,10 @@ impl EdgeNode {
                 (None, None) => None,
             };
             let Some((metric, mdef)) = metric.and_then(|i| Some((i, def.metrics.get(i)?))) else {
-                let what = m
-                    .name
-                    .clone()
-                    .map_or_else(|| format!("alias {}", m.alias.unwrap_or_default()), |n| format!("\"{n}\""));
+                let what = m.name.clone().map_or_else(
+                    || format!("alias {}", m.alias.unwrap_or_default()),
+                    |n| format!("\"{n}\""),
+                );
                 actions.push(Action::Reject(Rejection::UnknownMetric(what)));
                 continue;
             };
@@ -443,17 +458,20 @@ impl EdgeNode {
                 actions.push(Action::Reject(Rejection::DeviceOffline(def.name.clone())));
                 continue;
             }
-            actions.push(match command::prepare(&self.config, device, metric, value) {
-                Ok(write) => Action::Write(write),
-                Err(rejection) => Action::Reject(rejection),
-            });
+            actions.push(
+                match command::prepare(&self.config, device, metric, value) {
+                    Ok(write) => Action::Write(write),
+                    Err(rejection) => Action::Reject(rejection),
+                },
+            );
         }
         actions
     }
 
-    /// NDEATH before a deliberate disconnect, with this connection's bdSeq.
+    /// NDEATH before a deliberate disconnect, with this connection's bdSeq;
+    /// nothing when this connection never birthed.
     pub fn farewell(&mut self) -> Vec<Action> {
-        let Some(session) = self.session.take() else {
+        let Some(session) = self.session.take().filter(|s| s.born) else {
             return Vec::new();
         };
         let mut death = self.will(session.bd_seq);

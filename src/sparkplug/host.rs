@@ -88,7 +88,12 @@ mod tests {
     #[test]
     fn old_style_and_malformed_states_are_ignored() {
         let mut host = PrimaryHost::default();
-        for bad in [&b"ONLINE"[..], b"{}", b"{\"online\":\"yes\",\"timestamp\":1}", b"\xff"] {
+        for bad in [
+            &b"ONLINE"[..],
+            b"{}",
+            b"{\"online\":\"yes\",\"timestamp\":1}",
+            b"\xff",
+        ] {
             assert_eq!(host.observe(bad), None);
         }
         assert!(!host.is_online());

@@ -2,6 +2,8 @@
 //! configs written for them, and an engine whose events can be awaited.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
