@@ -1,0 +1,264 @@
+//! Interop: what fieldmq publishes, decoded by an independent Sparkplug B
+//! implementation (pysparkplug, acting as the host application), and
+//! commands encoded by it, carried out by fieldmq.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fieldmq::modbus::plan::Table;
+use fieldmq::simulator::Simulator;
+use serde_json::{Value, json};
+use support::mqtt::{Gateway, Mosquitto};
+use support::tcp_simulator;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The pysparkplug host script, run with the test virtualenv's Python.
+struct PyHost {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl PyHost {
+    async fn start(port: u16) -> PyHost {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("target/test-venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing; run scripts/install-test-deps",
+            python.display()
+        );
+        let mut child = Command::new(python)
+            .arg(root.join("tests/interop/sparkplug_host.py"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the pysparkplug host");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut host = PyHost {
+            _child: child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        };
+        host.next_where("ready", |v| v["ready"] == true).await;
+        host
+    }
+
+    async fn next_where(&mut self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + 15 * SECOND;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("pysparkplug printed no {what} within 15 s"))
+                .expect("read the host's output")
+                .unwrap_or_else(|| panic!("the pysparkplug host exited while waiting for {what}"));
+            let value: Value = serde_json::from_str(&line).expect("the host prints JSON lines");
+            assert!(
+                value.get("error").is_none(),
+                "pysparkplug could not decode what fieldmq sent: {value}"
+            );
+            if pick(&value) {
+                return value;
+            }
+        }
+    }
+
+    async fn next(&mut self, kind: &str) -> Value {
+        self.next_where(kind, |v| v["type"] == kind).await
+    }
+
+    async fn send(&mut self, command: Value) {
+        let line = format!("{command}\n");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("send a command to the host");
+    }
+}
+
+fn metric<'a>(payload: &'a Value, name: &str) -> &'a Value {
+    payload["metrics"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+        .unwrap_or_else(|| panic!("no metric {name} in {payload}"))
+}
+
+fn config(sim: std::net::SocketAddr, port: u16, data_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[node]
+group_id = "interop"
+node_id = "gw"
+data_dir = "{}"
+
+[upstream]
+url = "mqtt://127.0.0.1:{port}"
+
+[[bus]]
+name = "sim"
+kind = "tcp"
+address = "{sim}"
+
+[[device]]
+name = "meter"
+bus = "sim"
+unit = 1
+poll = "100ms"
+
+[[device.metric]]
+name = "voltage/L1"
+table = "input"
+address = 0
+type = "f32"
+unit = "V"
+
+[[device.metric]]
+name = "temperature"
+table = "input"
+address = 2
+type = "i16"
+scale = 0.1
+
+[[device.metric]]
+name = "level"
+table = "input"
+address = 3
+type = "i16"
+
+[[device.metric]]
+name = "delta"
+table = "input"
+address = 4
+type = "i32"
+
+[[device.metric]]
+name = "energy"
+table = "input"
+address = 6
+type = "u64"
+
+[[device.metric]]
+name = "running"
+table = "discrete"
+address = 0
+type = "bool"
+
+[[device.metric]]
+name = "serial"
+table = "holding"
+address = 20
+type = "string"
+length = 4
+
+[[device.metric]]
+name = "setpoint"
+table = "holding"
+address = 0
+type = "u16"
+writable = true
+max = 1000.0
+"#,
+        data_dir.display()
+    )
+}
+
+#[tokio::test]
+async fn pysparkplug_decodes_the_births_and_data_and_its_commands_are_carried_out() {
+    let broker = Mosquitto::start().await;
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]); // 230.5
+    sim.set_registers(1, Table::Input, 2, &[(-35i16).cast_unsigned(), 1234]);
+    sim.set_registers(1, Table::Input, 4, &[0xFFFF, 0xFFFE]); // -2
+    sim.set_registers(1, Table::Input, 6, &[0, 0, 0x0001, 0x86A0]); // 100000
+    sim.set_bits(1, Table::Discrete, 0, &[true]);
+    sim.set_registers(1, Table::Holding, 20, &[0x464D, 0x5130, 0x3034, 0x3200]); // "FMQ0042"
+    sim.set_registers(1, Table::Holding, 0, &[500]);
+    let (addr, server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fieldmq.toml");
+    std::fs::write(&path, config(addr, broker.port, &dir.path().join("data"))).expect("config");
+
+    let mut host = PyHost::start(broker.port).await;
+    let gw = Gateway::run(&path, dir.path(), "gw");
+
+    let nbirth = host.next("NBIRTH").await;
+    assert_eq!(nbirth["seq"], 0);
+    assert_eq!(metric(&nbirth, "bdSeq")["datatype"], "INT64");
+    assert_eq!(metric(&nbirth, "Node Control/Rebirth")["value"], false);
+
+    let dbirth = host.next("DBIRTH").await;
+    assert_eq!(dbirth["topic"], "spBv1.0/interop/DBIRTH/gw/meter");
+    assert_eq!(dbirth["seq"], 1);
+    let expected = [
+        ("voltage/L1", "FLOAT", json!(230.5)),
+        ("temperature", "DOUBLE", json!(-3.5)),
+        ("level", "INT16", json!(1234)),
+        ("delta", "INT32", json!(-2)),
+        ("energy", "UINT64", json!(100_000)),
+        ("running", "BOOLEAN", json!(true)),
+        ("serial", "STRING", json!("FMQ0042")),
+        ("setpoint", "UINT16", json!(500)),
+    ];
+    for (name, datatype, value) in &expected {
+        let m = metric(&dbirth, name);
+        assert_eq!(&m["datatype"], datatype, "{name}: {m}");
+        assert_eq!(&m["value"], value, "{name}: {m}");
+        assert!(m["alias"].is_u64(), "{name} has an alias: {m}");
+    }
+
+    // DDATA refers by alias; pysparkplug resolves it through the birth.
+    sim.set_registers(1, Table::Input, 4, &[0x0001, 0x0000]); // 65536
+    let ddata = host.next("DDATA").await;
+    assert_eq!(metric(&ddata, "delta")["value"], 65536);
+    assert_eq!(metric(&ddata, "delta")["is_historical"], false);
+
+    // A DCMD encoded by pysparkplug: written, read back, reported.
+    host.send(json!({
+        "topic": "spBv1.0/interop/DCMD/gw/meter",
+        "type": "DCMD",
+        "metrics": [{"name": "setpoint", "datatype": "UINT16", "value": 750}],
+    }))
+    .await;
+    let ddata = host
+        .next_where("DDATA with the setpoint", |v| {
+            v["type"] == "DDATA"
+                && v["metrics"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["name"] == "setpoint"))
+        })
+        .await;
+    assert_eq!(metric(&ddata, "setpoint")["value"], 750);
+    assert_eq!(sim.registers(1, Table::Holding, 0, 1), Some(vec![750]));
+
+    // Its rebirth request: a new NBIRTH with seq 0 and the same bdSeq.
+    host.send(json!({
+        "topic": "spBv1.0/interop/NCMD/gw",
+        "type": "NCMD",
+        "metrics": [{"name": "Node Control/Rebirth", "datatype": "BOOLEAN", "value": true}],
+    }))
+    .await;
+    let again = host.next("NBIRTH").await;
+    assert_eq!(again["seq"], 0);
+    assert_eq!(
+        metric(&again, "bdSeq")["value"],
+        metric(&nbirth, "bdSeq")["value"]
+    );
+    host.next("DBIRTH").await;
+
+    gw.terminate().await;
+    let ndeath = host.next("NDEATH").await;
+    assert_eq!(
+        metric(&ndeath, "bdSeq")["value"],
+        metric(&nbirth, "bdSeq")["value"]
+    );
+    server.abort();
+}
