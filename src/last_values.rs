@@ -9,6 +9,8 @@ use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, now_ms};
 #[derive(Debug, Clone, Default)]
 struct DeviceState {
     online: bool,
+    /// Whether the bus task has said anything about it yet.
+    known: bool,
     samples: Vec<Option<Sample>>,
 }
 
@@ -26,6 +28,7 @@ impl LastValues {
             .iter()
             .map(|d| DeviceState {
                 online: false,
+                known: false,
                 samples: vec![None; d.metrics.len()],
             })
             .collect();
@@ -39,12 +42,14 @@ impl LastValues {
             DeviceEvent::Online { device, samples } => {
                 if let Some(state) = self.devices.get_mut(*device) {
                     state.online = true;
+                    state.known = true;
                 }
                 self.store(*device, samples);
             }
             DeviceEvent::Offline { device, .. } => {
                 if let Some(state) = self.devices.get_mut(*device) {
                     state.online = false;
+                    state.known = true;
                 }
             }
             DeviceEvent::Written { .. } => {}
@@ -65,6 +70,13 @@ impl LastValues {
     /// Whether the device answered its last poll cycles.
     pub fn is_online(&self, device: DeviceId) -> bool {
         self.devices.get(device).is_some_and(|d| d.online)
+    }
+
+    /// Whether the device is known to be offline (not merely not polled yet).
+    pub fn is_offline(&self, device: DeviceId) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|d| d.known && !d.online)
     }
 
     /// How many devices are online.

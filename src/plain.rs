@@ -189,11 +189,13 @@ impl PlainNode {
                 })
             })
             .and_then(|value| {
-                if cache.is_online(device) {
-                    command::prepare(&self.config, device, metric, value)
-                } else {
+                // A command queued by a persistent session may arrive before
+                // the first poll; only a device known to be down refuses it.
+                if cache.is_offline(device) {
                     let name = self.config.devices.get(device).map_or("", |d| &d.name);
                     Err(Rejection::DeviceOffline(name.into()))
+                } else {
+                    command::prepare(&self.config, device, metric, value)
                 }
             });
         vec![match outcome {

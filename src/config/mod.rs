@@ -293,6 +293,7 @@ impl Config {
         let mut check = Checker {
             text,
             diagnostics: Vec::new(),
+            broken_template: false,
         };
         let config = check.config(path, raw);
         if check.diagnostics.is_empty() {
@@ -328,6 +329,8 @@ struct Publishing {
 struct Checker<'a> {
     text: &'a str,
     diagnostics: Vec<Diagnostic>,
+    /// The plain topic template has errors of its own.
+    broken_template: bool,
 }
 
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -527,7 +530,10 @@ impl Checker<'_> {
             .iter()
             .map(|d| self.device(d, &raw.bus, &buses))
             .collect();
-        if let Some(u) = upstream.as_ref().filter(|u| u.profile == Profile::Plain) {
+        if let Some(u) = upstream
+            .as_ref()
+            .filter(|u| u.profile == Profile::Plain && !self.broken_template)
+        {
             self.plain_topics(&node, &u.topic_template, &devices, &raw.device);
         }
         Config {

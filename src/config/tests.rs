@@ -324,3 +324,146 @@ fn silent_interval_follows_the_character_time_and_the_fixed_floor() {
         Duration::from_micros(1750)
     );
 }
+
+/// The good config with an `[upstream]` section appended.
+fn with_upstream(section: &str) -> String {
+    format!("{GOOD}\n[upstream]\n{section}\n")
+}
+
+#[test]
+fn an_upstream_gets_its_defaults_and_several_servers_keep_their_order() {
+    let text = with_upstream(
+        "urls = [\"mqtt://broker-a\", \"mqtts://[fd00::1]:9883\"]\nusername = \"gw\"\npassword = \"s3cret\"",
+    );
+    let config = Config::from_toml(Path::new("x.toml"), &text).expect("valid");
+    let up = config.upstream.expect("upstream");
+    let servers: Vec<(&str, u16, bool)> = up
+        .servers
+        .iter()
+        .map(|s| (s.host.as_str(), s.port, s.tls))
+        .collect();
+    assert_eq!(
+        servers,
+        vec![("broker-a", 1883, false), ("fd00::1", 9883, true)]
+    );
+    assert_eq!(up.client_id, "line3-gw", "the node id by default");
+    assert_eq!(up.profile, Profile::Sparkplug);
+    assert!(up.clean_session);
+    assert_eq!(up.keep_alive, Duration::from_secs(30));
+    assert_eq!(up.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
+    assert_eq!(up.password.as_deref(), Some("s3cret"));
+    assert_eq!(config.node.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    let speed = &config.devices[1].metrics[0];
+    assert_eq!((speed.qos, speed.retain), (Qos::AtMostOnce, true));
+}
+
+#[test]
+fn a_password_file_is_read_relative_to_the_config_and_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), "hunter2\n").expect("write");
+    let text = with_upstream("url = \"mqtt://b\"\nusername = \"gw\"\npassword_file = \"secret\"");
+    let config = Config::from_toml(&dir.path().join("fieldmq.toml"), &text).expect("valid");
+    assert_eq!(
+        config.upstream.and_then(|u| u.password).as_deref(),
+        Some("hunter2")
+    );
+}
+
+#[test]
+fn upstream_mistakes_are_refused_with_their_line() {
+    let base = GOOD.lines().count() + 2;
+    let cases: Vec<(&str, &str)> = vec![
+        (
+            "url = \"http://b\"",
+            "has scheme \"http\", expected mqtt://host:port or mqtts://host:port",
+        ),
+        ("url = \"mqtt://b:0\"", "has port \"0\", expected 1..=65535"),
+        (
+            "url = \"mqtt://user@b\"",
+            "credentials go in username/password",
+        ),
+        (
+            "url = \"mqtt://b\"\nca_file = \"ca.pem\"",
+            "ca_file applies only to mqtts:// servers",
+        ),
+        (
+            "url = \"mqtts://b\"\nca_file = \"/nonexistent/ca.pem\"",
+            "ca_file = \"/nonexistent/ca.pem\": cannot read",
+        ),
+        (
+            "url = \"mqtt://b\"\nclean_session = false",
+            "Sparkplug B requires clean_session = true",
+        ),
+        (
+            "url = \"mqtt://b\"\nkeep_alive = \"500ms\"",
+            "keep_alive must be at least 1s",
+        ),
+        (
+            "url = \"mqtt://b\"\nprofile = \"json\"",
+            "unknown profile \"json\", expected one of sparkplug, plain",
+        ),
+        (
+            "url = \"mqtt://b\"\nprofile = \"plain\"\ntopic_template = \"{group_id}/{device}/{metrik}\"",
+            "unknown placeholder {metrik}",
+        ),
+        (
+            "url = \"mqtt://b\"\ntopic_template = \"x/{device}/{metric}\"",
+            "topic_template applies only to profile = \"plain\"",
+        ),
+        (
+            "url = \"mqtt://b\"\npassword = \"x\"",
+            "a password needs a username",
+        ),
+        (
+            "url = \"mqtt://b\"\nprimary_host = \"scada/1\"",
+            "primary_host \"scada/1\" contains '/'",
+        ),
+        (
+            "url = \"mqtt://b\"\nmax_packet_size = 10",
+            "max_packet_size = 10 is out of range, expected 1024..=268435455",
+        ),
+        ("username = \"x\"", "needs url = \"mqtt://host:1883\""),
+        ("url = \"mqtt://b\"\nretries = 3", "unknown field `retries`"),
+    ];
+    for (section, expected) in cases {
+        let errs = errors(&with_upstream(section));
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{section:?}: expected {expected:?} in {errs:?}"
+        );
+        assert!(
+            errs.iter().all(|e| e.starts_with("meter1.toml:")
+                && e["meter1.toml:".len()..]
+                    .split(':')
+                    .next()
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .is_some_and(|l| l >= base - 1)),
+            "{section:?}: errors point into [upstream]: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn plain_topics_that_collide_are_refused() {
+    let text = with_upstream("url = \"mqtt://b\"\nprofile = \"plain\"")
+        .replace("name = \"speed\"", "name = \"state\"");
+    let errs = errors(&text);
+    assert!(
+        errs.iter().any(|e| e
+            .contains("topic plant1/line3-gw/plc/state is already the state of device \"plc\"")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn qos_is_0_to_2_and_a_device_sets_the_default_of_its_metrics() {
+    let text = with("poll = \"1s\"", "poll = \"1s\"\nqos = 1\nretain = false");
+    let config = Config::from_toml(Path::new("x.toml"), &text).expect("valid");
+    let m = &config.devices[0].metrics[0];
+    assert_eq!((m.qos, m.retain), (Qos::AtLeastOnce, false));
+    let errs = errors(&with("unit    = \"V\"", "unit    = \"V\"\nqos = 3"));
+    assert!(
+        errs[0].contains("qos = 3 is out of range, expected 0..=2"),
+        "{errs:?}"
+    );
+}

@@ -302,6 +302,14 @@ impl Checker<'_> {
     }
 
     fn template(&mut self, ctx: &str, raw: &Spanned<String>) -> TopicTemplate {
+        let before = self.diagnostics.len();
+        let template = self.check_template(ctx, raw);
+        // Topic collisions of a broken template would only repeat its problem.
+        self.broken_template = self.diagnostics.len() > before;
+        template
+    }
+
+    fn check_template(&mut self, ctx: &str, raw: &Spanned<String>) -> TopicTemplate {
         let text = raw.get_ref();
         let mut rest = text.as_str();
         while let Some(open) = rest.find('{') {

@@ -496,3 +496,235 @@ fn describe(m: &Metric) -> String {
         None => field.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{Fault, Quality, Value};
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[node]
+group_id = "g"
+node_id = "n"
+[upstream]
+url = "mqtt://b"
+[[bus]]
+name = "b"
+kind = "tcp"
+address = "127.0.0.1:502"
+[[device]]
+name = "d"
+bus = "b"
+unit = 1
+[[device.metric]]
+name = "level"
+table = "holding"
+address = 0
+type = "u16"
+writable = true
+max = 100.0
+[[device.metric]]
+name = "status"
+table = "holding"
+address = 1
+type = "u16"
+"#;
+
+    fn node(extra: &str) -> (EdgeNode, LastValues) {
+        let text = CONFIG.replace(
+            "url = \"mqtt://b\"",
+            &format!("url = \"mqtt://b\"\n{extra}"),
+        );
+        let config = Arc::new(Config::from_toml(Path::new("t.toml"), &text).unwrap());
+        let cache = LastValues::new(&config);
+        (EdgeNode::new(config), cache)
+    }
+
+    fn online(cache: &mut LastValues) -> DeviceEvent {
+        let sample = |metric, v| Sample {
+            device: 0,
+            metric,
+            value: Some(Value::U16(v)),
+            quality: Quality::Good,
+            timestamp_ms: 1,
+        };
+        let event = DeviceEvent::Online {
+            device: 0,
+            samples: vec![sample(0, 7), sample(1, 1)],
+        };
+        cache.apply(&event);
+        event
+    }
+
+    /// (topic, seq) of each publish, and the decoded payloads.
+    fn published(actions: &[Action]) -> Vec<(String, Option<u64>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(m) => Some((
+                    m.topic.clone(),
+                    Payload::decode(m.payload.as_slice()).unwrap().seq,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn dcmd(metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            timestamp: Some(1),
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn subscriptions_come_before_births_and_births_before_data() {
+        let (mut node, mut cache) = node("");
+        let event = online(&mut cache);
+        assert!(
+            node.event(&event, &cache).is_empty(),
+            "nothing before a connection"
+        );
+        let subscribe = node.connected(3);
+        assert!(matches!(&subscribe[..], [Action::Subscribe(f)] if f.len() == 2));
+        let births = node.subscribed(&cache, NodeStats::default());
+        assert_eq!(
+            published(&births),
+            vec![
+                ("spBv1.0/g/NBIRTH/n".into(), Some(0)),
+                ("spBv1.0/g/DBIRTH/n/d".into(), Some(1))
+            ]
+        );
+        let offline = DeviceEvent::Offline {
+            device: 0,
+            fault: Fault::Timeout,
+        };
+        cache.apply(&offline);
+        assert_eq!(
+            published(&node.event(&offline, &cache)),
+            vec![("spBv1.0/g/DDEATH/n/d".into(), Some(2))]
+        );
+        let late = DeviceEvent::Samples {
+            device: 0,
+            samples: Vec::new(),
+        };
+        assert!(
+            node.event(&late, &cache).is_empty(),
+            "no DDATA after DDEATH"
+        );
+    }
+
+    #[test]
+    fn commands_resolve_by_name_or_alias_and_refusals_name_the_reason() {
+        let (mut node, mut cache) = node("");
+        online(&mut cache);
+        node.connected(0);
+        node.subscribed(&cache, NodeStats::default());
+        let alias = node.aliases.of(0, 0);
+        let by_alias = Metric {
+            alias: Some(alias),
+            value: Some(metric::Value::IntValue(42)),
+            ..Metric::default()
+        };
+        let by_name = |name: &str, value| Metric {
+            name: Some(name.into()),
+            value: Some(value),
+            ..Metric::default()
+        };
+        let actions = node.message(
+            "spBv1.0/g/DCMD/n/d",
+            &dcmd(vec![
+                by_alias,
+                by_name("status", metric::Value::IntValue(1)),
+                by_name("level", metric::Value::IntValue(101)),
+                by_name("level", metric::Value::LongValue(1)),
+                by_name("nope", metric::Value::IntValue(1)),
+            ]),
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(&actions[0], Action::Write(w) if w.value == Value::U16(42)));
+        assert!(matches!(
+            &actions[1],
+            Action::Reject(Rejection::ReadOnly(_))
+        ));
+        assert!(matches!(
+            &actions[2],
+            Action::Reject(Rejection::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            &actions[3],
+            Action::Reject(Rejection::WrongType { .. })
+        ));
+        assert!(matches!(
+            &actions[4],
+            Action::Reject(Rejection::UnknownMetric(_))
+        ));
+        let garbage = node.message(
+            "spBv1.0/g/NCMD/n",
+            b"\xff\xff",
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(
+            &garbage[..],
+            [Action::Reject(Rejection::Malformed(_))]
+        ));
+    }
+
+    #[test]
+    fn a_primary_host_gates_the_births_and_its_death_ends_the_session() {
+        let (mut node, mut cache) = node("primary_host = \"h\"");
+        online(&mut cache);
+        let subscribe = node.connected(5);
+        assert!(
+            matches!(&subscribe[..], [Action::Subscribe(f)] if f.iter().any(|(t, _)| t == "spBv1.0/STATE/h"))
+        );
+        assert!(node.subscribed(&cache, NodeStats::default()).is_empty());
+        let stats = NodeStats::default();
+        let on = node.message(
+            "spBv1.0/STATE/h",
+            br#"{"online":true,"timestamp":10}"#,
+            &cache,
+            stats,
+        );
+        assert_eq!(
+            published(&on).len(),
+            2,
+            "NBIRTH and DBIRTH once the host is online"
+        );
+        let off = node.message(
+            "spBv1.0/STATE/h",
+            br#"{"online":false,"timestamp":11}"#,
+            &cache,
+            stats,
+        );
+        assert_eq!(published(&off), vec![("spBv1.0/g/NDEATH/n".into(), None)]);
+        assert!(matches!(off.last(), Some(Action::LeaveServer)));
+    }
+
+    #[test]
+    fn changed_statistics_go_out_as_ndata_by_alias() {
+        let (mut node, cache) = node("");
+        node.connected(0);
+        node.subscribed(&cache, NodeStats::default());
+        assert!(
+            node.stats(NodeStats::default()).is_empty(),
+            "nothing changed"
+        );
+        let mut stats = NodeStats::default();
+        stats.counters.commands_rejected = 2;
+        let actions = node.stats(stats);
+        let Some(Action::Publish(m)) = actions.first() else {
+            panic!("{actions:?}")
+        };
+        let p = Payload::decode(m.payload.as_slice()).unwrap();
+        assert_eq!(m.topic, "spBv1.0/g/NDATA/n");
+        assert_eq!(p.metrics.len(), 1);
+        assert_eq!(p.metrics[0].alias, Some(5));
+        assert_eq!(p.metrics[0].value, Some(metric::Value::LongValue(2)));
+    }
+}

@@ -31,7 +31,10 @@ fn mosquitto_binary() -> PathBuf {
 
 /// A mosquitto broker for one test.
 pub struct Mosquitto {
+    /// Plain MQTT, for the tests' own clients.
     pub port: u16,
+    /// The TLS listener, when started with [`Mosquitto::start_tls`].
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -42,12 +45,31 @@ impl Mosquitto {
     }
 
     pub async fn start_on(port: u16) -> Mosquitto {
+        Mosquitto::start_with(port, "").await
+    }
+
+    /// A broker whose only listener requires TLS with certificates from `certs`
+    /// (and, with `require_client_cert`, a client certificate signed by the same CA).
+    pub async fn start_tls(certs: &Certificates, require_client_cert: bool) -> Mosquitto {
+        let tls_port = free_port();
+        let extra = format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
+            certs.ca.display(),
+            certs.server_cert.display(),
+            certs.server_key.display()
+        );
+        let mut broker = Mosquitto::start_with(free_port(), &extra).await;
+        broker.tls_port = Some(tls_port);
+        broker
+    }
+
+    async fn start_with(port: u16, listener_extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+                "listener {port} 127.0.0.1\n{listener_extra}allow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
             ),
         )
         .expect("write mosquitto.conf");
@@ -65,6 +87,7 @@ impl Mosquitto {
             {
                 return Mosquitto {
                     port,
+                    tls_port: None,
                     child,
                     _dir: dir,
                 };
@@ -260,5 +283,104 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+pub struct Certificates {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Certificates {
+    pub fn make(dir: &Path) -> Certificates {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed (scripts/install-test-deps)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("san.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("san");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fieldmq test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "gw1")] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.cnf",
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        }
+        // mosquitto started as root drops to its own user, which must be able to read these
+        // throwaway files inside the test's private temporary directory.
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dir, readable.clone()).expect("chmod dir");
+        for file in [
+            "ca.pem",
+            "server.pem",
+            "server.key",
+            "client.pem",
+            "client.key",
+        ] {
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        Certificates {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
     }
 }

@@ -1,0 +1,137 @@
+//! The uplink connection: TLS with verification, mutual TLS, and moving on
+//! to the next server when one is unreachable.
+
+mod support;
+
+use std::time::Duration;
+
+use fieldmq::modbus::plan::Table;
+use fieldmq::simulator::Simulator;
+use support::mqtt::{Certificates, Gateway, Mosquitto, Peer, free_port};
+use support::tcp_simulator;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn config(sim: std::net::SocketAddr, dir: &std::path::Path, upstream: &str) -> String {
+    format!(
+        r#"
+[node]
+group_id = "g"
+node_id = "gw1"
+data_dir = "{}"
+
+[upstream]
+{upstream}
+
+[[bus]]
+name = "sim"
+kind = "tcp"
+address = "{sim}"
+
+[[device]]
+name = "d"
+bus = "sim"
+unit = 1
+poll = "200ms"
+
+[[device.metric]]
+name = "x"
+table = "holding"
+address = 0
+type = "u16"
+"#,
+        dir.join("data").display()
+    )
+}
+
+async fn simulator() -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Holding, 0, &[42]);
+    tcp_simulator(&sim).await
+}
+
+fn start(dir: &std::path::Path, sim: std::net::SocketAddr, upstream: &str) -> Gateway {
+    let path = dir.join("fieldmq.toml");
+    std::fs::write(&path, config(sim, dir, upstream)).expect("config");
+    Gateway::run(&path, dir, "gw")
+}
+
+#[tokio::test]
+async fn mutual_tls_against_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = Certificates::make(dir.path());
+    let broker = Mosquitto::start_tls(&certs, true).await;
+    let tls_port = broker.tls_port.expect("tls listener");
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let (sim, server) = simulator().await;
+    let upstream = format!(
+        "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let gw = start(dir.path(), sim, &upstream);
+    let birth = host.next_on("spBv1.0/g/NBIRTH/gw1", 10 * SECOND).await;
+    assert_eq!(birth.sparkplug().seq, Some(0));
+    host.next_on("spBv1.0/g/DBIRTH/gw1/d", 10 * SECOND).await;
+    gw.terminate().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_an_unknown_ca_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = Certificates::make(dir.path());
+    let other = tempfile::tempdir().expect("tempdir");
+    let stranger = Certificates::make(other.path());
+    let broker = Mosquitto::start_tls(&certs, false).await;
+    let tls_port = broker.tls_port.expect("tls listener");
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let (sim, server) = simulator().await;
+    let upstream = format!(
+        "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"",
+        stranger.ca.display()
+    );
+    let gw = start(dir.path(), sim, &upstream);
+    let seen = host.collect_for(3 * SECOND).await;
+    assert!(
+        seen.is_empty(),
+        "nothing may be published over an unverified link: {seen:?}"
+    );
+    let log = gw.log();
+    assert!(log.contains("cannot connect upstream"), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+    gw.terminate().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn an_unreachable_first_server_is_skipped_for_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start().await;
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let (sim, server) = simulator().await;
+    let dead = free_port();
+    let upstream = format!("urls = [\"mqtt://127.0.0.1:{dead}\", \"{}\"]", broker.url());
+    let gw = start(dir.path(), sim, &upstream);
+    let birth = host
+        .next_on("spBv1.0/g/NBIRTH/gw1", 10 * SECOND)
+        .await
+        .sparkplug();
+    let bd_seq = birth
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some("bdSeq"))
+        .and_then(|m| m.value.clone());
+    assert_eq!(
+        bd_seq,
+        Some(fieldmq::sparkplug::proto::payload::metric::Value::LongValue(0)),
+        "a failed attempt does not use up a bdSeq"
+    );
+    assert!(gw.log().contains("cannot connect upstream"));
+    gw.terminate().await;
+    server.abort();
+}
