@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fieldmq::config::{Config, ConfigError, LinkKind};
+use fieldmq::config::{Config, ConfigError, LinkKind, Profile};
 use fieldmq::engine::Engine;
 use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::modbus::cycle::{self, Raw};
@@ -164,6 +164,25 @@ fn print_check(config: &Config) {
         config.devices.len(),
         metrics
     );
+    match &config.upstream {
+        Some(up) => {
+            let servers: Vec<&str> = up.servers.iter().map(|s| s.url.as_str()).collect();
+            let profile = match up.profile {
+                Profile::Sparkplug => "Sparkplug B",
+                Profile::Plain => "plain JSON",
+            };
+            println!(
+                "upstream: {profile} to {} as client {}{}",
+                servers.join(", "),
+                up.client_id,
+                up.primary_host
+                    .as_ref()
+                    .map_or_else(String::new, |h| format!(", primary host {h}"))
+            );
+            println!("data dir: {}", config.node.data_dir.display());
+        }
+        None => println!("upstream: none (values are only logged)"),
+    }
     for (index, bus) in config.buses.iter().enumerate() {
         let link = match &bus.link {
             LinkKind::Tcp { address } => format!("tcp {address}"),

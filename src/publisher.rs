@@ -120,6 +120,11 @@ impl Publisher {
                         self.cache.apply(&event);
                         let actions = self.profile.event(&event, &self.cache);
                         self.execute(actions);
+                        // A host that wrote wants to see a failed write without waiting for the next tick.
+                        if matches!(event, DeviceEvent::Written { .. }) {
+                            let actions = self.profile.stats(self.node_stats());
+                            self.execute(actions);
+                        }
                     }
                     None => break,
                 },

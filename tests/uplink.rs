@@ -135,3 +135,54 @@ async fn an_unreachable_first_server_is_skipped_for_the_next() {
     gw.terminate().await;
     server.abort();
 }
+
+#[tokio::test]
+async fn a_message_over_max_packet_size_is_dropped_without_losing_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start().await;
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let (sim, server) = simulator().await;
+    let mut text = config(
+        sim,
+        dir.path(),
+        &format!("url = \"{}\"\nmax_packet_size = 1024", broker.url()),
+    );
+    // 60 metrics make a DBIRTH of several kilobytes.
+    for i in 1..60 {
+        text.push_str(&format!(
+            "\n[[device.metric]]\nname = \"register/number_{i}\"\ntable = \"holding\"\naddress = {i}\ntype = \"u16\"\nunit = \"counts\"\n"
+        ));
+    }
+    let path = dir.path().join("fieldmq.toml");
+    std::fs::write(&path, text).expect("config");
+    let gw = Gateway::run(&path, dir.path(), "gw");
+    host.next_on("spBv1.0/g/NBIRTH/gw1", 10 * SECOND).await;
+    let after = host.collect_for(2 * SECOND).await;
+    assert!(
+        !after.iter().any(|m| m.topic.contains("DBIRTH")),
+        "the oversize DBIRTH is not sent"
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("larger than [upstream] max_packet_size"),
+        "{log}"
+    );
+    // Still connected: a rebirth request is answered.
+    use fieldmq::sparkplug::proto::Payload;
+    use fieldmq::sparkplug::proto::payload::{Metric, metric};
+    use prost::Message as _;
+    let ncmd = Payload {
+        timestamp: Some(1),
+        metrics: vec![Metric {
+            name: Some("Node Control/Rebirth".into()),
+            value: Some(metric::Value::BooleanValue(true)),
+            ..Metric::default()
+        }],
+        ..Payload::default()
+    };
+    host.publish("spBv1.0/g/NCMD/gw1", ncmd.encode_to_vec(), false)
+        .await;
+    host.next_on("spBv1.0/g/NBIRTH/gw1", 10 * SECOND).await;
+    gw.terminate().await;
+    server.abort();
+}
