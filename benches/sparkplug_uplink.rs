@@ -200,11 +200,14 @@ async fn latency() {
                 .expect("DDATA within 5 s")
                 .expect("subscriber alive");
             let p = Payload::decode(payload).expect("sparkplug");
-            if p.metrics
+            if let Some(m) = p
+                .metrics
                 .iter()
-                .any(|m| m.value == Some(metric::Value::FloatValue(value)))
+                .find(|m| m.value == Some(metric::Value::FloatValue(value)))
             {
                 latencies.push(at.duration_since(changed));
+                // The metric's timestamp is when the device's answer arrived.
+                after_read.push(at_ms.saturating_sub(m.timestamp.unwrap_or(at_ms)));
                 break;
             }
         }
