@@ -2,22 +2,32 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: bus tasks poll devices and emit samples; consumers
-//! (logging today, MQTT publishers later) read them from one channel.
+//! Data flows one way: bus tasks poll devices and emit events; the publisher
+//! keeps the last values, lets the profile (Sparkplug B or plain JSON) turn
+//! events into MQTT messages, and hands them to the uplink connection.
+//! Commands flow back once: the profile validates them into writes, which
+//! the engine routes to the bus task owning the device.
 //!
 //! - [`config`]: TOML text → validated [`config::Config`], with file:line diagnostics.
 //! - [`value`]: typed values, quality and samples.
 //! - [`modbus::codec`]: registers ⇄ values (byte/word order, bits, strings, scaling); pure.
 //! - [`modbus::plan`]: the read planner (coalescing, self-healing splits); pure.
-//! - [`modbus::link`]: one bus connection with timeouts, resync and reconnect.
+//! - [`modbus::link`]: one bus connection with timeouts, resync and reconnect; reads and writes.
 //! - [`modbus::cycle`]: one device's poll cycle and its decoding.
-//! - [`modbus::bus`]: the per-bus task: schedules, offline/backoff, report by exception.
+//! - [`modbus::bus`]: the per-bus task: schedules, offline/backoff, report by exception, writes.
 //! - [`exception`]: report by exception (deadbands).
-//! - [`engine`]: spawns the bus tasks and merges their events.
+//! - [`engine`]: spawns the bus tasks, merges their events, routes writes.
+//! - [`command`]: the rules a write must pass and its register image; pure.
+//! - [`stats`]: the gateway's counters.
+//! - [`last_values`]: the last value of every metric and each device's state.
+//! - [`profile`]: what a profile answers with ([`profile::Action`]) and the profile switch.
+//! - [`sparkplug`]: Sparkplug B schema, topics, payloads, seq/bdSeq, the edge node session; pure.
+//! - [`plain`]: the plain JSON profile; pure.
+//! - [`mqtt`]: the upstream connection task (reconnect, next server, will per connect) and TLS.
+//! - [`publisher`]: the task between the bus tasks and the uplink.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
 //! - [`demo`]: the simulated meter behind `fieldmq demo`.
 //! - [`backoff`]: exponential backoff with jitter.
-//! - [`sparkplug`]: Sparkplug B payload schema and topics (groundwork of the MQTT side).
 
 pub mod backoff;
 pub mod command;

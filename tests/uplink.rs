@@ -186,3 +186,44 @@ async fn a_message_over_max_packet_size_is_dropped_without_losing_the_connection
     gw.terminate().await;
     server.abort();
 }
+
+#[tokio::test]
+async fn after_a_broker_restart_the_node_reconnects_and_births_with_the_next_bd_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start().await;
+    let port = broker.port;
+    let mut host = Peer::connect(port, "host", &["spBv1.0/#"]).await;
+    let (sim, server) = simulator().await;
+    let gw = start(dir.path(), sim, &format!("url = \"{}\"", broker.url()));
+    let first = host
+        .next_on("spBv1.0/g/NBIRTH/gw1", 10 * SECOND)
+        .await
+        .sparkplug();
+    drop(host);
+    broker.stop().await;
+    tokio::time::sleep(2 * SECOND).await;
+
+    let broker = Mosquitto::start_on(port).await;
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let second = host
+        .next_on("spBv1.0/g/NBIRTH/gw1", 40 * SECOND)
+        .await
+        .sparkplug();
+    let bd_seq = |p: &fieldmq::sparkplug::proto::Payload| {
+        p.metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some("bdSeq"))
+            .and_then(|m| m.value.clone())
+    };
+    use fieldmq::sparkplug::proto::payload::metric::Value::LongValue;
+    assert_eq!(bd_seq(&first), Some(LongValue(0)));
+    assert_eq!(bd_seq(&second), Some(LongValue(1)));
+    host.next_on("spBv1.0/g/DBIRTH/gw1/d", 10 * SECOND).await;
+    assert!(
+        gw.log().contains("upstream connection lost"),
+        "{}",
+        gw.log()
+    );
+    gw.terminate().await;
+    server.abort();
+}
