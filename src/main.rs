@@ -16,6 +16,15 @@ use fieldmq::modbus::cycle::{self, Raw};
 use fieldmq::modbus::link::Link;
 use fieldmq::publisher::Publisher;
 
+/// Prints a line to stdout; a closed pipe (`fieldmq check | head`) ends the
+/// output quietly instead of panicking as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// sysexits.h EX_CONFIG: the configuration is wrong, so restarting will not help.
 const EX_CONFIG: u8 = 78;
 
@@ -126,11 +135,11 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let text = fieldmq::demo::config_text(address);
     let config =
         Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
-    println!(
+    say!(
         "fieldmq demo: a simulated meter serves Modbus TCP on {address}; polling it every second."
     );
-    println!("  any Modbus client can read it too: unit 1, input registers 0.. (f32, big-endian)");
-    println!("  stop with Ctrl-C");
+    say!("  any Modbus client can read it too: unit 1, input registers 0.. (f32, big-endian)");
+    say!("  stop with Ctrl-C");
     let code = run(config).await;
     stop_meter.cancel();
     server.abort();
@@ -156,9 +165,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn print_check(config: &Config) {
     let metrics: usize = config.devices.iter().map(|d| d.metrics.len()).sum();
-    println!("{}: valid", config.path.display());
-    println!("node {}/{}", config.node.group_id, config.node.node_id);
-    println!(
+    say!("{}: valid", config.path.display());
+    say!("node {}/{}", config.node.group_id, config.node.node_id);
+    say!(
         "{} buses, {} devices, {} metrics",
         config.buses.len(),
         config.devices.len(),
@@ -171,7 +180,7 @@ fn print_check(config: &Config) {
                 Profile::Sparkplug => "Sparkplug B",
                 Profile::Plain => "plain JSON",
             };
-            println!(
+            say!(
                 "upstream: {profile} to {} as client {}{}",
                 servers.join(", "),
                 up.client_id,
@@ -179,9 +188,9 @@ fn print_check(config: &Config) {
                     .as_ref()
                     .map_or_else(String::new, |h| format!(", primary host {h}"))
             );
-            println!("data dir: {}", config.node.data_dir.display());
+            say!("data dir: {}", config.node.data_dir.display());
         }
-        None => println!("upstream: none (values are only logged)"),
+        None => say!("upstream: none (values are only logged)"),
     }
     for (index, bus) in config.buses.iter().enumerate() {
         let link = match &bus.link {
@@ -195,15 +204,15 @@ fn print_check(config: &Config) {
                 )
             }
         };
-        println!();
-        println!(
+        say!();
+        say!(
             "bus {} ({link}, timeout {})",
             bus.name,
             humantime::format_duration(bus.timeout)
         );
         for device in config.devices.iter().filter(|d| d.bus == index) {
             let plan = device.read_plan();
-            println!(
+            say!(
                 "  device {} unit {} every {}: {} metrics in {} requests",
                 device.name,
                 device.unit,
@@ -217,7 +226,7 @@ fn print_check(config: &Config) {
                     .iter()
                     .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
                     .collect();
-                println!(
+                say!(
                     "    FC{:02} {:<8} start {:<5} count {:<4} -> {}",
                     request.table.read_function(),
                     request.table.name(),
@@ -261,7 +270,7 @@ async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCod
                 Some((metric.name.clone(), value))
             })
             .collect();
-        println!("{}", serde_json::Value::Object(object));
+        say!("{}", serde_json::Value::Object(object));
     } else {
         let rows: Vec<[String; 5]> = readings
             .iter()
@@ -312,7 +321,7 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        say!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
