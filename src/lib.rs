@@ -30,6 +30,7 @@
 //! - [`backoff`]: exponential backoff with jitter.
 
 pub mod backoff;
+pub mod buffer;
 pub mod command;
 pub mod config;
 pub mod demo;

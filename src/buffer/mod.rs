@@ -1,0 +1,679 @@
+//! The store-and-forward queue: a FIFO of opaque records on disk, for what
+//! must reach the upstream server but cannot right now.
+//!
+//! # Design
+//! A segment log, not an embedded database: records are appended to numbered
+//! segment files (`buffer/00000000000000000001.seg`, …) with a length and a
+//! CRC each ([`record`]). The bytes written per record are its payload plus
+//! 8, once; a B-tree store would rewrite whole pages per commit, which is
+//! what wears out the SD cards gateways live on. The reader's position (the
+//! first record not yet acknowledged by the server) is kept in `cursor`.
+//!
+//! Durability: an append is a `write(2)`, so it survives `kill -9` at once;
+//! [`Buffer::sync`] (called every `[buffer] sync`) fsyncs the segment, so a
+//! power cut loses at most that window. On open, a torn or corrupt tail is
+//! cut off. The cursor is rewritten on sync but not fsynced: after a power
+//! cut it may lag, and records are then sent twice (flagged historical),
+//! never lost. Whole segments are deleted once acknowledged, or when the
+//! queue is full and the oldest data is sacrificed (counted).
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Largest segment file; small enough that dropping the oldest one loses
+/// little, large enough that files stay few.
+pub const SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Bytes read from a segment at once when draining.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What to sacrifice when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Delete the oldest segment: the newest data matters most for operations.
+    #[default]
+    DropOldest,
+    /// Refuse new records: the oldest data matters most (e.g. for billing).
+    DropNewest,
+}
+
+/// Where a record starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset in the segment.
+    pub offset: u64,
+}
+
+/// The queue could not use its directory.
+#[derive(Debug, Error)]
+#[error("{path}: {source}")]
+pub struct BufferError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What the OS said.
+    pub source: io::Error,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    id: u64,
+    bytes: u64,
+    records: u64,
+}
+
+/// A disk-backed FIFO of records.
+#[derive(Debug)]
+pub struct Buffer {
+    dir: PathBuf,
+    max_size: u64,
+    segment_size: u64,
+    overflow: Overflow,
+    segments: VecDeque<Segment>,
+    writer: Option<File>,
+    /// The first record not yet acknowledged.
+    head: Position,
+    /// Records of the head segment before `head`.
+    head_index: u64,
+    unsynced: bool,
+    cursor_moved: bool,
+    dropped: u64,
+}
+
+fn err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
+    move |source| BufferError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Buffer {
+    /// Opens (or creates) the queue in `dir`, recovering what a crash left:
+    /// acknowledged segments are deleted, a torn tail is cut off.
+    pub fn open(dir: &Path, max_size: u64, overflow: Overflow) -> Result<Buffer, BufferError> {
+        fs::create_dir_all(dir).map_err(err(dir))?;
+        let mut ids: Vec<u64> = fs::read_dir(dir)
+            .map_err(err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let cursor = read_cursor(&dir.join("cursor"));
+        let mut buffer = Buffer {
+            dir: dir.to_owned(),
+            max_size,
+            segment_size: SEGMENT_SIZE.min((max_size / 4).max(64 * 1024)),
+            overflow,
+            segments: VecDeque::new(),
+            writer: None,
+            head: Position::default(),
+            head_index: 0,
+            unsynced: false,
+            cursor_moved: false,
+            dropped: 0,
+        };
+        for id in ids {
+            let path = buffer.segment_path(id);
+            if cursor.is_some_and(|c| id < c.segment) {
+                fs::remove_file(&path).map_err(err(&path))?;
+                continue;
+            }
+            let (bytes, records, head_index) =
+                recover_segment(&path, cursor.filter(|c| c.segment == id))?;
+            if id == cursor.map_or(u64::MAX, |c| c.segment) {
+                buffer.head = Position {
+                    segment: id,
+                    offset: cursor.map_or(0, |c| c.offset).min(bytes),
+                };
+                buffer.head_index = head_index;
+            }
+            buffer.segments.push_back(Segment { id, bytes, records });
+        }
+        match buffer.segments.front() {
+            Some(first) if buffer.head.segment != first.id || cursor.is_none() => {
+                buffer.head = Position {
+                    segment: first.id,
+                    offset: 0,
+                };
+                buffer.head_index = 0;
+            }
+            Some(_) => {}
+            None => {
+                let id = cursor.map_or(1, |c| c.segment + 1);
+                buffer.segments.push_back(Segment {
+                    id,
+                    bytes: 0,
+                    records: 0,
+                });
+                buffer.head = Position {
+                    segment: id,
+                    offset: 0,
+                };
+            }
+        }
+        Ok(buffer)
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}.seg"))
+    }
+
+    /// Records waiting to be sent.
+    pub fn len(&self) -> u64 {
+        self.segments.iter().map(|s| s.records).sum::<u64>() - self.head_index
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes on disk.
+    pub fn size(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Records sacrificed to the size limit since open.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Appends a record. When the queue is full, the oldest segment is
+    /// deleted or the record refused, per the overflow policy; either way it
+    /// is counted in [`Buffer::dropped`] and the call succeeds.
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), BufferError> {
+        let mut bytes = Vec::with_capacity(record::HEADER + payload.len());
+        record::encode(payload, &mut bytes);
+        let size = bytes.len() as u64;
+        while self.size() + size > self.max_size {
+            match self.overflow {
+                Overflow::DropNewest => {
+                    self.dropped += 1;
+                    return Ok(());
+                }
+                Overflow::DropOldest => {
+                    if !self.drop_oldest()? {
+                        self.dropped += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let current = self.segments.back().map_or(0, |s| s.bytes);
+        if current > 0 && current + size > self.segment_size {
+            self.roll()?;
+        }
+        let Some(last) = self.segments.back_mut() else {
+            return Ok(());
+        };
+        let id = last.id;
+        let path = self.dir.join(format!("{id:020}.seg"));
+        if self.writer.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(err(&path))?;
+            self.writer = Some(file);
+        }
+        if let Some(file) = &mut self.writer {
+            file.write_all(&bytes).map_err(err(&path))?;
+        }
+        last.bytes += size;
+        last.records += 1;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Starts a new segment (after syncing the one being closed).
+    fn roll(&mut self) -> Result<(), BufferError> {
+        self.sync_segment()?;
+        self.writer = None;
+        let id = self.segments.back().map_or(1, |s| s.id + 1);
+        self.segments.push_back(Segment {
+            id,
+            bytes: 0,
+            records: 0,
+        });
+        Ok(())
+    }
+
+    /// Deletes the oldest segment to make room; `false` when only the one
+    /// being written is left (then it is rolled over first, if it holds data).
+    fn drop_oldest(&mut self) -> Result<bool, BufferError> {
+        if self.segments.len() < 2 {
+            if self.segments.back().is_some_and(|s| s.bytes > 0) {
+                self.roll()?;
+            } else {
+                return Ok(false);
+            }
+        }
+        let Some(oldest) = self.segments.pop_front() else {
+            return Ok(false);
+        };
+        let lost = if oldest.id == self.head.segment {
+            oldest.records - self.head_index
+        } else {
+            oldest.records
+        };
+        self.dropped += lost;
+        let path = self.segment_path(oldest.id);
+        fs::remove_file(&path).map_err(err(&path))?;
+        if let Some(next) = self.segments.front() {
+            self.head = Position {
+                segment: next.id,
+                offset: 0,
+            };
+            self.head_index = 0;
+            self.cursor_moved = true;
+        }
+        tracing::warn!(records = lost, "buffer full: oldest records dropped");
+        Ok(true)
+    }
+
+    /// Up to `max` records from the head, with the position after each; they
+    /// stay queued until [`Buffer::ack`].
+    pub fn peek(&mut self, max: usize) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
+        let mut out = Vec::new();
+        let mut at = self.head;
+        let segments: Vec<Segment> = self.segments.iter().cloned().collect();
+        let first = at.segment;
+        for segment in segments.iter().filter(|s| s.id >= first) {
+            if segment.id > at.segment {
+                at = Position {
+                    segment: segment.id,
+                    offset: 0,
+                };
+            }
+            let path = self.segment_path(segment.id);
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(&path)(e)),
+            };
+            while out.len() < max && at.offset < segment.bytes {
+                file.seek(SeekFrom::Start(at.offset)).map_err(err(&path))?;
+                let want = (segment.bytes - at.offset).min(READ_CHUNK as u64) as usize;
+                let mut chunk = vec![0; want];
+                file.read_exact(&mut chunk).map_err(err(&path))?;
+                let mut rest = &chunk[..];
+                let mut progressed = false;
+                while out.len() < max {
+                    match record::decode(rest) {
+                        record::Decoded::Record { payload, size } => {
+                            at.offset += size as u64;
+                            out.push((payload.to_vec(), at));
+                            rest = &rest[size..];
+                            progressed = true;
+                        }
+                        record::Decoded::End | record::Decoded::Torn => break,
+                    }
+                }
+                if !progressed {
+                    // A record larger than the chunk: read it whole.
+                    let mut header = [0u8; record::HEADER];
+                    file.seek(SeekFrom::Start(at.offset)).map_err(err(&path))?;
+                    if file.read_exact(&mut header).is_err() {
+                        break;
+                    }
+                    let len =
+                        u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                    if len <= READ_CHUNK || len > record::MAX_PAYLOAD {
+                        break;
+                    }
+                    let mut whole = header.to_vec();
+                    whole.resize(record::HEADER + len, 0);
+                    file.read_exact(&mut whole[record::HEADER..])
+                        .map_err(err(&path))?;
+                    match record::decode(&whole) {
+                        record::Decoded::Record { payload, size } => {
+                            at.offset += size as u64;
+                            out.push((payload.to_vec(), at));
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The server has the records up to `through` (a position from
+    /// [`Buffer::peek`]): forget them, deleting segments that are done.
+    pub fn ack(&mut self, through: Position) -> Result<(), BufferError> {
+        if through <= self.head {
+            return Ok(());
+        }
+        while let Some(first) = self.segments.front() {
+            if first.id >= through.segment || self.segments.len() < 2 {
+                break;
+            }
+            let path = self.segment_path(first.id);
+            self.segments.pop_front();
+            fs::remove_file(&path).map_err(err(&path))?;
+            self.head_index = 0;
+        }
+        let acked_here = self.count_between(self.head, through)?;
+        if self.head.segment != through.segment {
+            self.head_index = 0;
+        }
+        self.head_index += acked_here;
+        self.head = through;
+        self.cursor_moved = true;
+        // A fully read segment that is not being written is done.
+        if let Some(first) = self.segments.front()
+            && self.segments.len() > 1
+            && self.head.segment == first.id
+            && self.head.offset >= first.bytes
+        {
+            let path = self.segment_path(first.id);
+            self.segments.pop_front();
+            fs::remove_file(&path).map_err(err(&path))?;
+            if let Some(next) = self.segments.front() {
+                self.head = Position {
+                    segment: next.id,
+                    offset: 0,
+                };
+                self.head_index = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records in the head's segment between `from` (or its start, when
+    /// `to` is in a later segment) and `to`.
+    fn count_between(&self, from: Position, to: Position) -> Result<u64, BufferError> {
+        let start = if from.segment == to.segment {
+            from.offset
+        } else {
+            0
+        };
+        let path = self.segment_path(to.segment);
+        let mut file = File::open(&path).map_err(err(&path))?;
+        file.seek(SeekFrom::Start(start)).map_err(err(&path))?;
+        let mut bytes = vec![0; (to.offset.saturating_sub(start)) as usize];
+        file.read_exact(&mut bytes).map_err(err(&path))?;
+        let mut rest = &bytes[..];
+        let mut n = 0;
+        while let record::Decoded::Record { size, .. } = record::decode(rest) {
+            rest = &rest[size..];
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn sync_segment(&mut self) -> Result<(), BufferError> {
+        if let (true, Some(file)) = (self.unsynced, &self.writer) {
+            file.sync_data().map_err(err(&self.dir))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Makes appended records durable against power loss and records the
+    /// read position; call every `[buffer] sync`.
+    pub fn sync(&mut self) -> Result<(), BufferError> {
+        self.sync_segment()?;
+        if self.cursor_moved {
+            let path = self.dir.join("cursor");
+            let tmp = self.dir.join("cursor.tmp");
+            let text = format!("{} {}\n", self.head.segment, self.head.offset);
+            fs::write(&tmp, text).map_err(err(&tmp))?;
+            fs::rename(&tmp, &path).map_err(err(&path))?;
+            self.cursor_moved = false;
+        }
+        Ok(())
+    }
+}
+
+fn read_cursor(path: &Path) -> Option<Position> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    Some(Position {
+        segment: parts.next()?.parse().ok()?,
+        offset: parts.next()?.parse().ok()?,
+    })
+}
+
+/// Scans a segment: its valid length and record count, with the torn tail
+/// cut off, and how many records lie before the cursor when it points here.
+fn recover_segment(path: &Path, cursor: Option<Position>) -> Result<(u64, u64, u64), BufferError> {
+    let bytes = fs::read(path).map_err(err(path))?;
+    let mut rest = &bytes[..];
+    let (mut valid, mut records, mut before) = (0u64, 0u64, 0u64);
+    while let record::Decoded::Record { size, .. } = record::decode(rest) {
+        if cursor.is_some_and(|c| valid < c.offset) {
+            before += 1;
+        }
+        valid += size as u64;
+        records += 1;
+        rest = &rest[size..];
+    }
+    if valid < bytes.len() as u64 {
+        tracing::warn!(segment = %path.display(), bytes = bytes.len() as u64 - valid, "cutting off a torn tail");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(err(path))?;
+        file.set_len(valid).map_err(err(path))?;
+        file.sync_all().map_err(err(path))?;
+    }
+    Ok((valid, records, before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(i: u32) -> Vec<u8> {
+        // Sizes vary so records straddle chunk and segment boundaries differently.
+        let mut p = i.to_le_bytes().to_vec();
+        p.resize(4 + (i as usize * 37) % 300, (i % 251) as u8);
+        p
+    }
+
+    fn id(p: &[u8]) -> u32 {
+        u32::from_le_bytes([p[0], p[1], p[2], p[3]])
+    }
+
+    fn drain(buffer: &mut Buffer, batch: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        loop {
+            let got = buffer.peek(batch).unwrap();
+            let Some((_, last)) = got.last() else { break };
+            let last = *last;
+            out.extend(got.iter().map(|(p, _)| id(p)));
+            buffer.ack(last).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn records_come_out_in_order_across_segments_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        b.segment_size = 4096;
+        for i in 0..500 {
+            b.append(&payload(i)).unwrap();
+        }
+        assert_eq!(b.len(), 500);
+        assert!(
+            b.segments.len() > 10,
+            "several segments: {}",
+            b.segments.len()
+        );
+        let first: Vec<u32> = b.peek(120).unwrap().iter().map(|(p, _)| id(p)).collect();
+        assert_eq!(first, (0..120).collect::<Vec<_>>());
+        let (_, at) = b.peek(120).unwrap()[119];
+        b.ack(at).unwrap();
+        b.sync().unwrap();
+        assert_eq!(b.len(), 380);
+        drop(b);
+
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        assert_eq!(
+            b.len(),
+            380,
+            "a reopen keeps exactly the unacknowledged records"
+        );
+        for i in 500..600 {
+            b.append(&payload(i)).unwrap();
+        }
+        assert_eq!(drain(&mut b, 7), (120..600).collect::<Vec<_>>());
+        assert!(b.is_empty());
+        b.sync().unwrap();
+        drop(b);
+        let b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        assert!(b.is_empty());
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert!(
+            files <= 3,
+            "acknowledged segments are deleted ({files} files)"
+        );
+    }
+
+    #[test]
+    fn without_a_sync_of_the_cursor_a_crash_repeats_records_but_never_loses_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        b.segment_size = 2048;
+        for i in 0..100 {
+            b.append(&payload(i)).unwrap();
+        }
+        b.sync().unwrap();
+        let got = b.peek(60).unwrap();
+        b.ack(got[59].1).unwrap();
+        // kill -9 here: the ack never reached the cursor file.
+        drop(b);
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let out = drain(&mut b, 13);
+        assert_eq!(out.last(), Some(&99));
+        let start = out.first().copied().unwrap_or(0);
+        assert!(start <= 60, "nothing after the last synced cursor is lost");
+        assert_eq!(out, (start..100).collect::<Vec<_>>(), "in order, no gaps");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_the_rest_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        for i in 0..50 {
+            b.append(&payload(i)).unwrap();
+        }
+        drop(b);
+        let seg = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        // Half a record, as a power cut in the middle of an append leaves it.
+        let mut half = Vec::new();
+        record::encode(&payload(50), &mut half);
+        half.truncate(half.len() / 2);
+        OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(&half)
+            .unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        assert_eq!(b.len(), 50);
+        b.append(&payload(51)).unwrap();
+        let mut expected: Vec<u32> = (0..50).collect();
+        expected.push(51);
+        assert_eq!(drain(&mut b, 1000), expected);
+    }
+
+    #[test]
+    fn when_full_the_oldest_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropOldest).unwrap();
+        let n = 5000;
+        for i in 0..n {
+            b.append(&payload(i)).unwrap();
+        }
+        assert!(b.size() <= 256 * 1024);
+        assert_eq!(
+            b.len() + b.dropped(),
+            u64::from(n),
+            "every record is kept or counted"
+        );
+        let out = drain(&mut b, 500);
+        let first = n - out.len() as u32;
+        assert_eq!(
+            out,
+            (first..n).collect::<Vec<_>>(),
+            "the newest survive, in order"
+        );
+    }
+
+    #[test]
+    fn with_drop_newest_the_oldest_are_kept_and_the_rest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropNewest).unwrap();
+        let n = 5000;
+        for i in 0..n {
+            b.append(&payload(i)).unwrap();
+        }
+        assert_eq!(b.len() + b.dropped(), u64::from(n));
+        let out = drain(&mut b, 500);
+        assert_eq!(
+            out,
+            (0..out.len() as u32).collect::<Vec<_>>(),
+            "the oldest survive"
+        );
+    }
+
+    #[test]
+    fn random_operations_match_a_fifo_model() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        b.segment_size = 1500;
+        let mut model: VecDeque<u32> = VecDeque::new();
+        let mut next = 0u32;
+        for _ in 0..3000 {
+            match rng.u8(0..10) {
+                0..=5 => {
+                    b.append(&payload(next)).unwrap();
+                    model.push_back(next);
+                    next += 1;
+                }
+                6..=7 => {
+                    let got = b.peek(rng.usize(1..20)).unwrap();
+                    let ids: Vec<u32> = got.iter().map(|(p, _)| id(p)).collect();
+                    let expect: Vec<u32> = model.iter().take(ids.len()).copied().collect();
+                    assert_eq!(ids, expect);
+                    assert_eq!(ids.len(), got.len().min(model.len()));
+                    if let Some((_, at)) = got.last() {
+                        b.ack(*at).unwrap();
+                        model.drain(..ids.len());
+                    }
+                }
+                8 => b.sync().unwrap(),
+                _ => {
+                    b.sync().unwrap();
+                    let size = b.segment_size;
+                    b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+                    b.segment_size = size;
+                }
+            }
+            assert_eq!(b.len(), model.len() as u64);
+        }
+        assert_eq!(drain(&mut b, 64), model.into_iter().collect::<Vec<_>>());
+    }
+}
