@@ -18,6 +18,7 @@
 //! queue is full and the oldest data is sacrificed (counted).
 
 pub mod record;
+pub mod sample;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
