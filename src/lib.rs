@@ -25,6 +25,7 @@
 //! - [`plain`]: the plain JSON profile; pure.
 //! - [`mqtt`]: the upstream connection task (reconnect, next server, will per connect) and TLS.
 //! - [`publisher`]: the task between the bus tasks and the uplink.
+//! - [`buffer`]: the store-and-forward disk queue (segment log) and the stored sample format.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
 //! - [`demo`]: the simulated meter behind `fieldmq demo`.
 //! - [`backoff`]: exponential backoff with jitter.
