@@ -259,25 +259,17 @@ impl Buffer {
                 return Ok(false);
             }
         }
-        let Some(oldest) = self.segments.pop_front() else {
+        let head_index = self.head_index;
+        let head_segment = self.head.segment;
+        let Some(oldest) = self.remove_front_segment()? else {
             return Ok(false);
         };
-        let lost = if oldest.id == self.head.segment {
-            oldest.records - self.head_index
+        let lost = if oldest.id == head_segment {
+            oldest.records - head_index
         } else {
             oldest.records
         };
         self.dropped += lost;
-        let path = self.segment_path(oldest.id);
-        fs::remove_file(&path).map_err(err(&path))?;
-        if let Some(next) = self.segments.front() {
-            self.head = Position {
-                segment: next.id,
-                offset: 0,
-            };
-            self.head_index = 0;
-            self.cursor_moved = true;
-        }
         tracing::warn!(records = lost, "buffer full: oldest records dropped");
         Ok(true)
     }
@@ -362,10 +354,7 @@ impl Buffer {
             if first.id >= through.segment || self.segments.len() < 2 {
                 break;
             }
-            let path = self.segment_path(first.id);
-            self.segments.pop_front();
-            fs::remove_file(&path).map_err(err(&path))?;
-            self.head_index = 0;
+            self.remove_front_segment()?;
         }
         let acked_here = self.count_between(self.head, through)?;
         if self.head.segment != through.segment {
@@ -380,18 +369,30 @@ impl Buffer {
             && self.head.segment == first.id
             && self.head.offset >= first.bytes
         {
-            let path = self.segment_path(first.id);
-            self.segments.pop_front();
-            fs::remove_file(&path).map_err(err(&path))?;
-            if let Some(next) = self.segments.front() {
-                self.head = Position {
-                    segment: next.id,
-                    offset: 0,
-                };
-                self.head_index = 0;
-            }
+            self.remove_front_segment()?;
         }
         Ok(())
+    }
+
+    /// Deletes the oldest segment and moves the head to the start of the
+    /// next one, if the head was in it.
+    fn remove_front_segment(&mut self) -> Result<Option<Segment>, BufferError> {
+        let Some(first) = self.segments.pop_front() else {
+            return Ok(None);
+        };
+        let path = self.segment_path(first.id);
+        fs::remove_file(&path).map_err(err(&path))?;
+        if let Some(next) = self.segments.front()
+            && self.head.segment <= first.id
+        {
+            self.head = Position {
+                segment: next.id,
+                offset: 0,
+            };
+            self.head_index = 0;
+            self.cursor_moved = true;
+        }
+        Ok(Some(first))
     }
 
     /// Records in the head's segment between `from` (or its start, when
