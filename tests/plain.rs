@@ -106,11 +106,7 @@ impl Setup {
     }
 
     fn writes(&self) -> usize {
-        self.sim
-            .served()
-            .iter()
-            .filter(|s| matches!(s.function, 5 | 6 | 15 | 16))
-            .count()
+        support::writes(&self.sim).len()
     }
 }
 

@@ -166,14 +166,8 @@ impl Setup {
         self.host.next_on(&t, 10 * SECOND).await
     }
 
-    /// Function codes of the writes the simulator received.
     fn writes(&self) -> Vec<(u8, u16)> {
-        self.sim
-            .served()
-            .iter()
-            .filter(|s| matches!(s.function, 5 | 6 | 15 | 16))
-            .map(|s| (s.function, s.start))
-            .collect()
+        support::writes(&self.sim)
     }
 }
 

@@ -125,3 +125,12 @@ pub fn samples_in(event: &DeviceEvent) -> Option<(usize, &[Sample])> {
         _ => None,
     }
 }
+
+/// The writes (function code, start address) a simulator has received, in order.
+pub fn writes(sim: &Simulator) -> Vec<(u8, u16)> {
+    sim.served()
+        .iter()
+        .filter(|s| matches!(s.function, 5 | 6 | 15 | 16))
+        .map(|s| (s.function, s.start))
+        .collect()
+}
