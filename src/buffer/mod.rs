@@ -68,7 +68,13 @@ struct Segment {
     id: u64,
     bytes: u64,
     records: u64,
+    /// Sum of the records' weights.
+    weight: u64,
 }
+
+/// How much a record counts for in [`Buffer::weight`] and
+/// [`Buffer::dropped`] (e.g. the samples it holds).
+pub type Weigh = fn(&[u8]) -> u64;
 
 /// A disk-backed FIFO of records.
 #[derive(Debug)]
@@ -83,6 +89,9 @@ pub struct Buffer {
     head: Position,
     /// Records of the head segment before `head`.
     head_index: u64,
+    /// Their weight.
+    head_weight: u64,
+    weigh: Weigh,
     unsynced: bool,
     cursor_moved: bool,
     dropped: u64,
@@ -97,8 +106,14 @@ fn err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
 
 impl Buffer {
     /// Opens (or creates) the queue in `dir`, recovering what a crash left:
-    /// acknowledged segments are deleted, a torn tail is cut off.
-    pub fn open(dir: &Path, max_size: u64, overflow: Overflow) -> Result<Buffer, BufferError> {
+    /// acknowledged segments are deleted, a torn tail is cut off. `weigh`
+    /// tells what a record counts for.
+    pub fn open(
+        dir: &Path,
+        max_size: u64,
+        overflow: Overflow,
+        weigh: Weigh,
+    ) -> Result<Buffer, BufferError> {
         fs::create_dir_all(dir).map_err(err(dir))?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(err(dir))?
@@ -119,6 +134,8 @@ impl Buffer {
             writer: None,
             head: Position::default(),
             head_index: 0,
+            head_weight: 0,
+            weigh,
             unsynced: false,
             cursor_moved: false,
             dropped: 0,
@@ -129,16 +146,21 @@ impl Buffer {
                 fs::remove_file(&path).map_err(err(&path))?;
                 continue;
             }
-            let (bytes, records, head_index) =
-                recover_segment(&path, cursor.filter(|c| c.segment == id))?;
+            let found = recover_segment(&path, cursor.filter(|c| c.segment == id), weigh)?;
             if id == cursor.map_or(u64::MAX, |c| c.segment) {
                 buffer.head = Position {
                     segment: id,
-                    offset: cursor.map_or(0, |c| c.offset).min(bytes),
+                    offset: cursor.map_or(0, |c| c.offset).min(found.bytes),
                 };
-                buffer.head_index = head_index;
+                buffer.head_index = found.records_before;
+                buffer.head_weight = found.weight_before;
             }
-            buffer.segments.push_back(Segment { id, bytes, records });
+            buffer.segments.push_back(Segment {
+                id,
+                bytes: found.bytes,
+                records: found.records,
+                weight: found.weight,
+            });
         }
         match buffer.segments.front() {
             Some(first) if buffer.head.segment != first.id || cursor.is_none() => {
@@ -147,6 +169,7 @@ impl Buffer {
                     offset: 0,
                 };
                 buffer.head_index = 0;
+                buffer.head_weight = 0;
             }
             Some(_) => {}
             None => {
@@ -155,6 +178,7 @@ impl Buffer {
                     id,
                     bytes: 0,
                     records: 0,
+                    weight: 0,
                 });
                 buffer.head = Position {
                     segment: id,
@@ -179,12 +203,17 @@ impl Buffer {
         self.len() == 0
     }
 
+    /// Total weight of the records waiting.
+    pub fn weight(&self) -> u64 {
+        self.segments.iter().map(|s| s.weight).sum::<u64>() - self.head_weight
+    }
+
     /// Bytes on disk.
     pub fn size(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Records sacrificed to the size limit since open.
+    /// Weight of the records sacrificed to the size limit since open.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -196,15 +225,16 @@ impl Buffer {
         let mut bytes = Vec::with_capacity(record::HEADER + payload.len());
         record::encode(payload, &mut bytes);
         let size = bytes.len() as u64;
+        let weight = (self.weigh)(payload);
         while self.size() + size > self.max_size {
             match self.overflow {
                 Overflow::DropNewest => {
-                    self.dropped += 1;
+                    self.dropped += weight;
                     return Ok(());
                 }
                 Overflow::DropOldest => {
                     if !self.drop_oldest()? {
-                        self.dropped += 1;
+                        self.dropped += weight;
                         return Ok(());
                     }
                 }
@@ -232,6 +262,7 @@ impl Buffer {
         }
         last.bytes += size;
         last.records += 1;
+        last.weight += weight;
         self.unsynced = true;
         Ok(())
     }
@@ -245,6 +276,7 @@ impl Buffer {
             id,
             bytes: 0,
             records: 0,
+            weight: 0,
         });
         Ok(())
     }
@@ -259,26 +291,42 @@ impl Buffer {
                 return Ok(false);
             }
         }
-        let head_index = self.head_index;
+        let (head_index, head_weight) = (self.head_index, self.head_weight);
         let head_segment = self.head.segment;
         let Some(oldest) = self.remove_front_segment()? else {
             return Ok(false);
         };
-        let lost = if oldest.id == head_segment {
-            oldest.records - head_index
+        let (records, lost) = if oldest.id == head_segment {
+            (oldest.records - head_index, oldest.weight - head_weight)
         } else {
-            oldest.records
+            (oldest.records, oldest.weight)
         };
         self.dropped += lost;
-        tracing::warn!(records = lost, "buffer full: oldest records dropped");
+        tracing::warn!(records, weight = lost, "buffer full: oldest records dropped");
         Ok(true)
+    }
+
+    /// The first record not yet acknowledged.
+    pub fn head(&self) -> Position {
+        self.head
     }
 
     /// Up to `max` records from the head, with the position after each; they
     /// stay queued until [`Buffer::ack`].
     pub fn peek(&mut self, max: usize) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
+        self.peek_from(self.head, max)
+    }
+
+    /// Like [`Buffer::peek`], from `from` (a position from an earlier peek,
+    /// so records handed out but not yet acknowledged are skipped). A
+    /// position before the head, whose segment was dropped, means the head.
+    pub fn peek_from(
+        &mut self,
+        from: Position,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
         let mut out = Vec::new();
-        let mut at = self.head;
+        let mut at = from.max(self.head);
         let segments: Vec<Segment> = self.segments.iter().cloned().collect();
         let first = at.segment;
         for segment in segments.iter().filter(|s| s.id >= first) {
@@ -356,11 +404,13 @@ impl Buffer {
             }
             self.remove_front_segment()?;
         }
-        let acked_here = self.count_between(self.head, through)?;
+        let (records, weight) = self.count_between(self.head, through)?;
         if self.head.segment != through.segment {
             self.head_index = 0;
+            self.head_weight = 0;
         }
-        self.head_index += acked_here;
+        self.head_index += records;
+        self.head_weight += weight;
         self.head = through;
         self.cursor_moved = true;
         // A fully read segment that is not being written is done.
@@ -390,14 +440,15 @@ impl Buffer {
                 offset: 0,
             };
             self.head_index = 0;
+            self.head_weight = 0;
             self.cursor_moved = true;
         }
         Ok(Some(first))
     }
 
     /// Records in the head's segment between `from` (or its start, when
-    /// `to` is in a later segment) and `to`.
-    fn count_between(&self, from: Position, to: Position) -> Result<u64, BufferError> {
+    /// `to` is in a later segment) and `to`, and their weight.
+    fn count_between(&self, from: Position, to: Position) -> Result<(u64, u64), BufferError> {
         let start = if from.segment == to.segment {
             from.offset
         } else {
@@ -409,12 +460,13 @@ impl Buffer {
         let mut bytes = vec![0; (to.offset.saturating_sub(start)) as usize];
         file.read_exact(&mut bytes).map_err(err(&path))?;
         let mut rest = &bytes[..];
-        let mut n = 0;
-        while let record::Decoded::Record { size, .. } = record::decode(rest) {
+        let (mut n, mut weight) = (0, 0);
+        while let record::Decoded::Record { payload, size } = record::decode(rest) {
             rest = &rest[size..];
             n += 1;
+            weight += (self.weigh)(payload);
         }
-        Ok(n)
+        Ok((n, weight))
     }
 
     fn sync_segment(&mut self) -> Result<(), BufferError> {
@@ -450,20 +502,43 @@ fn read_cursor(path: &Path) -> Option<Position> {
     })
 }
 
-/// Scans a segment: its valid length and record count, with the torn tail
-/// cut off, and how many records lie before the cursor when it points here.
-fn recover_segment(path: &Path, cursor: Option<Position>) -> Result<(u64, u64, u64), BufferError> {
+/// What a segment holds after recovery.
+struct Recovered {
+    bytes: u64,
+    records: u64,
+    weight: u64,
+    /// Records before the cursor, when it points into this segment.
+    records_before: u64,
+    weight_before: u64,
+}
+
+/// Scans a segment, cutting off a torn tail.
+fn recover_segment(
+    path: &Path,
+    cursor: Option<Position>,
+    weigh: Weigh,
+) -> Result<Recovered, BufferError> {
     let bytes = fs::read(path).map_err(err(path))?;
     let mut rest = &bytes[..];
-    let (mut valid, mut records, mut before) = (0u64, 0u64, 0u64);
-    while let record::Decoded::Record { size, .. } = record::decode(rest) {
-        if cursor.is_some_and(|c| valid < c.offset) {
-            before += 1;
+    let mut found = Recovered {
+        bytes: 0,
+        records: 0,
+        weight: 0,
+        records_before: 0,
+        weight_before: 0,
+    };
+    while let record::Decoded::Record { payload, size } = record::decode(rest) {
+        let weight = weigh(payload);
+        if cursor.is_some_and(|c| found.bytes < c.offset) {
+            found.records_before += 1;
+            found.weight_before += weight;
         }
-        valid += size as u64;
-        records += 1;
+        found.bytes += size as u64;
+        found.records += 1;
+        found.weight += weight;
         rest = &rest[size..];
     }
+    let valid = found.bytes;
     if valid < bytes.len() as u64 {
         tracing::warn!(segment = %path.display(), bytes = bytes.len() as u64 - valid, "cutting off a torn tail");
         let file = OpenOptions::new()
@@ -473,7 +548,7 @@ fn recover_segment(path: &Path, cursor: Option<Position>) -> Result<(u64, u64, u
         file.set_len(valid).map_err(err(path))?;
         file.sync_all().map_err(err(path))?;
     }
-    Ok((valid, records, before))
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -485,6 +560,11 @@ mod tests {
         let mut p = i.to_le_bytes().to_vec();
         p.resize(4 + (i as usize * 37) % 300, (i % 251) as u8);
         p
+    }
+
+    /// Weight 1 + the id's parity, so weights differ between records.
+    fn weigh(p: &[u8]) -> u64 {
+        1 + u64::from(id(p) % 2)
     }
 
     fn id(p: &[u8]) -> u32 {
@@ -506,7 +586,7 @@ mod tests {
     #[test]
     fn records_come_out_in_order_across_segments_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 4096;
         for i in 0..500 {
             b.append(&payload(i)).unwrap();
@@ -525,7 +605,7 @@ mod tests {
         assert_eq!(b.len(), 380);
         drop(b);
 
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(
             b.len(),
             380,
@@ -538,7 +618,7 @@ mod tests {
         assert!(b.is_empty());
         b.sync().unwrap();
         drop(b);
-        let b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert!(b.is_empty());
         let files = fs::read_dir(dir.path()).unwrap().count();
         assert!(
@@ -550,7 +630,7 @@ mod tests {
     #[test]
     fn without_a_sync_of_the_cursor_a_crash_repeats_records_but_never_loses_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 2048;
         for i in 0..100 {
             b.append(&payload(i)).unwrap();
@@ -560,7 +640,7 @@ mod tests {
         b.ack(got[59].1).unwrap();
         // kill -9 here: the ack never reached the cursor file.
         drop(b);
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         let out = drain(&mut b, 13);
         assert_eq!(out.last(), Some(&99));
         let start = out.first().copied().unwrap_or(0);
@@ -571,7 +651,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_the_rest_survives() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         for i in 0..50 {
             b.append(&payload(i)).unwrap();
         }
@@ -592,7 +672,7 @@ mod tests {
             .unwrap()
             .write_all(&half)
             .unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(b.len(), 50);
         b.append(&payload(51)).unwrap();
         let mut expected: Vec<u32> = (0..50).collect();
@@ -603,16 +683,16 @@ mod tests {
     #[test]
     fn when_full_the_oldest_are_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropOldest, weigh).unwrap();
         let n = 5000;
         for i in 0..n {
             b.append(&payload(i)).unwrap();
         }
         assert!(b.size() <= 256 * 1024);
         assert_eq!(
-            b.len() + b.dropped(),
-            u64::from(n),
-            "every record is kept or counted"
+            b.weight() + b.dropped(),
+            (0..n).map(|i| 1 + u64::from(i % 2)).sum::<u64>(),
+            "every record's weight is kept or counted"
         );
         let out = drain(&mut b, 500);
         let first = n - out.len() as u32;
@@ -626,12 +706,15 @@ mod tests {
     #[test]
     fn with_drop_newest_the_oldest_are_kept_and_the_rest_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropNewest).unwrap();
+        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropNewest, weigh).unwrap();
         let n = 5000;
         for i in 0..n {
             b.append(&payload(i)).unwrap();
         }
-        assert_eq!(b.len() + b.dropped(), u64::from(n));
+        assert_eq!(
+            b.weight() + b.dropped(),
+            (0..n).map(|i| 1 + u64::from(i % 2)).sum::<u64>()
+        );
         let out = drain(&mut b, 500);
         assert_eq!(
             out,
@@ -644,7 +727,7 @@ mod tests {
     fn random_operations_match_a_fifo_model() {
         let mut rng = fastrand::Rng::with_seed(42);
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 1500;
         let mut model: VecDeque<u32> = VecDeque::new();
         let mut next = 0u32;
@@ -670,11 +753,15 @@ mod tests {
                 _ => {
                     b.sync().unwrap();
                     let size = b.segment_size;
-                    b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest).unwrap();
+                    b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
                     b.segment_size = size;
                 }
             }
             assert_eq!(b.len(), model.len() as u64);
+            assert_eq!(
+                b.weight(),
+                model.iter().map(|i| 1 + u64::from(i % 2)).sum::<u64>()
+            );
         }
         assert_eq!(drain(&mut b, 64), model.into_iter().collect::<Vec<_>>());
     }

@@ -89,6 +89,15 @@ pub fn encode(device: DeviceId, samples: &[Sample]) -> Vec<u8> {
     out
 }
 
+/// How many samples a record written by [`encode`] holds, read from its
+/// header (0 for what is not such a record); the buffer's weight.
+pub fn count(bytes: &[u8]) -> u64 {
+    match bytes {
+        [VERSION, _, _, lo, hi, ..] => u64::from(u16::from_le_bytes([*lo, *hi])),
+        _ => 0,
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
@@ -190,6 +199,7 @@ mod tests {
             sample(14, None, Quality::Bad(Fault::Offline)),
         ];
         let bytes = encode(3, &samples);
+        assert_eq!(count(&bytes), 15);
         assert_eq!(decode(&bytes), Ok((3, samples)));
     }
 
