@@ -26,6 +26,7 @@
 //! - [`mqtt`]: the upstream connection task (reconnect, next server, will per connect) and TLS.
 //! - [`publisher`]: the task between the bus tasks and the uplink.
 //! - [`buffer`]: the store-and-forward disk queue (segment log) and the stored sample format.
+//! - [`forward`]: store-and-forward: what waits on disk, the replay window, the paced drain.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
 //! - [`demo`]: the simulated meter behind `fieldmq demo`.
 //! - [`backoff`]: exponential backoff with jitter.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod exception;
+pub mod forward;
 pub mod last_values;
 pub mod modbus;
 pub mod mqtt;

@@ -128,6 +128,10 @@ impl PlainNode {
     }
 
     fn sample(&self, sample: &Sample) -> Option<Action> {
+        self.sample_message(sample).map(Action::Publish)
+    }
+
+    fn sample_message(&self, sample: &Sample) -> Option<Message> {
         let metric = self
             .config
             .devices
@@ -135,12 +139,30 @@ impl PlainNode {
             .metrics
             .get(sample.metric)?;
         let topic = self.topics.get(sample.device)?.get(sample.metric)?.clone();
-        Some(Action::Publish(Message {
+        Some(Message {
             topic,
             payload: payload(sample, metric.unit.as_deref()).into_bytes(),
             qos: metric.qos,
             retain: metric.retain,
-        }))
+        })
+    }
+
+    /// Whether values may go out now: connected.
+    pub fn ready(&self) -> bool {
+        self.connected
+    }
+
+    /// Stored samples, with their original timestamps and not retained (a
+    /// retained value must stay the newest one).
+    pub fn history(&self, samples: &[Sample]) -> Vec<Message> {
+        samples
+            .iter()
+            .filter_map(|s| self.sample_message(s))
+            .map(|message| Message {
+                retain: false,
+                ..message
+            })
+            .collect()
     }
 
     /// Device events become value and state messages.

@@ -13,6 +13,7 @@ use crate::mqtt::Message;
 use crate::plain::PlainNode;
 use crate::sparkplug::edge::EdgeNode;
 use crate::stats::StatsSnapshot;
+use crate::value::{DeviceId, Sample};
 
 /// Something the publisher must do on a profile's behalf.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,10 @@ pub struct NodeStats {
     pub counters: StatsSnapshot,
     /// Devices answering now.
     pub devices_online: u64,
+    /// Samples waiting in the store-and-forward queue.
+    pub samples_buffered: u64,
+    /// Samples the queue lost (full, or disk errors) since start.
+    pub samples_dropped: u64,
 }
 
 /// The profile in use.
@@ -90,6 +95,23 @@ impl NodeProfile {
         match self {
             NodeProfile::Sparkplug(node) => node.disconnected(),
             NodeProfile::Plain(node) => node.disconnected(),
+        }
+    }
+
+    /// Whether data of `device` may go out now (connected; Sparkplug: node
+    /// and device born in this session). Otherwise it waits in the queue.
+    pub fn ready(&self, device: DeviceId) -> bool {
+        match self {
+            NodeProfile::Sparkplug(node) => node.ready(device),
+            NodeProfile::Plain(node) => node.ready(),
+        }
+    }
+
+    /// Samples from the store-and-forward queue, as messages flagged historical.
+    pub fn history(&mut self, device: DeviceId, samples: &[Sample]) -> Vec<Message> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.history(device, samples),
+            NodeProfile::Plain(node) => node.history(samples),
         }
     }
 

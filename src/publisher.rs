@@ -3,8 +3,10 @@
 //! and routes incoming commands to the bus tasks as writes.
 //!
 //! It never waits on the uplink: messages are handed to rumqttc's bounded
-//! queue with `try_publish`, and what does not fit is counted as dropped, so
-//! a slow or dead uplink never slows polling down.
+//! queue with `try_publish`, so a slow or dead uplink never slows polling
+//! down. Samples that cannot go out (disconnected, not born, waiting for the
+//! primary host, queue full) go to the store-and-forward queue
+//! ([`crate::forward`]) and are drained, paced, once the profile is ready.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::BufferError;
 use crate::config::Config;
 use crate::engine::WriteRouter;
+use crate::forward::Forwarder;
 use crate::last_values::LastValues;
 use crate::modbus::bus::DeviceEvent;
 use crate::mqtt::Message;
@@ -30,6 +34,10 @@ use crate::stats::Stats;
 const LINK_QUEUE: usize = 64;
 /// How long a stopping gateway waits for its farewell to reach the server.
 const FAREWELL_GRACE: Duration = Duration::from_secs(3);
+/// How often the backlog drain runs; `[buffer] drain_rate` is spread over these ticks.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+/// Margin added to two keep-alive periods for the replay window.
+const WINDOW_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the publisher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +48,9 @@ pub enum StartError {
     /// The TLS files could not be used.
     #[error("[upstream] TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The store-and-forward queue could not be opened.
+    #[error("store-and-forward queue under [node] data_dir: {0}")]
+    Buffer(#[from] BufferError),
 }
 
 /// The publisher and its connection task.
@@ -56,6 +67,9 @@ pub struct Publisher {
     writes: WriteRouter,
     stats: Arc<Stats>,
     max_packet_size: usize,
+    forwarder: Forwarder,
+    /// Samples dropped as last logged.
+    dropped_logged: u64,
 }
 
 impl Publisher {
@@ -81,11 +95,26 @@ impl Publisher {
                 .then(|| BdSeqStore::new(&config.node.data_dir)),
             will: Box::new(move |epoch| will_profile.will(epoch)),
         };
+        // A dead link is noticed after up to two keep-alive periods without an answer.
+        let window = upstream.keep_alive * 2 + WINDOW_MARGIN;
+        let forwarder =
+            Forwarder::open(&config.node.data_dir.join("buffer"), &config.buffer, window)?;
+        if forwarder.backlog() > 0 {
+            tracing::info!(
+                samples = forwarder.backlog(),
+                "store-and-forward queue holds a backlog from before the restart"
+            );
+        }
         let (link_tx, link) = mpsc::channel(LINK_QUEUE);
         let stop_connection = CancellationToken::new();
-        let (client, connection) =
-            Connection::new(servers, greeting, link_tx, stop_connection.clone())
-                .ok_or(StartError::NoUpstream)?;
+        let (client, connection) = Connection::new(
+            servers,
+            upstream.max_backoff,
+            greeting,
+            link_tx,
+            stop_connection.clone(),
+        )
+        .ok_or(StartError::NoUpstream)?;
         Ok(Publisher {
             cache: LastValues::new(&config),
             max_packet_size: upstream.max_packet_size,
@@ -98,6 +127,8 @@ impl Publisher {
             connected: false,
             writes,
             stats,
+            forwarder,
+            dropped_logged: 0,
         })
     }
 
@@ -110,6 +141,10 @@ impl Publisher {
     ) {
         let mut stats_tick = tokio::time::interval(self.config.node.stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut drain_tick = tokio::time::interval(DRAIN_TICK);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sync_tick = tokio::time::interval(self.config.buffer.sync);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
@@ -119,7 +154,8 @@ impl Publisher {
                     Some(event) => {
                         self.cache.apply(&event);
                         let actions = self.profile.event(&event, &self.cache);
-                        self.execute(actions);
+                        let published = self.execute(actions);
+                        self.keep(&event, published);
                         // A host that wrote wants to see a failed write without waiting for the next tick.
                         if matches!(event, DeviceEvent::Written { .. }) {
                             let actions = self.profile.stats(self.node_stats());
@@ -132,12 +168,84 @@ impl Publisher {
                     let actions = self.profile.stats(self.node_stats());
                     self.execute(actions);
                 }
+                _ = drain_tick.tick() => self.drain(),
+                _ = sync_tick.tick() => {
+                    self.forwarder.sync();
+                    self.log_drops();
+                }
             }
         }
         self.farewell().await;
     }
 
+    /// Samples of `event` that went out are kept for a replay; those that
+    /// did not (not ready, or the uplink queue was full) wait on disk.
+    fn keep(&mut self, event: &DeviceEvent, published: bool) {
+        let (DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples }) =
+            event
+        else {
+            return;
+        };
+        if matches!(event, DeviceEvent::Online { .. }) {
+            self.forwarder.readiness_changed();
+        }
+        if published && self.connected && self.profile.ready(*device) {
+            let now = tokio::time::Instant::now().into_std();
+            self.forwarder.sent_live(*device, samples, now);
+        } else {
+            self.forwarder.store(*device, samples);
+        }
+    }
+
+    /// Sends the next slice of the backlog, if the profile is ready for it.
+    fn drain(&mut self) {
+        let now = tokio::time::Instant::now().into_std();
+        self.forwarder.expire(now);
+        if !self.connected || !self.forwarder.has_backlog() {
+            return;
+        }
+        let per_tick =
+            (self.config.buffer.drain_rate as u128 * DRAIN_TICK.as_millis() / 1000).max(1);
+        let ready: Vec<bool> = (0..self.config.devices.len())
+            .map(|d| self.profile.ready(d))
+            .collect();
+        let (profile, client, stats) = (&mut self.profile, &self.client, &self.stats);
+        let max_packet_size = self.max_packet_size;
+        self.forwarder.drain(
+            per_tick as usize,
+            now,
+            |device| ready.get(device).copied().unwrap_or(false),
+            |device, samples| {
+                for message in profile.history(device, samples) {
+                    if message.wire_size() > max_packet_size {
+                        Stats::bump(&stats.messages_dropped);
+                        tracing::error!(topic = %message.topic, "stored batch larger than [upstream] max_packet_size; not sent");
+                        continue;
+                    }
+                    let Message { topic, payload, qos: q, retain } = message;
+                    if client.try_publish(topic, qos(q), retain, payload).is_err() {
+                        return false;
+                    }
+                }
+                true
+            },
+        );
+    }
+
+    fn log_drops(&mut self) {
+        let dropped = self.forwarder.dropped();
+        if dropped > self.dropped_logged {
+            tracing::warn!(
+                samples = dropped - self.dropped_logged,
+                total = dropped,
+                "store-and-forward queue full: samples dropped"
+            );
+            self.dropped_logged = dropped;
+        }
+    }
+
     async fn farewell(mut self) {
+        self.forwarder.sync();
         self.stop_connection.cancel();
         if self.connected {
             let actions = self.profile.farewell();
@@ -163,6 +271,8 @@ impl Publisher {
         NodeStats {
             counters: self.stats.snapshot(),
             devices_online: self.cache.online_count() as u64,
+            samples_buffered: self.forwarder.backlog(),
+            samples_dropped: self.forwarder.dropped(),
         }
     }
 
@@ -182,17 +292,22 @@ impl Publisher {
                 }
                 let actions = self.profile.subscribed(&self.cache, self.node_stats());
                 self.execute(actions);
+                self.forwarder.readiness_changed();
             }
             LinkEvent::Message { topic, payload } => {
                 let actions =
                     self.profile
                         .message(&topic, &payload, &self.cache, self.node_stats());
                 self.execute(actions);
+                self.forwarder.readiness_changed();
                 let actions = self.profile.stats(self.node_stats());
                 self.execute(actions);
             }
             LinkEvent::Disconnected { reason, ack } => {
                 tracing::debug!(%reason, "publisher paused");
+                if self.connected {
+                    self.forwarder.link_lost();
+                }
                 self.connected = false;
                 self.profile.disconnected();
                 drop(ack);
@@ -200,11 +315,13 @@ impl Publisher {
         }
     }
 
-    fn execute(&mut self, actions: Vec<Action>) {
+    /// Carries out `actions`; false when a message could not be published.
+    fn execute(&mut self, actions: Vec<Action>) -> bool {
+        let mut all_published = true;
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Publish(message) => self.publish(message),
+                Action::Publish(message) => all_published &= self.publish(message),
                 Action::Subscribe(filters) if filters.is_empty() => {
                     let more = self.profile.subscribed(&self.cache, self.node_stats());
                     queue.extend(more);
@@ -233,11 +350,12 @@ impl Publisher {
                 }
             }
         }
+        all_published
     }
 
-    fn publish(&mut self, message: Message) {
+    fn publish(&mut self, message: Message) -> bool {
         if !self.connected {
-            return;
+            return false;
         }
         if message.wire_size() > self.max_packet_size {
             Stats::bump(&self.stats.messages_dropped);
@@ -247,7 +365,7 @@ impl Publisher {
                 max_packet_size = self.max_packet_size,
                 "message larger than [upstream] max_packet_size; not sent"
             );
-            return;
+            return false;
         }
         let Message {
             topic,
@@ -257,8 +375,10 @@ impl Publisher {
         } = message;
         if let Err(e) = self.client.try_publish(topic, qos(q), retain, payload) {
             Stats::bump(&self.stats.messages_dropped);
-            tracing::warn!(error = %e, "uplink queue full; message dropped");
+            tracing::warn!(error = %e, "uplink queue full; message dropped (its samples are queued on disk)");
+            return false;
         }
+        true
     }
 }
 

@@ -43,6 +43,9 @@ struct Unit {
     holding: BTreeMap<u16, u16>,
     /// How long the unit takes to answer, for slow devices and late replies.
     delay: Duration,
+    /// An input register that goes up by one after every read of it, so a
+    /// reader can tell whether it missed or repeated a sample.
+    read_counter: Option<u16>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,15 @@ impl Simulator {
         for (address, value) in (start..=u16::MAX).zip(values) {
             map.insert(address, *value);
         }
+    }
+
+    /// Makes input register `address` of `unit` count the reads that cover it
+    /// (it starts at its current value and wraps at 65535).
+    pub fn count_reads(&self, unit: u8, address: u16) {
+        let mut state = self.lock();
+        let u = state.units.entry(unit).or_default();
+        u.input.entry(address).or_insert(0);
+        u.read_counter = Some(address);
     }
 
     /// Makes `unit` answer only after `delay` (a slow device, or one whose replies come after the timeout).
@@ -190,12 +202,16 @@ impl Simulator {
                 n,
                 read_range(&unit.holding, a, n).map(Response::ReadHoldingRegisters),
             ),
-            Request::ReadInputRegisters(a, n) => (
-                4,
-                a,
-                n,
-                read_range(&unit.input, a, n).map(Response::ReadInputRegisters),
-            ),
+            Request::ReadInputRegisters(a, n) => {
+                let read = read_range(&unit.input, a, n);
+                if let (Ok(_), Some(counter)) = (&read, unit.read_counter)
+                    && (u32::from(a)..u32::from(a) + u32::from(n)).contains(&u32::from(counter))
+                    && let Some(v) = unit.input.get_mut(&counter)
+                {
+                    *v = v.wrapping_add(1);
+                }
+                (4, a, n, read.map(Response::ReadInputRegisters))
+            }
             Request::WriteSingleCoil(a, v) => (
                 5,
                 a,

@@ -302,13 +302,25 @@ impl Buffer {
             (oldest.records, oldest.weight)
         };
         self.dropped += lost;
-        tracing::warn!(records, weight = lost, "buffer full: oldest records dropped");
+        tracing::warn!(
+            records,
+            weight = lost,
+            "buffer full: oldest records dropped"
+        );
         Ok(true)
     }
 
     /// The first record not yet acknowledged.
     pub fn head(&self) -> Position {
         self.head
+    }
+
+    /// Where the next appended record will start.
+    pub fn tail(&self) -> Position {
+        self.segments.back().map_or(self.head, |s| Position {
+            segment: s.id,
+            offset: s.bytes,
+        })
     }
 
     /// Up to `max` records from the head, with the position after each; they

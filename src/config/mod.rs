@@ -5,6 +5,7 @@
 //! [`Config::from_toml`] checks everything at once and collects every problem
 //! with its file, line and key. Nothing downstream parses strings again.
 
+mod buffer;
 mod raw;
 mod upstream;
 
@@ -20,6 +21,7 @@ use toml::Spanned;
 use crate::modbus::codec::{ByteOrder, RegisterLayout, Scaling, WordOrder};
 use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
 use crate::value::DataType;
+pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{
     ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Qos, Server, TopicTemplate, Upstream,
@@ -85,6 +87,8 @@ pub struct Config {
     pub node: Node,
     /// The MQTT server to publish to; without it the gateway only logs what it reads.
     pub upstream: Option<Upstream>,
+    /// How data waits on disk while the uplink is down.
+    pub buffer: BufferPolicy,
     /// Field buses, each polled by one task.
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.
@@ -98,7 +102,7 @@ pub struct Node {
     pub group_id: String,
     /// Sparkplug edge node id.
     pub node_id: String,
-    /// Where state that must survive a restart is kept (bdSeq, later the buffer).
+    /// Where state that must survive a restart is kept (bdSeq, the buffer).
     pub data_dir: PathBuf,
     /// How often the gateway's own statistics are published when they changed.
     pub stats_interval: Duration,
@@ -521,6 +525,10 @@ impl Checker<'_> {
             ),
         };
         let upstream = raw.upstream.as_ref().map(|u| self.upstream(u, &node, base));
+        let buffer = raw
+            .buffer
+            .as_ref()
+            .map_or_else(BufferPolicy::default, |b| self.buffer(b));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
@@ -540,6 +548,7 @@ impl Checker<'_> {
             path: path.to_owned(),
             node,
             upstream,
+            buffer,
             buses,
             devices,
         }

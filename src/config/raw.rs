@@ -13,6 +13,7 @@ use toml::Spanned;
 pub struct RawConfig {
     pub node: RawNode,
     pub upstream: Option<RawUpstream>,
+    pub buffer: Option<RawBuffer>,
     #[serde(default)]
     pub bus: Vec<RawBus>,
     #[serde(default)]
@@ -43,11 +44,22 @@ pub struct RawUpstream {
     pub password_file: Option<Spanned<String>>,
     pub client_id: Option<Spanned<String>>,
     pub keep_alive: Option<Spanned<String>>,
+    pub max_backoff: Option<Spanned<String>>,
     pub clean_session: Option<Spanned<bool>>,
     pub max_packet_size: Option<Spanned<i64>>,
     pub primary_host: Option<Spanned<String>>,
     pub profile: Option<Spanned<String>>,
     pub topic_template: Option<Spanned<String>>,
+}
+
+/// `[buffer]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    pub max_size: Option<Spanned<i64>>,
+    pub sync: Option<Spanned<String>>,
+    pub overflow: Option<Spanned<String>>,
+    pub drain_rate: Option<Spanned<i64>>,
 }
 
 /// `[[bus]]`

@@ -467,3 +467,39 @@ fn qos_is_0_to_2_and_a_device_sets_the_default_of_its_metrics() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_buffer_section_is_checked_and_defaults_apply_without_it() {
+    let config = Config::from_toml(Path::new("gw.toml"), GOOD).expect("valid");
+    assert_eq!(config.buffer, BufferPolicy::default());
+    let text = GOOD.replace(
+        "[[bus]]\nname = \"rs485-1\"",
+        "[buffer]\nmax_size = 1048576\nsync = \"250ms\"\noverflow = \"drop_newest\"\ndrain_rate = 50\n\n[[bus]]\nname = \"rs485-1\"",
+    );
+    let config = Config::from_toml(Path::new("gw.toml"), &text).expect("valid");
+    assert_eq!(
+        config.buffer,
+        BufferPolicy {
+            max_size: 1_048_576,
+            sync: Duration::from_millis(250),
+            overflow: crate::buffer::Overflow::DropNewest,
+            drain_rate: 50,
+        }
+    );
+    let bad = GOOD.replace(
+        "[[bus]]\nname = \"rs485-1\"",
+        "[buffer]\nmax_size = 1000\noverflow = \"oldest\"\n\n[[bus]]\nname = \"rs485-1\"",
+    );
+    let errs = errors(&bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("[buffer]: max_size = 1000 is out of range")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("unknown overflow \"oldest\", expected one of drop_oldest, drop_newest")),
+        "{errs:?}"
+    );
+}

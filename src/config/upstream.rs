@@ -104,6 +104,8 @@ pub struct Upstream {
     pub client_id: String,
     /// MQTT keep-alive; a dead link is noticed within 1.5 times this.
     pub keep_alive: Duration,
+    /// Longest wait between reconnection attempts (the wait doubles from 0.5 s up to this).
+    pub max_backoff: Duration,
     /// `false` asks the server to keep the session (subscriptions, queued QoS 1/2 commands) across disconnects.
     pub clean_session: bool,
     /// Largest MQTT packet sent or accepted, in bytes.
@@ -119,6 +121,8 @@ pub struct Upstream {
 /// Default MQTT keep-alive. Short enough that a dead link is noticed within
 /// a minute, long enough not to matter on a cellular link.
 const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Longest wait between reconnection attempts unless configured.
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Large enough for the birth of a few thousand metrics; rumqttc's own
 /// default (10 KiB) would silently kill the connection on a large NBIRTH.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;
@@ -209,6 +213,12 @@ impl Checker<'_> {
                 "keep_alive must be at least 1s; MQTT counts it in whole seconds".into(),
             );
         }
+        let max_backoff = self.duration(
+            ctx,
+            "max_backoff",
+            raw.max_backoff.as_ref(),
+            DEFAULT_MAX_BACKOFF,
+        );
         let profile = raw
             .profile
             .as_ref()
@@ -247,6 +257,7 @@ impl Checker<'_> {
             password,
             client_id,
             keep_alive,
+            max_backoff,
             clean_session,
             max_packet_size: raw
                 .max_packet_size

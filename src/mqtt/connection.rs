@@ -29,7 +29,6 @@ use crate::mqtt::Message;
 use crate::sparkplug::session::BdSeqStore;
 
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// What the connection tells the publisher.
 #[derive(Debug)]
@@ -117,9 +116,11 @@ pub fn qos(q: Qos) -> QoS {
 impl Connection {
     /// A connection that tries `servers` (name and options, at least one) in
     /// turn. Returns the client handle to publish with.
-    /// `stop` ends it: at once while disconnected, else after the publisher's DISCONNECT.
+    /// `stop` ends it: at once while disconnected, else after the publisher's
+    /// DISCONNECT. Failed attempts are retried after 0.5 s, doubling up to `max_backoff`.
     pub fn new(
         servers: Vec<(String, MqttOptions)>,
+        max_backoff: Duration,
         greeting: Greeting,
         events: mpsc::Sender<LinkEvent>,
         stop: CancellationToken,
@@ -136,7 +137,7 @@ impl Connection {
                 next_epoch: None,
                 last_epoch: None,
                 connected: false,
-                backoff: Backoff::new(RECONNECT_BASE, RECONNECT_MAX),
+                backoff: Backoff::new(RECONNECT_BASE, max_backoff.max(RECONNECT_BASE)),
                 events,
                 stop,
             },

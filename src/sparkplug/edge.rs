@@ -41,7 +41,7 @@ type StatReader = fn(&NodeStats) -> u64;
 
 /// The gateway's own counters as node metrics: name, alias (below
 /// [`crate::sparkplug::payload::FIRST_DEVICE_ALIAS`]) and how to read it.
-const NODE_STATS: [(&str, u64, StatReader); 7] = [
+const NODE_STATS: [(&str, u64, StatReader); 9] = [
     ("Statistics/Polls", 1, |s| s.counters.polls),
     ("Statistics/Poll Failures", 2, |s| s.counters.poll_failures),
     ("Statistics/Writes", 3, |s| s.counters.writes),
@@ -55,7 +55,19 @@ const NODE_STATS: [(&str, u64, StatReader); 7] = [
         s.counters.messages_dropped
     }),
     ("Statistics/Devices Online", 7, |s| s.devices_online),
+    ("Statistics/Samples Buffered", 8, |s| s.samples_buffered),
+    ("Statistics/Samples Dropped", 9, |s| s.samples_dropped),
 ];
+
+/// Every node message but the will: QoS 0, not retained (shared §12).
+fn data_message(topic: String, payload: &Payload) -> Message {
+    Message {
+        topic,
+        payload: payload.encode_to_vec(),
+        qos: Qos::AtMostOnce,
+        retain: false,
+    }
+}
 
 /// State of one MQTT connection.
 #[derive(Debug)]
@@ -248,12 +260,7 @@ impl EdgeNode {
     }
 
     fn publish(&self, topic: String, payload: &Payload) -> Action {
-        Action::Publish(Message {
-            topic,
-            payload: payload.encode_to_vec(),
-            qos: Qos::AtMostOnce,
-            retain: false,
-        })
+        Action::Publish(data_message(topic, payload))
     }
 
     /// What a bus task reported becomes DDATA, DBIRTH or DDEATH.
@@ -263,7 +270,7 @@ impl EdgeNode {
         }
         match event {
             DeviceEvent::Samples { device, samples } if self.device_born(*device) => {
-                vec![self.device_data(*device, samples)]
+                vec![Action::Publish(self.device_data(*device, samples, false))]
             }
             DeviceEvent::Online { device, .. } => {
                 self.device_birth(*device, cache).into_iter().collect()
@@ -287,17 +294,31 @@ impl EdgeNode {
         }
     }
 
-    fn device_data(&mut self, device: DeviceId, samples: &[Sample]) -> Action {
+    /// Whether DDATA may go out for `device`: it and the node are born in this session.
+    pub fn ready(&self, device: DeviceId) -> bool {
+        self.device_born(device)
+    }
+
+    /// Stored samples as one DDATA of this session (its seq, the current
+    /// aliases), each metric flagged historical with its original timestamp.
+    pub fn history(&mut self, device: DeviceId, samples: &[Sample]) -> Vec<Message> {
+        if !self.device_born(device) {
+            return Vec::new();
+        }
+        vec![self.device_data(device, samples, true)]
+    }
+
+    fn device_data(&mut self, device: DeviceId, samples: &[Sample], historical: bool) -> Message {
         let payload = Payload {
             timestamp: Some(now_ms()),
             metrics: samples
                 .iter()
-                .map(|s| data_metric(&self.aliases, s, false))
+                .map(|s| data_metric(&self.aliases, s, historical))
                 .collect(),
             seq: Some(self.seq.advance()),
             ..Payload::default()
         };
-        self.publish(self.device_topic(MessageType::DData, device), &payload)
+        data_message(self.device_topic(MessageType::DData, device), &payload)
     }
 
     /// Node statistics that changed since last published, as NDATA.

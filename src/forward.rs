@@ -1,0 +1,447 @@
+//! Store-and-forward: what the uplink cannot take now waits on disk and is
+//! sent later, oldest first, flagged historical.
+//!
+//! The publisher decides *whether* a batch of samples goes live or to the
+//! queue (live only when the profile is ready for that device); this module
+//! keeps the queue, the replay window and the drain position. It does no
+//! networking: the caller hands it a `send` function for each drained batch.
+//!
+//! Nothing is considered delivered just because it was handed to the MQTT
+//! client. Sparkplug data is QoS 0, and a dead TCP link is noticed only after
+//! up to two keep-alive periods, so:
+//! - batches sent live are kept in memory for the replay window, and written
+//!   to the queue when the link is lost (duplicates flagged historical are
+//!   acceptable, losses are not);
+//! - drained batches stay in the queue, acknowledged only once they have been
+//!   out for a whole window on a link that is still up; a lost link rewinds
+//!   the drain to the first unacknowledged batch.
+//!
+//! A Sparkplug device that is not born in the current session may not get
+//! DDATA (tck-id-payloads-ddata-order), so its batches are moved to the back
+//! of the queue instead of stalling everyone else's; once a pass over the
+//! queue has sent nothing, the drain waits until a device becomes ready.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::buffer::{self, Buffer, BufferError, Position, sample};
+use crate::config::BufferPolicy;
+use crate::value::{DeviceId, Sample};
+
+/// Memory the replay window may use; beyond it the oldest entries are
+/// forgotten (they were sent; only a link death right now could lose them).
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// The queue, the replay window and the drain state.
+#[derive(Debug)]
+pub struct Forwarder {
+    buffer: Buffer,
+    /// Live batches, encoded, with the time they were sent.
+    window: VecDeque<(Instant, Vec<u8>)>,
+    window_bytes: usize,
+    window_len: Duration,
+    /// After the last batch handed out by the drain.
+    read: Position,
+    /// Drained, not yet acknowledged: when each left and the position after it.
+    in_flight: VecDeque<(Instant, Position)>,
+    /// Devices whose batches are being moved back in this pass.
+    deferred: HashSet<DeviceId>,
+    /// Where this pass's moved batches begin; reaching it ends the pass.
+    pass_end: Option<Position>,
+    /// Whether this pass sent anything.
+    progressed: bool,
+    /// A whole pass sent nothing: wait for [`Forwarder::readiness_changed`].
+    stalled: bool,
+    /// Samples lost to unreadable records or disk errors.
+    lost: u64,
+}
+
+/// What one drain step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Batches handed to `send`.
+    pub sent: usize,
+    /// Batches moved to the back because their device was not ready.
+    pub deferred: usize,
+}
+
+impl Forwarder {
+    /// Opens the queue in `dir`. `window` is how long a sent batch is
+    /// kept for replay: at least the time a dead link takes to notice.
+    pub fn open(
+        dir: &Path,
+        policy: &BufferPolicy,
+        window: Duration,
+    ) -> Result<Forwarder, BufferError> {
+        let buffer = Buffer::open(dir, policy.max_size, policy.overflow, sample::count)?;
+        Ok(Forwarder {
+            read: buffer.head(),
+            buffer,
+            window: VecDeque::new(),
+            window_bytes: 0,
+            window_len: window,
+            in_flight: VecDeque::new(),
+            deferred: HashSet::new(),
+            pass_end: None,
+            progressed: false,
+            stalled: false,
+            lost: 0,
+        })
+    }
+
+    /// Queues samples that cannot go out now.
+    pub fn store(&mut self, device: DeviceId, samples: &[Sample]) {
+        if samples.is_empty() {
+            return;
+        }
+        self.append(&buffer::sample::encode(device, samples));
+    }
+
+    fn append(&mut self, record: &[u8]) {
+        if let Err(e) = self.buffer.append(record) {
+            self.lost += sample::count(record);
+            tracing::error!(error = %e, "cannot write to the store-and-forward queue; samples lost");
+        }
+    }
+
+    /// Samples went out live at `now`: keep them for a replay.
+    pub fn sent_live(&mut self, device: DeviceId, samples: &[Sample], now: Instant) {
+        if samples.is_empty() {
+            return;
+        }
+        let record = buffer::sample::encode(device, samples);
+        self.window_bytes += record.len();
+        self.window.push_back((now, record));
+        self.expire(now);
+    }
+
+    /// Forgets live batches older than the window, and acknowledges drained
+    /// ones that have been out that long on a link that stayed up.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((at, record)) = self.window.front() {
+            if now.duration_since(*at) < self.window_len && self.window_bytes <= WINDOW_BYTES {
+                break;
+            }
+            self.window_bytes -= record.len();
+            self.window.pop_front();
+        }
+        let mut acked = None;
+        while let Some(&(at, pos)) = self.in_flight.front() {
+            if now.duration_since(at) < self.window_len {
+                break;
+            }
+            acked = Some(pos);
+            self.in_flight.pop_front();
+        }
+        if let Some(pos) = acked
+            && let Err(e) = self.buffer.ack(pos)
+        {
+            tracing::error!(error = %e, "cannot acknowledge sent records; they will be sent again");
+        }
+    }
+
+    /// The link died: what may not have arrived is queued again, live
+    /// batches after the backlog (they are newer), and the drain rewinds.
+    pub fn link_lost(&mut self) {
+        let window = std::mem::take(&mut self.window);
+        self.window_bytes = 0;
+        for (_, record) in window {
+            self.append(&record);
+        }
+        self.in_flight.clear();
+        self.read = self.buffer.head();
+        self.end_pass();
+        self.stalled = false;
+    }
+
+    /// A device became ready (born) or the link came back: a stalled drain may go on.
+    pub fn readiness_changed(&mut self) {
+        self.stalled = false;
+    }
+
+    fn end_pass(&mut self) {
+        self.deferred.clear();
+        self.pass_end = None;
+        self.progressed = false;
+    }
+
+    /// Sends up to `max` batches of the backlog, oldest first. `ready` says
+    /// whether a device may get data now; `send` publishes a batch and
+    /// returns false when the uplink cannot take it (the batch stays queued
+    /// and the drain stops).
+    pub fn drain(
+        &mut self,
+        max: usize,
+        now: Instant,
+        ready: impl Fn(DeviceId) -> bool,
+        mut send: impl FnMut(DeviceId, &[Sample]) -> bool,
+    ) -> Drained {
+        let mut done = Drained::default();
+        self.expire(now);
+        if self.stalled {
+            return done;
+        }
+        let records = match self.buffer.peek_from(self.read, max) {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the store-and-forward queue");
+                return done;
+            }
+        };
+        for (record, after) in records {
+            if self.pass_end.is_some_and(|end| self.read >= end) {
+                if !self.progressed {
+                    self.stalled = true;
+                    self.end_pass();
+                    return done;
+                }
+                self.end_pass();
+            }
+            let (device, samples) = match sample::decode(&record) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.lost += sample::count(&record);
+                    tracing::error!(error = %e, "unreadable record in the store-and-forward queue; skipped");
+                    self.handed_out(now, after);
+                    continue;
+                }
+            };
+            if self.deferred.contains(&device) || !ready(device) {
+                if self.pass_end.is_none() {
+                    self.pass_end = Some(self.buffer.tail());
+                }
+                self.deferred.insert(device);
+                self.append(&record);
+                self.handed_out(now, after);
+                done.deferred += 1;
+                continue;
+            }
+            if !send(device, &samples) {
+                break;
+            }
+            self.progressed = true;
+            self.handed_out(now, after);
+            done.sent += 1;
+        }
+        done
+    }
+
+    fn handed_out(&mut self, now: Instant, after: Position) {
+        self.read = after;
+        self.in_flight.push_back((now, after));
+    }
+
+    /// Makes the queue durable against power loss; call every `[buffer] sync`.
+    pub fn sync(&mut self) {
+        if let Err(e) = self.buffer.sync() {
+            tracing::error!(error = %e, "cannot sync the store-and-forward queue");
+        }
+    }
+
+    /// Samples waiting in the queue (including those sent but not yet acknowledged).
+    pub fn backlog(&self) -> u64 {
+        self.buffer.weight()
+    }
+
+    /// Whether the drain has something to send.
+    pub fn has_backlog(&self) -> bool {
+        !self.stalled && self.read < self.buffer.tail()
+    }
+
+    /// Samples lost since open: dropped by the size limit, or unreadable or unwritable.
+    pub fn dropped(&self) -> u64 {
+        self.buffer.dropped() + self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Overflow;
+    use crate::value::{Quality, Value};
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn policy() -> BufferPolicy {
+        BufferPolicy {
+            max_size: 1 << 30,
+            sync: Duration::from_secs(1),
+            overflow: Overflow::DropOldest,
+            drain_rate: 100,
+        }
+    }
+
+    fn batch(device: DeviceId, n: u32) -> Vec<Sample> {
+        vec![Sample {
+            device,
+            metric: 0,
+            value: Some(Value::U32(n)),
+            quality: Quality::Good,
+            timestamp_ms: u64::from(n),
+        }]
+    }
+
+    fn number(samples: &[Sample]) -> u32 {
+        match samples.first().and_then(|s| s.value.clone()) {
+            Some(Value::U32(n)) => n,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Drains everything `ready` allows, as (device, number) pairs.
+    fn drain_all(
+        f: &mut Forwarder,
+        now: Instant,
+        ready: impl Fn(DeviceId) -> bool + Copy,
+    ) -> Vec<(DeviceId, u32)> {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let d = f.drain(7, now, ready, |device, samples| {
+                out.push((device, number(samples)));
+                true
+            });
+            if d == Drained::default() {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stored_batches_come_back_in_order_and_leave_after_a_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let t0 = Instant::now();
+        for n in 0..50 {
+            f.store(n as usize % 3, &batch(n as usize % 3, n));
+        }
+        assert_eq!(f.backlog(), 50);
+        let out = drain_all(&mut f, t0, |_| true);
+        assert_eq!(
+            out.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
+        assert!(!f.has_backlog());
+        assert_eq!(
+            f.backlog(),
+            50,
+            "not acknowledged before a window has passed"
+        );
+        f.expire(t0 + WINDOW);
+        assert_eq!(f.backlog(), 0);
+    }
+
+    #[test]
+    fn a_lost_link_resends_unacknowledged_drained_batches_then_the_live_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let t0 = Instant::now();
+        for n in 0..20 {
+            f.store(0, &batch(0, n));
+        }
+        let first = drain_all(&mut f, t0, |_| true);
+        assert_eq!(first.len(), 20);
+        // Live data while the backlog went out; then the link dies unnoticed.
+        f.sent_live(0, &batch(0, 100), t0);
+        f.sent_live(0, &batch(0, 101), t0 + Duration::from_secs(1));
+        f.link_lost();
+        f.store(0, &batch(0, 102));
+        let again: Vec<u32> = drain_all(&mut f, t0 + Duration::from_secs(2), |_| true)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        let mut expected: Vec<u32> = (0..20).collect();
+        expected.extend([100, 101, 102]);
+        assert_eq!(again, expected, "nothing lost, still in order");
+    }
+
+    #[test]
+    fn live_batches_older_than_the_window_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let t0 = Instant::now();
+        f.sent_live(0, &batch(0, 1), t0);
+        f.sent_live(0, &batch(0, 2), t0 + WINDOW + Duration::from_secs(1));
+        f.link_lost();
+        let out = drain_all(&mut f, t0 + WINDOW * 2, |_| true);
+        assert_eq!(out, vec![(0, 2)]);
+    }
+
+    #[test]
+    fn an_unready_device_waits_without_holding_up_the_others_and_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let t0 = Instant::now();
+        for n in 0..30 {
+            let device = n as usize % 2;
+            f.store(device, &batch(device, n));
+        }
+        let out = drain_all(&mut f, t0, |d| d == 0);
+        assert_eq!(
+            out,
+            (0..30).step_by(2).map(|n| (0, n)).collect::<Vec<_>>(),
+            "device 0 drains past device 1's batches"
+        );
+        assert!(
+            !f.has_backlog(),
+            "a pass that sent nothing stalls the drain"
+        );
+        f.readiness_changed();
+        let out = drain_all(&mut f, t0, |_| true);
+        assert_eq!(
+            out,
+            (1..30).step_by(2).map(|n| (1, n)).collect::<Vec<_>>(),
+            "device 1's batches follow, in their order"
+        );
+    }
+
+    #[test]
+    fn a_refused_send_keeps_the_batch_for_the_next_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let t0 = Instant::now();
+        for n in 0..5 {
+            f.store(0, &batch(0, n));
+        }
+        let mut took = Vec::new();
+        let d = f.drain(
+            10,
+            t0,
+            |_| true,
+            |_, s| {
+                if took.len() == 2 {
+                    return false;
+                }
+                took.push(number(s));
+                true
+            },
+        );
+        assert_eq!(d.sent, 2);
+        let rest: Vec<u32> = drain_all(&mut f, t0, |_| true)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(rest, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn the_queue_survives_a_reopen_and_a_crash_only_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        {
+            let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+            for n in 0..10 {
+                f.store(0, &batch(0, n));
+            }
+            drain_all(&mut f, t0, |_| true);
+            // Dropped without sync or acknowledgement, as kill -9 would.
+        }
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let out: Vec<u32> = drain_all(&mut f, t0, |_| true)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
+    }
+}

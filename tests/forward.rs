@@ -1,0 +1,376 @@
+//! Store-and-forward against a real mosquitto that goes away: every sample
+//! taken while the uplink was down arrives afterwards, in order, flagged
+//! historical. The simulated devices count their reads, so each sample has
+//! a number and a gap or a repeat is visible.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fieldmq::simulator::Simulator;
+use fieldmq::sparkplug::proto::Payload;
+use fieldmq::sparkplug::proto::payload::metric;
+use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port};
+use support::tcp_simulator;
+
+const SECOND: Duration = Duration::from_secs(1);
+const DEVICES: [&str; 3] = ["d1", "d2", "d3"];
+
+/// Three devices at 10 Hz, each with `metrics` metrics reading its read counter.
+fn gateway_config(
+    sim: std::net::SocketAddr,
+    broker: &str,
+    data_dir: &Path,
+    metrics: usize,
+    buffer: &str,
+) -> String {
+    let mut text = format!(
+        r#"
+[node]
+group_id = "plant"
+node_id = "gw"
+data_dir = "{}"
+stats_interval = "500ms"
+
+[upstream]
+url = "{broker}"
+keep_alive = "2s"
+max_backoff = "1s"
+
+{buffer}
+
+[[bus]]
+name = "sim"
+kind = "tcp"
+address = "{sim}"
+timeout = "500ms"
+"#,
+        data_dir.display()
+    );
+    for (unit, name) in DEVICES.iter().enumerate() {
+        text += &format!(
+            "\n[[device]]\nname = \"{name}\"\nbus = \"sim\"\nunit = {}\npoll = \"100ms\"\n",
+            unit + 1
+        );
+        for m in 0..metrics {
+            text += &format!(
+                "\n[[device.metric]]\nname = \"count{m}\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\n"
+            );
+        }
+    }
+    text
+}
+
+async fn simulator() -> (std::net::SocketAddr, Simulator) {
+    let sim = Simulator::new();
+    for unit in 1..=3 {
+        sim.count_reads(unit, 0);
+    }
+    let (addr, _server) = tcp_simulator(&sim).await;
+    (addr, sim)
+}
+
+/// One value of `count0` as a subscriber saw it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    value: u32,
+    historical: bool,
+}
+
+/// Reads the Sparkplug stream: per device, the `count0` values in arrival
+/// order (from DBIRTH and DDATA), and the last reported node statistics.
+#[derive(Debug, Default)]
+struct Stream {
+    seen: HashMap<String, Vec<Seen>>,
+    /// Alias → device of each device's `count0`.
+    aliases: HashMap<u64, String>,
+    /// Node metric name by alias, and last value by name.
+    node_aliases: HashMap<u64, String>,
+    node_metrics: HashMap<String, u64>,
+}
+
+impl Stream {
+    fn read(&mut self, messages: &[Received]) {
+        for m in messages {
+            let levels: Vec<&str> = m.topic.split('/').collect();
+            let Ok(payload) = <Payload as prost::Message>::decode(&m.payload[..]) else {
+                continue;
+            };
+            match (levels.get(2).copied(), levels.get(4)) {
+                (Some("DBIRTH" | "DDATA"), Some(device)) => {
+                    for metric in &payload.metrics {
+                        if let (Some("count0"), Some(alias)) =
+                            (metric.name.as_deref(), metric.alias)
+                        {
+                            self.aliases.insert(alias, (*device).to_owned());
+                        }
+                        let is_count = metric.name.as_deref() == Some("count0")
+                            || metric
+                                .alias
+                                .is_some_and(|a| self.aliases.get(&a).is_some_and(|d| d == device));
+                        if let (true, Some(metric::Value::IntValue(v))) = (is_count, &metric.value)
+                        {
+                            self.seen
+                                .entry((*device).to_owned())
+                                .or_default()
+                                .push(Seen {
+                                    value: *v,
+                                    historical: metric.is_historical == Some(true),
+                                });
+                        }
+                    }
+                }
+                (Some("NBIRTH" | "NDATA"), None) => {
+                    for metric in &payload.metrics {
+                        if let (Some(name), Some(alias)) = (&metric.name, metric.alias) {
+                            self.node_aliases.insert(alias, name.clone());
+                        }
+                        let name = metric.name.clone().or_else(|| {
+                            metric
+                                .alias
+                                .and_then(|a| self.node_aliases.get(&a).cloned())
+                        });
+                        if let (Some(name), Some(metric::Value::LongValue(v))) =
+                            (name, &metric.value)
+                        {
+                            self.node_metrics.insert(name, *v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts that `device` lost nothing: every number from the first seen to
+    /// the last, stored ones flagged and each kind in ascending order.
+    fn assert_complete(&self, device: &str, at_least_historical: usize) -> (u32, u32) {
+        let seen = self.seen.get(device).map(Vec::as_slice).unwrap_or_default();
+        let mut values: Vec<u32> = seen.iter().map(|s| s.value).collect();
+        values.sort_unstable();
+        values.dedup();
+        let (first, last) = (values[0], values[values.len() - 1]);
+        let missing: Vec<u32> = (first..=last)
+            .filter(|v| values.binary_search(v).is_err())
+            .collect();
+        assert!(missing.is_empty(), "{device}: samples lost: {missing:?}");
+        let historical: Vec<u32> = seen
+            .iter()
+            .filter(|s| s.historical)
+            .map(|s| s.value)
+            .collect();
+        assert!(
+            historical.len() >= at_least_historical,
+            "{device}: {} historical samples, expected at least {at_least_historical}",
+            historical.len()
+        );
+        let live: Vec<u32> = seen
+            .iter()
+            .filter(|s| !s.historical)
+            .map(|s| s.value)
+            .collect();
+        for (what, list) in [("historical", &historical), ("live", &live)] {
+            // A replay after a lost link may repeat a stretch; within one stretch the order holds.
+            let backwards = list.windows(2).filter(|w| w[1] < w[0]).count();
+            assert!(
+                backwards <= 2,
+                "{device}: {what} samples out of order: {list:?}"
+            );
+        }
+        (first, last)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_outage_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let broker = Mosquitto::start_on(port).await;
+    let (sim_addr, _sim) = simulator().await;
+    let config = dir.path().join("fieldmq.toml");
+    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, "");
+    std::fs::write(&config, text).expect("write config");
+
+    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
+    let gateway = Gateway::run(&config, dir.path(), "gateway");
+    let mut messages = births(&mut before).await;
+    messages.extend(before.collect_for(3 * SECOND).await);
+    broker.stop().await;
+    drop(before);
+    tokio::time::sleep(30 * SECOND).await;
+
+    let broker = Mosquitto::start_on(port).await;
+    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
+    messages.extend(after.collect_for(10 * SECOND).await);
+    gateway.terminate().await;
+
+    let mut stream = Stream::default();
+    stream.read(&messages);
+    for device in DEVICES {
+        let (first, last) = stream.assert_complete(device, 250);
+        assert!(
+            last - first >= 300,
+            "{device}: {first}..{last} spans less than the outage"
+        );
+    }
+    assert_eq!(
+        stream.node_metrics.get("Statistics/Samples Dropped"),
+        Some(&0)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_buffered_survives_kill_9_in_the_middle_of_an_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let broker = Mosquitto::start_on(port).await;
+    let (sim_addr, _sim) = simulator().await;
+    let config = dir.path().join("fieldmq.toml");
+    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, "");
+    std::fs::write(&config, text).expect("write config");
+
+    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
+    let gateway = Gateway::run(&config, dir.path(), "first");
+    let mut messages = births(&mut before).await;
+    messages.extend(before.collect_for(2 * SECOND).await);
+    broker.stop().await;
+    drop(before);
+    tokio::time::sleep(10 * SECOND).await;
+    gateway.kill().await;
+    let gateway = Gateway::run(&config, dir.path(), "second");
+    tokio::time::sleep(5 * SECOND).await;
+
+    let broker = Mosquitto::start_on(port).await;
+    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
+    messages.extend(after.collect_for(8 * SECOND).await);
+    gateway.terminate().await;
+
+    let mut stream = Stream::default();
+    stream.read(&messages);
+    for device in DEVICES {
+        // The counter only moves when read, so the time fieldmq was dead leaves no gap.
+        let (first, last) = stream.assert_complete(device, 120);
+        assert!(last - first >= 150, "{device}: {first}..{last}");
+    }
+    broker.stop().await;
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_flat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let broker = Mosquitto::start_on(port).await;
+    let (sim_addr, _sim) = simulator().await;
+    let config = dir.path().join("fieldmq.toml");
+    // 40 metrics per batch: 613 bytes a record, so 256 KiB fill in about 9 s.
+    let metrics = 40;
+    let text = gateway_config(
+        sim_addr,
+        &broker.url(),
+        dir.path(),
+        metrics,
+        "[buffer]\nmax_size = 262144\nsync = \"200ms\"\ndrain_rate = 2000",
+    );
+    std::fs::write(&config, text).expect("write config");
+
+    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
+    let gateway = Gateway::run(&config, dir.path(), "gateway");
+    let mut messages = births(&mut before).await;
+    messages.extend(before.collect_for(SECOND).await);
+    broker.stop().await;
+    drop(before);
+    // What went out live just before is queued again for a replay (the
+    // link may have died unnoticed) and, being oldest, dropped first.
+    let mut live = Stream::default();
+    live.read(&messages);
+    let replayed: u64 = DEVICES
+        .iter()
+        .map(|d| {
+            let mut values: Vec<u32> = live.seen[*d].iter().map(|s| s.value).collect();
+            values.sort_unstable();
+            values.dedup();
+            values.len() as u64
+        })
+        .sum();
+    let pid = gateway.pid().expect("gateway pid");
+    tokio::time::sleep(12 * SECOND).await;
+    let rss_full = rss_kib(pid);
+    tokio::time::sleep(12 * SECOND).await;
+    let rss_later = rss_kib(pid);
+    let disk: u64 = std::fs::read_dir(dir.path().join("buffer"))
+        .expect("buffer dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(
+        disk <= 262_144 + 4096,
+        "the queue stays within max_size: {disk} bytes"
+    );
+    assert!(
+        rss_later <= rss_full + 2048,
+        "memory grows while dropping: {rss_full} KiB → {rss_later} KiB"
+    );
+
+    let broker = Mosquitto::start_on(port).await;
+    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
+    messages.extend(after.collect_for(8 * SECOND).await);
+    gateway.terminate().await;
+
+    let mut stream = Stream::default();
+    stream.read(&messages);
+    let mut lost_batches = 0;
+    for device in DEVICES {
+        let seen = &stream.seen[device];
+        let mut values: Vec<u32> = seen.iter().map(|s| s.value).collect();
+        values.sort_unstable();
+        values.dedup();
+        let span = values[values.len() - 1] - values[0] + 1;
+        lost_batches += u64::from(span) - values.len() as u64;
+    }
+    let reported = stream
+        .node_metrics
+        .get("Statistics/Samples Dropped")
+        .copied();
+    assert!(lost_batches > 0, "the outage overflowed the queue");
+    assert_eq!(
+        reported,
+        Some((lost_batches + replayed) * metrics as u64),
+        "the reported drop count is exactly the samples missing plus the dropped replay copies of {replayed} batches that had arrived live"
+    );
+    assert!(
+        gateway_log_mentions(dir.path(), "samples dropped"),
+        "the drops are logged"
+    );
+    broker.stop().await;
+}
+
+/// Everything up to and including the DBIRTH of every device.
+async fn births(peer: &mut Peer) -> Vec<Received> {
+    let mut messages = Vec::new();
+    let mut born = 0;
+    while born < DEVICES.len() {
+        let m = peer.next_where(10 * SECOND, "the DBIRTHs", |_| true).await;
+        if m.topic.contains("/DBIRTH/") {
+            born += 1;
+        }
+        messages.push(m);
+    }
+    messages
+}
+
+fn gateway_log_mentions(dir: &Path, text: &str) -> bool {
+    std::fs::read_to_string(dir.join("gateway.log")).is_ok_and(|log| log.contains(text))
+}
