@@ -81,7 +81,7 @@ fn encoding() {
         device: 0,
         samples: samples.clone(),
     });
-    let mut node = EdgeNode::new(Arc::clone(&config));
+    let mut node = EdgeNode::new(Arc::clone(&config), None);
     node.connected(0);
 
     let rounds = 200;

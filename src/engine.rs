@@ -106,3 +106,24 @@ impl Engine {
         }
     }
 }
+
+/// Copies every event of `events` to `n` receivers (the uplink, the local
+/// broker, the log); ends when the source ends or every receiver is gone.
+pub fn tee(mut events: mpsc::Receiver<DeviceEvent>, n: usize) -> Vec<mpsc::Receiver<DeviceEvent>> {
+    if n <= 1 {
+        return vec![events];
+    }
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(EVENT_QUEUE)).unzip();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let mut alive = false;
+            for tx in &senders {
+                alive |= tx.send(event.clone()).await.is_ok();
+            }
+            if !alive {
+                break;
+            }
+        }
+    });
+    receivers
+}

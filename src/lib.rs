@@ -25,6 +25,8 @@
 //! - [`plain`]: the plain JSON profile; pure.
 //! - [`mqtt`]: the upstream connection task (reconnect, next server, will per connect) and TLS.
 //! - [`publisher`]: the task between the bus tasks and the uplink.
+//! - [`broker`]: the embedded local MQTT broker (rmqtt) with fieldmq's logins and topic ACLs.
+//! - [`local`]: fieldmq's data into the local broker, and local clients' commands back.
 //! - [`buffer`]: the store-and-forward disk queue (segment log) and the stored sample format.
 //! - [`forward`]: store-and-forward: what waits on disk, the replay window, the paced drain.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
@@ -32,6 +34,8 @@
 //! - [`backoff`]: exponential backoff with jitter.
 
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod buffer;
 pub mod command;
 pub mod config;
@@ -40,6 +44,8 @@ pub mod engine;
 pub mod exception;
 pub mod forward;
 pub mod last_values;
+#[cfg(feature = "broker")]
+pub mod local;
 pub mod modbus;
 pub mod mqtt;
 pub mod plain;

@@ -344,40 +344,72 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), upstream = publisher.is_some(), "fieldmq running");
+    #[cfg(feature = "broker")]
+    let local = match config.broker.enabled {
+        true => Some(
+            fieldmq::local::LocalFeed::start(
+                Arc::clone(&config),
+                engine.writes.clone(),
+                Arc::clone(&engine.stats),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the local broker ({}: set [broker] listen, or enabled = false)",
+                    config.path.display()
+                )
+            })?,
+        ),
+        false => None,
+    };
+    #[cfg(not(feature = "broker"))]
+    let local: Option<std::convert::Infallible> = None;
+    tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), upstream = publisher.is_some(), local_broker = local.is_some(), "fieldmq running");
+    let log_values = publisher.is_none();
+    let sinks =
+        usize::from(publisher.is_some()) + usize::from(local.is_some()) + usize::from(log_values);
+    let mut receivers = fieldmq::engine::tee(engine.take_events(), sinks).into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(publisher), Some(events)) = (publisher, receivers.next()) {
+        tasks.spawn(publisher.run(events, shutdown.clone()));
+    }
+    #[cfg(feature = "broker")]
+    if let (Some(local), Some(events)) = (local, receivers.next()) {
+        tasks.spawn(local.run(events, shutdown.clone()));
+    }
+    if let (true, Some(events)) = (log_values, receivers.next()) {
+        tasks.spawn(log_events(Arc::clone(&config), events, shutdown.clone()));
+    }
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    match publisher {
-        Some(publisher) => {
-            let events = engine.take_events();
-            let task = tokio::spawn(publisher.run(events, shutdown.clone()));
-            tokio::pin!(task);
-            tokio::select! {
-                received = &mut signal => {
-                    tracing::info!(signal = received?, "shutting down");
-                    shutdown.cancel();
-                    task.await.context("publisher task")?;
-                }
-                finished = &mut task => finished.context("publisher task")?,
-            }
-        }
-        None => loop {
-            tokio::select! {
-                received = &mut signal => {
-                    tracing::info!(signal = received?, "shutting down");
-                    break;
-                }
-                event = engine.events.recv() => match event {
-                    Some(event) => log_event(&config, &event),
-                    None => break,
-                },
-            }
-        },
+    tokio::select! {
+        received = &mut signal => tracing::info!(signal = received?, "shutting down"),
+        // A sink ends by itself only when the bus tasks are gone.
+        _ = tasks.join_next() => {}
     }
     shutdown.cancel();
+    while let Some(done) = tasks.join_next().await {
+        done.context("publisher task")?;
+    }
     engine.join().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn log_events(
+    config: Arc<Config>,
+    mut events: tokio::sync::mpsc::Receiver<DeviceEvent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => log_event(&config, &event),
+                None => break,
+            },
+        }
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<&'static str> {

@@ -53,10 +53,10 @@ pub enum NodeProfile {
 }
 
 impl NodeProfile {
-    /// The profile `profile` for `config`.
-    pub fn new(config: Arc<Config>, profile: Profile) -> NodeProfile {
+    /// The profile `profile` for `config`; Sparkplug births wait for `primary_host` if given.
+    pub fn new(config: Arc<Config>, profile: Profile, primary_host: Option<String>) -> NodeProfile {
         match profile {
-            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config)),
+            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config, primary_host)),
             Profile::Plain => NodeProfile::Plain(PlainNode::new(config)),
         }
     }

@@ -87,8 +87,9 @@ impl Publisher {
             .iter()
             .map(|s| (s.url.clone(), mqtt_options(upstream, s, tls.as_ref())))
             .collect();
-        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile);
-        let will_profile = NodeProfile::new(Arc::clone(&config), upstream.profile);
+        let host = upstream.primary_host.clone();
+        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host.clone());
+        let will_profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host);
         let greeting = Greeting {
             epochs: profile
                 .needs_epoch()

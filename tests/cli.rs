@@ -86,7 +86,7 @@ async fn a_broken_config_names_file_line_and_key_and_exits_78_from_every_subcomm
 
 fn sim_config(addr: std::net::SocketAddr) -> String {
     format!(
-        "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[bus]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout = \"300ms\"\n\
+        "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[broker]\nenabled = false\n[[bus]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout = \"300ms\"\n\
          [[device]]\nname = \"meter\"\nbus = \"b\"\nunit = 1\n\
          [[device.metric]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nunit = \"V\"\n\
          [[device.metric]]\nname = \"temp\"\ntable = \"holding\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\n\

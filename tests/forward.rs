@@ -17,6 +17,7 @@ use support::tcp_simulator;
 
 const SECOND: Duration = Duration::from_secs(1);
 const DEVICES: [&str; 3] = ["d1", "d2", "d3"];
+const NO_LOCAL_BROKER: &str = "[broker]\nenabled = false";
 
 /// Three devices at 10 Hz, each with `metrics` metrics reading its read counter.
 fn gateway_config(
@@ -190,16 +191,33 @@ async fn a_thirty_second_outage_loses_nothing() {
     let broker = Mosquitto::start_on(port).await;
     let (sim_addr, _sim) = simulator().await;
     let config = dir.path().join("fieldmq.toml");
-    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, "");
+    let local_port = free_port();
+    let local = format!("[broker]\nlisten = \"127.0.0.1:{local_port}\"");
+    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, &local);
     std::fs::write(&config, text).expect("write config");
 
     let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
     let gateway = Gateway::run(&config, dir.path(), "gateway");
     let mut messages = births(&mut before).await;
+    let mut hmi = Peer::connect(local_port, "hmi", &["plant/gw/+/count0"]).await;
     messages.extend(before.collect_for(3 * SECOND).await);
     broker.stop().await;
     drop(before);
-    tokio::time::sleep(30 * SECOND).await;
+    // A local client keeps getting live values from the embedded broker while the uplink is gone.
+    let mut last = 0;
+    for second in 0..30 {
+        let live = hmi.collect_for(SECOND).await;
+        let newest = live
+            .iter()
+            .filter(|m| m.topic == "plant/gw/d1/count0")
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+            .filter_map(|v| v["value"].as_u64())
+            .max();
+        let newest =
+            newest.unwrap_or_else(|| panic!("no local value in second {second} of the outage"));
+        assert!(newest > last, "local values move on");
+        last = newest;
+    }
 
     let broker = Mosquitto::start_on(port).await;
     let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
@@ -229,7 +247,7 @@ async fn what_was_buffered_survives_kill_9_in_the_middle_of_an_outage() {
     let broker = Mosquitto::start_on(port).await;
     let (sim_addr, _sim) = simulator().await;
     let config = dir.path().join("fieldmq.toml");
-    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, "");
+    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, NO_LOCAL_BROKER);
     std::fs::write(&config, text).expect("write config");
 
     let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
@@ -282,7 +300,7 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
         &broker.url(),
         dir.path(),
         metrics,
-        "[buffer]\nmax_size = 262144\nsync = \"200ms\"\ndrain_rate = 2000",
+        "[buffer]\nmax_size = 262144\nsync = \"200ms\"\ndrain_rate = 2000\n\n[broker]\nenabled = false",
     );
     std::fs::write(&config, text).expect("write config");
 

@@ -103,6 +103,9 @@ data_dir = "{}"
 [upstream]
 url = "mqtt://127.0.0.1:{port}"
 
+[broker]
+enabled = false
+
 [[bus]]
 name = "sim"
 kind = "tcp"

@@ -29,6 +29,9 @@ profile = "plain"
 keep_alive = "5s"
 {session}
 
+[broker]
+enabled = false
+
 [[bus]]
 name = "sim"
 kind = "tcp"

@@ -47,6 +47,9 @@ url = "{broker}"
 keep_alive = "5s"
 {upstream_extra}
 
+[broker]
+enabled = false
+
 [[bus]]
 name = "sim"
 kind = "tcp"

@@ -23,6 +23,9 @@ data_dir = "{}"
 [upstream]
 {upstream}
 
+[broker]
+enabled = false
+
 [[bus]]
 name = "sim"
 kind = "tcp"

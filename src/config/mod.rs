@@ -5,6 +5,7 @@
 //! [`Config::from_toml`] checks everything at once and collects every problem
 //! with its file, line and key. Nothing downstream parses strings again.
 
+mod broker;
 mod buffer;
 mod raw;
 mod upstream;
@@ -21,6 +22,7 @@ use toml::Spanned;
 use crate::modbus::codec::{ByteOrder, RegisterLayout, Scaling, WordOrder};
 use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
 use crate::value::DataType;
+pub use broker::{BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
 pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{
@@ -89,6 +91,8 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     /// How data waits on disk while the uplink is down.
     pub buffer: BufferPolicy,
+    /// The embedded local broker.
+    pub broker: LocalBrokerSettings,
     /// Field buses, each polled by one task.
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.
@@ -362,8 +366,13 @@ const BUS_KINDS: [&str; 3] = ["tcp", "rtu", "rtu-over-tcp"];
 
 impl Checker<'_> {
     fn error(&mut self, span: Range<usize>, context: &str, message: String) {
+        self.error_at(line_of(self.text, span.start), context, message);
+    }
+
+    /// A problem with no value to point at, reported at `line`.
+    fn error_at(&mut self, line: usize, context: &str, message: String) {
         self.diagnostics.push(Diagnostic {
-            line: line_of(self.text, span.start),
+            line,
             context: context.to_owned(),
             message,
         });
@@ -529,6 +538,10 @@ impl Checker<'_> {
             .buffer
             .as_ref()
             .map_or_else(BufferPolicy::default, |b| self.buffer(b));
+        let broker = raw
+            .broker
+            .as_ref()
+            .map_or_else(LocalBrokerSettings::default, |b| self.broker(b, base));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
@@ -549,6 +562,7 @@ impl Checker<'_> {
             node,
             upstream,
             buffer,
+            broker,
             buses,
             devices,
         }

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub node: RawNode,
     pub upstream: Option<RawUpstream>,
     pub buffer: Option<RawBuffer>,
+    pub broker: Option<RawBroker>,
     #[serde(default)]
     pub bus: Vec<RawBus>,
     #[serde(default)]
@@ -60,6 +61,36 @@ pub struct RawBuffer {
     pub sync: Option<Spanned<String>>,
     pub overflow: Option<Spanned<String>>,
     pub drain_rate: Option<Spanned<i64>>,
+}
+
+/// `[broker]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub enabled: Option<Spanned<bool>>,
+    pub listen: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub allow_anonymous: Option<Spanned<bool>>,
+    pub anonymous_subscribe: Option<Spanned<Vec<Spanned<String>>>>,
+    pub anonymous_publish: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_clients: Option<Spanned<i64>>,
+    pub max_packet_size: Option<Spanned<i64>>,
+    pub max_inflight: Option<Spanned<i64>>,
+    pub max_queued: Option<Spanned<i64>>,
+    pub message_expiry: Option<Spanned<String>>,
+    #[serde(default)]
+    pub user: Vec<RawBrokerUser>,
+}
+
+/// `[[broker.user]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrokerUser {
+    pub name: Spanned<String>,
+    pub password_hash: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub publish: Option<Spanned<Vec<Spanned<String>>>>,
+    pub subscribe: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[[bus]]`

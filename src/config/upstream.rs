@@ -433,7 +433,7 @@ impl Checker<'_> {
         path
     }
 
-    fn secret(
+    pub(super) fn secret(
         &mut self,
         ctx: &str,
         key: &str,
@@ -459,7 +459,7 @@ impl Checker<'_> {
     }
 
     /// The line of a section header, for problems with no value to point at.
-    fn section_line(&self, header: &str) -> usize {
+    pub(super) fn section_line(&self, header: &str) -> usize {
         self.text
             .lines()
             .position(|l| l.trim() == header)

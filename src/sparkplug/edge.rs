@@ -92,13 +92,9 @@ pub struct EdgeNode {
 }
 
 impl EdgeNode {
-    /// A node for `config`; no connection yet.
-    pub fn new(config: Arc<Config>) -> EdgeNode {
-        let host = config
-            .upstream
-            .as_ref()
-            .and_then(|u| u.primary_host.clone())
-            .map(|id| (id, PrimaryHost::default()));
+    /// A node for `config`, whose births wait for `primary_host` if given; no connection yet.
+    pub fn new(config: Arc<Config>, primary_host: Option<String>) -> EdgeNode {
+        let host = primary_host.map(|id| (id, PrimaryHost::default()));
         EdgeNode {
             aliases: Aliases::new(&config),
             config,
@@ -559,7 +555,11 @@ type = "u16"
         );
         let config = Arc::new(Config::from_toml(Path::new("t.toml"), &text).unwrap());
         let cache = LastValues::new(&config);
-        (EdgeNode::new(config), cache)
+        let host = config
+            .upstream
+            .as_ref()
+            .and_then(|u| u.primary_host.clone());
+        (EdgeNode::new(config, host), cache)
     }
 
     fn online(cache: &mut LastValues) -> DeviceEvent {

@@ -1,0 +1,244 @@
+//! The embedded local MQTT broker (rmqtt, MQTT 3.1.1 and 5.0), behind a
+//! small seam: fieldmq publishes into it in-process, and commands that local
+//! clients are allowed to send come out of it on a channel.
+//!
+//! rmqtt is used as a library: a `ServerContext` with the retainer plugin
+//! (without it retained messages do not exist) and fieldmq's own hooks for
+//! authentication and topic ACLs ([`access`]). Queue limits and message
+//! expiry are set explicitly: rmqtt's defaults drop QoS 1 messages beyond
+//! 1000 queued per client and expire queued messages after 5 minutes.
+
+pub mod access;
+
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rmqtt::codec::types::{Publish as WirePublish, QoS};
+use rmqtt::codec::v5::{PublishProperties, SubscribeAckReason};
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::session::SessionState;
+use rmqtt::types::{AuthResult, From, Id, Publish, PublishAclResult, SubscribeAclResult};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{LocalBrokerSettings, Qos};
+use crate::mqtt::Message;
+use crate::stats::Stats;
+use access::AccessRules;
+
+/// Commands from local clients waiting for fieldmq; beyond this they are refused.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listener could not be opened (address in use, no permission).
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// `[broker] listen`.
+        address: std::net::SocketAddr,
+        /// What rmqtt or the OS said.
+        reason: String,
+    },
+    /// A plugin could not be registered.
+    #[error("cannot set up the broker: {0}")]
+    Setup(String),
+}
+
+/// A message a local client published on a command topic and was allowed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCommand {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// The running broker.
+pub struct LocalBroker {
+    scx: ServerContext,
+    server: JoinHandle<()>,
+    expiry: Duration,
+    /// Identity of fieldmq's own messages.
+    origin: Id,
+}
+
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker").finish_non_exhaustive()
+    }
+}
+
+impl LocalBroker {
+    /// Starts the broker on `[broker] listen`. Messages local clients may
+    /// publish on a topic matched by `command_filters` also come out of the
+    /// returned channel; refused ones are counted in `stats`.
+    pub async fn start(
+        settings: &LocalBrokerSettings,
+        command_filters: Vec<String>,
+        stats: Arc<Stats>,
+    ) -> Result<(LocalBroker, mpsc::Receiver<LocalCommand>), BrokerError> {
+        let scx = ServerContext::new().build().await;
+        rmqtt_retainer::register(&scx, true, false)
+            .await
+            .map_err(|e| BrokerError::Setup(e.to_string()))?;
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let gate = Gate {
+            rules: Arc::new(AccessRules::new(settings)),
+            command_filters: Arc::new(command_filters),
+            commands: commands_tx,
+            stats,
+        };
+        let register = scx.extends.hook_mgr().register();
+        for typ in [
+            Type::ClientAuthenticate,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
+        ] {
+            register.add(typ, Box::new(gate.clone())).await;
+        }
+        register.start().await;
+        let listen_error = |e: rmqtt::Error| BrokerError::Listen {
+            address: settings.listen,
+            reason: e.to_string(),
+        };
+        let listener = Builder::new()
+            .name("fieldmq")
+            .laddr(settings.listen)
+            .allow_anonymous(settings.allow_anonymous)
+            .allow_zero_keepalive(true)
+            .max_connections(settings.max_clients)
+            .max_packet_size(settings.max_packet_size)
+            .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
+            .max_mqueue_len(settings.max_queued)
+            .message_expiry_interval(settings.message_expiry)
+            .bind()
+            .map_err(listen_error)?
+            .tcp()
+            .map_err(listen_error)?;
+        let server = MqttServer::new(scx.clone()).listener(listener).build();
+        let server = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "local broker stopped");
+            }
+        });
+        let origin = Id::new(scx.node.id(), 0, None, None, "fieldmq".into(), None);
+        Ok((
+            LocalBroker {
+                scx,
+                server,
+                expiry: settings.message_expiry,
+                origin,
+            },
+            commands,
+        ))
+    }
+
+    /// Publishes `message` to the local subscribers (and the retained store).
+    pub async fn publish(&self, message: Message) {
+        let publish: Publish = WirePublish {
+            dup: false,
+            retain: message.retain,
+            qos: match message.qos {
+                Qos::AtMostOnce => QoS::AtMostOnce,
+                Qos::AtLeastOnce => QoS::AtLeastOnce,
+                Qos::ExactlyOnce => QoS::ExactlyOnce,
+            },
+            topic: message.topic.into(),
+            packet_id: None,
+            payload: bytes::Bytes::from(message.payload),
+            properties: Some(PublishProperties::default()),
+        }
+        .into();
+        let from = From::from_system(self.origin.clone());
+        if let Err(e) =
+            SessionState::forwards(&self.scx, from, publish, false, Some(self.expiry)).await
+        {
+            tracing::warn!(error = %e, "local broker did not take a message");
+        }
+    }
+
+    /// Stops listening.
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+/// fieldmq's authentication and ACL hooks (one clone per hook type).
+#[derive(Clone)]
+struct Gate {
+    rules: Arc<AccessRules>,
+    command_filters: Arc<Vec<String>>,
+    commands: mpsc::Sender<LocalCommand>,
+    stats: Arc<Stats>,
+}
+
+#[async_trait]
+impl Handler for Gate {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(info) => {
+                let user = info.username().map(|u| u.to_string());
+                let ok = self
+                    .rules
+                    .login(user.as_deref(), info.password().map(|p| &p[..]));
+                if !ok {
+                    tracing::warn!(user = ?user, "local broker: login refused");
+                }
+                let result = if ok {
+                    AuthResult::Allow(false, None)
+                } else {
+                    AuthResult::BadUsernameOrPassword
+                };
+                (false, Some(HookResult::AuthResult(result)))
+            }
+            Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
+                let user = session.id.username.as_ref().map(|u| u.to_string());
+                if self
+                    .rules
+                    .may_subscribe(user.as_deref(), &subscribe.topic_filter)
+                {
+                    (true, acc)
+                } else {
+                    tracing::warn!(user = ?user, filter = %subscribe.topic_filter, "local broker: subscription refused");
+                    let refused =
+                        SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
+                    (false, Some(HookResult::SubscribeAclResult(refused)))
+                }
+            }
+            Parameter::MessagePublishCheckAcl(session, publish) => {
+                let user = session.id.username.as_ref().map(|u| u.to_string());
+                let topic: &str = &publish.topic;
+                let command = self
+                    .command_filters
+                    .iter()
+                    .any(|f| access::matches(f, topic));
+                if !self.rules.may_publish(user.as_deref(), topic) {
+                    if command {
+                        Stats::bump(&self.stats.commands_rejected);
+                    }
+                    tracing::warn!(user = ?user, %topic, "local broker: publish refused");
+                    let refused = PublishAclResult::rejected(false, None);
+                    return (false, Some(HookResult::PublishAclResult(refused)));
+                }
+                if command {
+                    let sent = self.commands.try_send(LocalCommand {
+                        topic: topic.to_owned(),
+                        payload: publish.payload.to_vec(),
+                    });
+                    if sent.is_err() {
+                        Stats::bump(&self.stats.commands_rejected);
+                        tracing::warn!(%topic, "local command refused: too many waiting");
+                    }
+                }
+                (true, acc)
+            }
+            _ => (true, acc),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `[broker]` and `[[broker.user]]`: the embedded local MQTT broker.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawBroker, RawBrokerUser};
+use super::{Checker, Profile};
+
+/// Where the broker listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+const PROFILES: [(&str, Profile); 2] =
+    [("plain", Profile::Plain), ("sparkplug", Profile::Sparkplug)];
+
+/// `[broker]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBrokerSettings {
+    /// Whether the broker runs.
+    pub enabled: bool,
+    /// Plain TCP listener.
+    pub listen: SocketAddr,
+    /// What fieldmq publishes into it (plain by default).
+    pub profile: Profile,
+    /// Clients without a user name may connect.
+    pub allow_anonymous: bool,
+    /// Topic filters anonymous clients may subscribe to.
+    pub anonymous_subscribe: Vec<String>,
+    /// Topic filters anonymous clients may publish to.
+    pub anonymous_publish: Vec<String>,
+    /// Known users.
+    pub users: Vec<BrokerUser>,
+    /// Connections accepted at once.
+    pub max_clients: usize,
+    /// Largest packet accepted, in bytes.
+    pub max_packet_size: u32,
+    /// QoS 1/2 messages in flight to one client.
+    pub max_inflight: u16,
+    /// Messages queued for one client (offline or slow) before the oldest are dropped.
+    pub max_queued: usize,
+    /// How long a queued message is kept for a client that does not take it.
+    pub message_expiry: Duration,
+}
+
+/// One `[[broker.user]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUser {
+    /// User name.
+    pub name: String,
+    /// How the password is checked.
+    pub secret: Secret,
+    /// Topic filters the user may publish to.
+    pub publish: Vec<String>,
+    /// Topic filters the user may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+/// A user's password as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A `mosquitto_passwd` hash (`$7$…`: PBKDF2-SHA512).
+    Hash(String),
+    /// The password itself, read from `password_file`.
+    Plain(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::Hash(_) => "Hash(..)",
+            Secret::Plain(_) => "Plain(..)",
+        })
+    }
+}
+
+impl Default for LocalBrokerSettings {
+    fn default() -> LocalBrokerSettings {
+        LocalBrokerSettings {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            profile: Profile::Plain,
+            allow_anonymous: true,
+            anonymous_subscribe: vec!["#".into()],
+            anonymous_publish: Vec::new(),
+            users: Vec::new(),
+            max_clients: 64,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 16,
+            max_queued: 10_000,
+            message_expiry: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Checker<'_> {
+    pub(super) fn broker(&mut self, raw: &RawBroker, base: &Path) -> LocalBrokerSettings {
+        let ctx = "[broker]";
+        let d = LocalBrokerSettings::default();
+        let listen = match &raw.listen {
+            Some(l) => match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    let message = format!(
+                        "listen = \"{}\" is not an address, expected e.g. \"{DEFAULT_LISTEN}\" or \"0.0.0.0:1883\"",
+                        l.get_ref()
+                    );
+                    self.error(l.span(), ctx, message);
+                    d.listen
+                }
+            },
+            None => d.listen,
+        };
+        let allow_anonymous = match &raw.allow_anonymous {
+            Some(a) => *a.get_ref(),
+            None => {
+                if !listen.ip().is_loopback() && raw.enabled.as_ref().is_none_or(|e| *e.get_ref()) {
+                    let line = raw.listen.as_ref().map(|l| l.span());
+                    let message = format!(
+                        "listen = \"{listen}\" is reachable from the network; anonymous clients are refused there unless you write allow_anonymous = true (or add [[broker.user]] entries and allow_anonymous = false)"
+                    );
+                    match line {
+                        Some(span) => self.error(span, ctx, message),
+                        None => self.error_at(self.section_line("[broker]"), ctx, message),
+                    }
+                }
+                listen.ip().is_loopback()
+            }
+        };
+        let int =
+            |c: &mut Self, key: &str, v: &Option<Spanned<i64>>, lo: i64, hi: i64, def: i64| {
+                v.as_ref()
+                    .and_then(|v| c.int::<i64>(ctx, key, v, lo, hi))
+                    .unwrap_or(def)
+            };
+        let users = raw.user.iter().map(|u| self.broker_user(u, base)).collect();
+        self.unique(ctx, "broker user", raw.user.iter().map(|u| &u.name));
+        let filters = |c: &mut Self,
+                       key: &str,
+                       v: &Option<Spanned<Vec<Spanned<String>>>>,
+                       def: &[String]| match v {
+            Some(list) => c.topic_filters(ctx, key, list),
+            None => def.to_vec(),
+        };
+        LocalBrokerSettings {
+            enabled: raw.enabled.as_ref().is_none_or(|e| *e.get_ref()),
+            listen,
+            profile: raw
+                .profile
+                .as_ref()
+                .and_then(|p| self.choice(ctx, "profile", p, &PROFILES))
+                .unwrap_or(d.profile),
+            allow_anonymous,
+            anonymous_subscribe: filters(
+                self,
+                "anonymous_subscribe",
+                &raw.anonymous_subscribe,
+                &d.anonymous_subscribe,
+            ),
+            anonymous_publish: filters(
+                self,
+                "anonymous_publish",
+                &raw.anonymous_publish,
+                &d.anonymous_publish,
+            ),
+            users,
+            max_clients: int(
+                self,
+                "max_clients",
+                &raw.max_clients,
+                1,
+                100_000,
+                d.max_clients as i64,
+            ) as usize,
+            max_packet_size: int(
+                self,
+                "max_packet_size",
+                &raw.max_packet_size,
+                1024,
+                268_435_455,
+                i64::from(d.max_packet_size),
+            ) as u32,
+            max_inflight: int(
+                self,
+                "max_inflight",
+                &raw.max_inflight,
+                1,
+                65_535,
+                i64::from(d.max_inflight),
+            ) as u16,
+            max_queued: int(
+                self,
+                "max_queued",
+                &raw.max_queued,
+                1,
+                10_000_000,
+                d.max_queued as i64,
+            ) as usize,
+            message_expiry: self.duration(
+                ctx,
+                "message_expiry",
+                raw.message_expiry.as_ref(),
+                d.message_expiry,
+            ),
+        }
+    }
+
+    fn broker_user(&mut self, raw: &RawBrokerUser, base: &Path) -> BrokerUser {
+        let name = raw.name.get_ref().clone();
+        let ctx = format!("[[broker.user]] \"{name}\"");
+        let secret = match (&raw.password_hash, &raw.password_file) {
+            (Some(h), None) => {
+                if !h.get_ref().starts_with("$7$") || h.get_ref().split('$').count() != 5 {
+                    self.error(h.span(), &ctx, "password_hash is not a mosquitto_passwd hash, expected \"$7$<iterations>$<salt>$<hash>\" (make one with `mosquitto_passwd -c -b FILE USER PASSWORD`)".into());
+                }
+                Secret::Hash(h.get_ref().clone())
+            }
+            (None, Some(f)) => Secret::Plain(
+                self.secret(&ctx, "password_file", f, base)
+                    .unwrap_or_default(),
+            ),
+            (Some(h), Some(_)) => {
+                self.error(
+                    h.span(),
+                    &ctx,
+                    "give password_hash or password_file, not both".into(),
+                );
+                Secret::Hash(String::new())
+            }
+            (None, None) => {
+                self.error(
+                    raw.name.span(),
+                    &ctx,
+                    "a user needs password_hash or password_file".into(),
+                );
+                Secret::Hash(String::new())
+            }
+        };
+        BrokerUser {
+            name,
+            secret,
+            publish: raw
+                .publish
+                .as_ref()
+                .map_or_else(Vec::new, |l| self.topic_filters(&ctx, "publish", l)),
+            subscribe: raw
+                .subscribe
+                .as_ref()
+                .map_or_else(Vec::new, |l| self.topic_filters(&ctx, "subscribe", l)),
+        }
+    }
+
+    /// MQTT topic filters: `#` only last and alone in its level, `+` alone in its level.
+    fn topic_filters(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in list.get_ref() {
+            let levels: Vec<&str> = f.get_ref().split('/').collect();
+            let bad = f.get_ref().is_empty()
+                || levels.iter().enumerate().any(|(i, l)| {
+                    (l.contains('#') && (*l != "#" || i + 1 != levels.len()))
+                        || (l.contains('+') && *l != "+")
+                });
+            if bad {
+                let message = format!(
+                    "{key}: \"{}\" is not an MQTT topic filter (+ and # must fill a whole level, # only at the end)",
+                    f.get_ref()
+                );
+                self.error(f.span(), ctx, message);
+            } else {
+                out.push(f.get_ref().clone());
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,142 @@
+//! The local feed: fieldmq's data into the embedded broker, in the profile
+//! `[broker] profile` names (plain by default), whether or not the uplink is
+//! up; and commands that local clients may send, back through the write
+//! router like those from upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerError, LocalBroker, LocalCommand};
+use crate::config::Config;
+use crate::engine::WriteRouter;
+use crate::last_values::LastValues;
+use crate::modbus::bus::DeviceEvent;
+use crate::profile::{Action, NodeProfile, NodeStats};
+use crate::sparkplug::session::BdSeqStore;
+use crate::stats::Stats;
+
+/// The feed and the broker it publishes into.
+#[derive(Debug)]
+pub struct LocalFeed {
+    config: Arc<Config>,
+    profile: NodeProfile,
+    cache: LastValues,
+    broker: LocalBroker,
+    commands: mpsc::Receiver<LocalCommand>,
+    writes: WriteRouter,
+    stats: Arc<Stats>,
+}
+
+impl LocalFeed {
+    /// Starts the broker of `[broker]` and announces the node in it.
+    pub async fn start(
+        config: Arc<Config>,
+        writes: WriteRouter,
+        stats: Arc<Stats>,
+    ) -> Result<LocalFeed, BrokerError> {
+        let mut profile = NodeProfile::new(Arc::clone(&config), config.broker.profile, None);
+        // The local broker lives and dies with the process: one session per
+        // start, with its own bdSeq so local Sparkplug hosts see each restart.
+        let epoch = if profile.needs_epoch() {
+            BdSeqStore::new(&config.node.data_dir.join("broker"))
+                .next_for_connect()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "local broker: cannot keep a bdSeq; using 0");
+                    0
+                })
+        } else {
+            0
+        };
+        let command_filters = profile
+            .connected(epoch)
+            .into_iter()
+            .flat_map(|a| match a {
+                Action::Subscribe(filters) => filters.into_iter().map(|(f, _)| f).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let (broker, commands) =
+            LocalBroker::start(&config.broker, command_filters, Arc::clone(&stats)).await?;
+        tracing::info!(listen = %config.broker.listen, "local broker listening");
+        let mut feed = LocalFeed {
+            cache: LastValues::new(&config),
+            config,
+            profile,
+            broker,
+            commands,
+            writes,
+            stats,
+        };
+        let actions = feed.profile.subscribed(&feed.cache, feed.node_stats());
+        feed.execute(actions).await;
+        Ok(feed)
+    }
+
+    /// Runs until `shutdown` or until the bus tasks are gone.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<DeviceEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut stats_tick =
+            tokio::time::interval(self.config.node.stats_interval.max(Duration::from_secs(1)));
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = self.commands.recv() => {
+                    let actions = self.profile.message(&command.topic, &command.payload, &self.cache, self.node_stats());
+                    self.execute(actions).await;
+                }
+                event = events.recv() => match event {
+                    Some(event) => {
+                        self.cache.apply(&event);
+                        let actions = self.profile.event(&event, &self.cache);
+                        self.execute(actions).await;
+                    }
+                    None => break,
+                },
+                _ = stats_tick.tick() => {
+                    let actions = self.profile.stats(self.node_stats());
+                    self.execute(actions).await;
+                }
+            }
+        }
+        let actions = self.profile.farewell();
+        self.execute(actions).await;
+        self.broker.stop();
+    }
+
+    fn node_stats(&self) -> NodeStats {
+        NodeStats {
+            counters: self.stats.snapshot(),
+            devices_online: self.cache.online_count() as u64,
+            ..NodeStats::default()
+        }
+    }
+
+    async fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Publish(message) => self.broker.publish(message).await,
+                Action::Write(write) => {
+                    if let Err(rejection) = self.writes.send(write) {
+                        Stats::bump(&self.stats.commands_rejected);
+                        tracing::warn!(%rejection, "local command refused; nothing written");
+                    }
+                }
+                Action::Reject(rejection) => {
+                    Stats::bump(&self.stats.commands_rejected);
+                    tracing::warn!(%rejection, "local command refused; nothing written");
+                }
+                // Commands are picked out by the broker's ACL hook, and the
+                // local broker has no primary host to leave.
+                Action::Subscribe(_) | Action::LeaveServer => {}
+            }
+        }
+    }
+}
