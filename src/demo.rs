@@ -16,13 +16,17 @@ const UNIT: u8 = 1;
 /// How often the simulated meter's readings move.
 const TICK: Duration = Duration::from_millis(500);
 
-/// The device map the demo polls: the meter, as an SDM630-like map.
-pub fn config_text(address: SocketAddr) -> String {
+/// The device map the demo polls: the meter, as an SDM630-like map; the
+/// values go into the embedded broker on `broker`.
+pub fn config_text(address: SocketAddr, broker: SocketAddr) -> String {
     let mut text = format!(
         r#"
 [node]
 group_id = "demo"
 node_id = "fieldmq-demo"
+
+[broker]
+listen = "{broker}"
 
 [[bus]]
 name = "sim"

@@ -70,6 +70,9 @@ enum Command {
         /// Where the simulated meter listens (Modbus TCP).
         #[arg(long, default_value = "127.0.0.1:5020")]
         modbus_listen: SocketAddr,
+        /// Where the embedded MQTT broker listens.
+        #[arg(long, default_value = fieldmq::config::DEFAULT_LISTEN)]
+        listen: SocketAddr,
     },
 }
 
@@ -89,9 +92,10 @@ fn main() -> ExitCode {
             runtime()?.block_on(read(&config, &device, json))
         }),
         Command::Run { config } => with_config(&config, |config| runtime()?.block_on(run(config))),
-        Command::Demo { modbus_listen } => {
-            runtime().and_then(|rt| rt.block_on(demo(modbus_listen)))
-        }
+        Command::Demo {
+            modbus_listen,
+            listen,
+        } => runtime().and_then(|rt| rt.block_on(demo(modbus_listen, listen))),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("fieldmq: {e:#}");
@@ -121,7 +125,7 @@ fn config_error(path: &Path, e: &ConfigError) -> ExitCode {
     ExitCode::from(EX_CONFIG)
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the simulated meter (try --modbus-listen 127.0.0.1:0)"))?;
@@ -132,13 +136,19 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     // Give the meter its first readings before the first poll.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let server = tokio::spawn(sim.serve_tcp(listener));
-    let text = fieldmq::demo::config_text(address);
+    let text = fieldmq::demo::config_text(address, broker);
     let config =
         Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
     say!(
         "fieldmq demo: a simulated meter serves Modbus TCP on {address}; polling it every second."
     );
     say!("  any Modbus client can read it too: unit 1, input registers 0.. (f32, big-endian)");
+    say!("  live values in the embedded MQTT broker on {broker}:");
+    say!(
+        "    mosquitto_sub -h {} -p {} -t 'demo/fieldmq-demo/#' -v",
+        broker.ip(),
+        broker.port()
+    );
     say!("  stop with Ctrl-C");
     let code = run(config).await;
     stop_meter.cancel();
@@ -148,8 +158,9 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_modbus=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tokio_modbus=warn,rmqtt=warn,rmqtt_retainer=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -191,6 +202,36 @@ fn print_check(config: &Config) {
             say!("data dir: {}", config.node.data_dir.display());
         }
         None => say!("upstream: none (values are only logged)"),
+    }
+    let broker = &config.broker;
+    if broker.enabled {
+        let profile = match broker.profile {
+            Profile::Sparkplug => "Sparkplug B",
+            Profile::Plain => "plain JSON",
+        };
+        say!(
+            "local broker: {profile} on {}, {} users, anonymous {}",
+            broker.listen,
+            broker.users.len(),
+            if broker.allow_anonymous {
+                "allowed"
+            } else {
+                "refused"
+            }
+        );
+    } else {
+        say!("local broker: off");
+    }
+    if config.upstream.is_some() {
+        say!(
+            "buffer: up to {} MiB on disk, fsync every {}, {} when full",
+            config.buffer.max_size / (1024 * 1024),
+            humantime::format_duration(config.buffer.sync),
+            match config.buffer.overflow {
+                fieldmq::buffer::Overflow::DropOldest => "drop_oldest",
+                fieldmq::buffer::Overflow::DropNewest => "drop_newest",
+            }
+        );
     }
     for (index, bus) in config.buses.iter().enumerate() {
         let link = match &bus.link {
