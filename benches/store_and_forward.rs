@@ -104,7 +104,7 @@ fn main() {
     );
     let paced = batches as f64 / f64::from(DEFAULT_DRAIN_RATE);
     println!(
-        "one hour of backlog: {:.0} s at the default drain_rate = {DEFAULT_DRAIN_RATE} batches/s (alongside {} live batches/s), {:.1} s unpaced",
+        "one hour of backlog: {:.0} s at the default drain_rate = {DEFAULT_DRAIN_RATE} batches/s (alongside {} live batches/s), {:.2} s unpaced",
         paced,
         DEVICES * HZ,
         drain.as_secs_f64()
