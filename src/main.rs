@@ -411,14 +411,19 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         usize::from(publisher.is_some()) + usize::from(local.is_some()) + usize::from(log_values);
     let mut receivers = fieldmq::engine::tee(engine.take_events(), sinks).into_iter();
     let mut tasks = tokio::task::JoinSet::new();
-    if let (Some(publisher), Some(events)) = (publisher, receivers.next()) {
+    // One receiver per sink, taken only for sinks that exist.
+    if let Some(publisher) = publisher
+        && let Some(events) = receivers.next()
+    {
         tasks.spawn(publisher.run(events, shutdown.clone()));
     }
     #[cfg(feature = "broker")]
-    if let (Some(local), Some(events)) = (local, receivers.next()) {
+    if let Some(local) = local
+        && let Some(events) = receivers.next()
+    {
         tasks.spawn(local.run(events, shutdown.clone()));
     }
-    if let (true, Some(events)) = (log_values, receivers.next()) {
+    if log_values && let Some(events) = receivers.next() {
         tasks.spawn(log_events(Arc::clone(&config), events, shutdown.clone()));
     }
     let signal = shutdown_signal();
