@@ -64,13 +64,72 @@ timeout = "500ms"
     text
 }
 
-async fn simulator() -> (std::net::SocketAddr, Simulator) {
-    let sim = Simulator::new();
-    for unit in 1..=3 {
-        sim.count_reads(unit, 0);
+/// An uplink (mosquitto) that can be cut and restored, the simulator, and a
+/// gateway whose Sparkplug stream is recorded from its births on.
+struct Outage {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    port: u16,
+    broker: Option<Mosquitto>,
+    gateway: Gateway,
+    /// Everything an upstream subscriber received so far.
+    messages: Vec<Received>,
+    _sim: Simulator,
+}
+
+impl Outage {
+    /// Starts everything, waits for the births and records `lead` of live data.
+    async fn start(metrics: usize, extra: &str, lead: Duration) -> Outage {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let broker = Mosquitto::start_on(port).await;
+        let sim = Simulator::new();
+        for unit in 1..=3 {
+            sim.count_reads(unit, 0);
+        }
+        let (sim_addr, _server) = tcp_simulator(&sim).await;
+        let config = dir.path().join("fieldmq.toml");
+        let text = gateway_config(sim_addr, &broker.url(), dir.path(), metrics, extra);
+        std::fs::write(&config, text).expect("write config");
+        let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
+        let gateway = Gateway::run(&config, dir.path(), "gateway");
+        let mut messages = births(&mut before).await;
+        messages.extend(before.collect_for(lead).await);
+        Outage {
+            dir,
+            config,
+            port,
+            broker: Some(broker),
+            gateway,
+            messages,
+            _sim: sim,
+        }
     }
-    let (addr, _server) = tcp_simulator(&sim).await;
-    (addr, sim)
+
+    /// The uplink goes away.
+    async fn cut(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.stop().await;
+        }
+    }
+
+    /// The uplink comes back; what arrives within `window` is recorded.
+    async fn restore(&mut self, window: Duration) {
+        self.broker = Some(Mosquitto::start_on(self.port).await);
+        let mut after = Peer::connect(self.port, "after", &["spBv1.0/#"]).await;
+        self.messages.extend(after.collect_for(window).await);
+    }
+
+    /// Stops the gateway and reads what was recorded.
+    async fn finish(self) -> (Stream, tempfile::TempDir) {
+        self.gateway.terminate().await;
+        if let Some(broker) = self.broker {
+            broker.stop().await;
+        }
+        let mut stream = Stream::default();
+        stream.read(&self.messages);
+        (stream, self.dir)
+    }
 }
 
 /// One value of `count0` as a subscriber saw it.
@@ -145,13 +204,24 @@ impl Stream {
         }
     }
 
+    /// The distinct `count0` values `device` delivered, ascending.
+    fn distinct(&self, device: &str) -> Vec<u32> {
+        let mut values: Vec<u32> = self
+            .seen
+            .get(device)
+            .map(|s| s.iter().map(|s| s.value).collect())
+            .unwrap_or_default();
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+
     /// Asserts that `device` lost nothing: every number from the first seen to
     /// the last, stored ones flagged and each kind in ascending order.
     fn assert_complete(&self, device: &str, at_least_historical: usize) -> (u32, u32) {
         let seen = self.seen.get(device).map(Vec::as_slice).unwrap_or_default();
-        let mut values: Vec<u32> = seen.iter().map(|s| s.value).collect();
-        values.sort_unstable();
-        values.dedup();
+        let values = self.distinct(device);
+        assert!(!values.is_empty(), "{device}: nothing delivered");
         let (first, last) = (values[0], values[values.len() - 1]);
         let missing: Vec<u32> = (first..=last)
             .filter(|v| values.binary_search(v).is_err())
@@ -186,23 +256,11 @@ impl Stream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thirty_second_outage_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let broker = Mosquitto::start_on(port).await;
-    let (sim_addr, _sim) = simulator().await;
-    let config = dir.path().join("fieldmq.toml");
     let local_port = free_port();
     let local = format!("[broker]\nlisten = \"127.0.0.1:{local_port}\"");
-    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, &local);
-    std::fs::write(&config, text).expect("write config");
-
-    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
-    let gateway = Gateway::run(&config, dir.path(), "gateway");
-    let mut messages = births(&mut before).await;
+    let mut outage = Outage::start(1, &local, SECOND).await;
     let mut hmi = Peer::connect(local_port, "hmi", &["plant/gw/+/count0"]).await;
-    messages.extend(before.collect_for(3 * SECOND).await);
-    broker.stop().await;
-    drop(before);
+    outage.cut().await;
     // A local client keeps getting live values from the embedded broker while the uplink is gone.
     let mut last = 0;
     for second in 0..30 {
@@ -218,14 +276,9 @@ async fn a_thirty_second_outage_loses_nothing() {
         assert!(newest > last, "local values move on");
         last = newest;
     }
+    outage.restore(10 * SECOND).await;
 
-    let broker = Mosquitto::start_on(port).await;
-    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
-    messages.extend(after.collect_for(10 * SECOND).await);
-    gateway.terminate().await;
-
-    let mut stream = Stream::default();
-    stream.read(&messages);
+    let (stream, _dir) = outage.finish().await;
     for device in DEVICES {
         let (first, last) = stream.assert_complete(device, 250);
         assert!(
@@ -237,43 +290,24 @@ async fn a_thirty_second_outage_loses_nothing() {
         stream.node_metrics.get("Statistics/Samples Dropped"),
         Some(&0)
     );
-    broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_buffered_survives_kill_9_in_the_middle_of_an_outage() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let broker = Mosquitto::start_on(port).await;
-    let (sim_addr, _sim) = simulator().await;
-    let config = dir.path().join("fieldmq.toml");
-    let text = gateway_config(sim_addr, &broker.url(), dir.path(), 1, NO_LOCAL_BROKER);
-    std::fs::write(&config, text).expect("write config");
-
-    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
-    let gateway = Gateway::run(&config, dir.path(), "first");
-    let mut messages = births(&mut before).await;
-    messages.extend(before.collect_for(2 * SECOND).await);
-    broker.stop().await;
-    drop(before);
+    let mut outage = Outage::start(1, NO_LOCAL_BROKER, 2 * SECOND).await;
+    outage.cut().await;
     tokio::time::sleep(10 * SECOND).await;
-    gateway.kill().await;
-    let gateway = Gateway::run(&config, dir.path(), "second");
+    outage.gateway.kill().await;
+    outage.gateway = Gateway::run(&outage.config, outage.dir.path(), "second");
     tokio::time::sleep(5 * SECOND).await;
+    outage.restore(8 * SECOND).await;
 
-    let broker = Mosquitto::start_on(port).await;
-    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
-    messages.extend(after.collect_for(8 * SECOND).await);
-    gateway.terminate().await;
-
-    let mut stream = Stream::default();
-    stream.read(&messages);
+    let (stream, _dir) = outage.finish().await;
     for device in DEVICES {
         // The counter only moves when read, so the time fieldmq was dead leaves no gap.
         let (first, last) = stream.assert_complete(device, 120);
         assert!(last - first >= 150, "{device}: {first}..{last}");
     }
-    broker.stop().await;
 }
 
 /// VmRSS of a process in KiB.
@@ -283,52 +317,31 @@ fn rss_kib(pid: u32) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}: {status}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_flat() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let broker = Mosquitto::start_on(port).await;
-    let (sim_addr, _sim) = simulator().await;
-    let config = dir.path().join("fieldmq.toml");
     // 40 metrics per batch: 613 bytes a record, so 256 KiB fill in about 9 s.
     let metrics = 40;
-    let text = gateway_config(
-        sim_addr,
-        &broker.url(),
-        dir.path(),
+    let mut outage = Outage::start(
         metrics,
         "[buffer]\nmax_size = 262144\nsync = \"200ms\"\ndrain_rate = 2000\n\n[broker]\nenabled = false",
-    );
-    std::fs::write(&config, text).expect("write config");
-
-    let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
-    let gateway = Gateway::run(&config, dir.path(), "gateway");
-    let mut messages = births(&mut before).await;
-    messages.extend(before.collect_for(SECOND).await);
-    broker.stop().await;
-    drop(before);
+        SECOND,
+    )
+    .await;
+    outage.cut().await;
     // What went out live just before is queued again for a replay (the
     // link may have died unnoticed) and, being oldest, dropped first.
     let mut live = Stream::default();
-    live.read(&messages);
-    let replayed: u64 = DEVICES
-        .iter()
-        .map(|d| {
-            let mut values: Vec<u32> = live.seen[*d].iter().map(|s| s.value).collect();
-            values.sort_unstable();
-            values.dedup();
-            values.len() as u64
-        })
-        .sum();
-    let pid = gateway.pid().expect("gateway pid");
+    live.read(&outage.messages);
+    let replayed: u64 = DEVICES.iter().map(|d| live.distinct(d).len() as u64).sum();
+    let pid = outage.gateway.pid().expect("gateway pid");
     tokio::time::sleep(12 * SECOND).await;
     let rss_full = rss_kib(pid);
     tokio::time::sleep(12 * SECOND).await;
     let rss_later = rss_kib(pid);
-    let disk: u64 = std::fs::read_dir(dir.path().join("buffer"))
+    let disk: u64 = std::fs::read_dir(outage.dir.path().join("buffer"))
         .expect("buffer dir")
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
@@ -342,19 +355,13 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
         "memory grows while dropping: {rss_full} KiB → {rss_later} KiB"
     );
 
-    let broker = Mosquitto::start_on(port).await;
-    let mut after = Peer::connect(port, "after", &["spBv1.0/#"]).await;
-    messages.extend(after.collect_for(8 * SECOND).await);
-    gateway.terminate().await;
+    outage.restore(8 * SECOND).await;
 
-    let mut stream = Stream::default();
-    stream.read(&messages);
+    let (stream, dir) = outage.finish().await;
     let mut lost_batches = 0;
     for device in DEVICES {
-        let seen = &stream.seen[device];
-        let mut values: Vec<u32> = seen.iter().map(|s| s.value).collect();
-        values.sort_unstable();
-        values.dedup();
+        let values = stream.distinct(device);
+        assert!(!values.is_empty(), "{device}: nothing delivered");
         let span = values[values.len() - 1] - values[0] + 1;
         lost_batches += u64::from(span) - values.len() as u64;
     }
@@ -372,7 +379,6 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
         gateway_log_mentions(dir.path(), "samples dropped"),
         "the drops are logged"
     );
-    broker.stop().await;
 }
 
 /// Everything up to and including the DBIRTH of every device.

@@ -121,7 +121,7 @@ fn json_of(payload: &[u8]) -> Value {
 async fn metrics_are_json_on_template_topics_with_their_qos_retain_and_state() {
     let s = Setup::new().await;
     let mut client = Peer::connect(s.broker.port, "hmi", &["site/#"]).await;
-    let gw = s.start("", "gw");
+    let mut gw = s.start("", "gw");
 
     let state = client.next_on("site/gw/state", 10 * SECOND).await;
     assert_eq!(state.text(), "ONLINE");

@@ -291,7 +291,7 @@ async fn births_data_and_a_graceful_death_follow_the_specification() {
 #[tokio::test]
 async fn a_killed_gateway_dies_by_its_will_and_the_restart_takes_the_next_bd_seq() {
     let mut s = Setup::new().await;
-    let gw = s.start("", "first");
+    let mut gw = s.start("", "first");
     assert_eq!(bd_seq(&s.next("NBIRTH").await.sparkplug()), 0);
     s.next("DBIRTH").await;
     gw.kill().await;

@@ -272,7 +272,7 @@ impl Gateway {
     }
 
     /// SIGKILL: a crash or power cut as far as the broker can tell.
-    pub async fn kill(mut self) {
+    pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 
