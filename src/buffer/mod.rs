@@ -91,6 +91,9 @@ pub struct Buffer {
     head_index: u64,
     /// Their weight.
     head_weight: u64,
+    /// Records before this were handed to the uplink (not yet acknowledged):
+    /// deleting them to make room is not counted as a loss.
+    handed: Position,
     weigh: Weigh,
     unsynced: bool,
     cursor_moved: bool,
@@ -135,6 +138,7 @@ impl Buffer {
             head: Position::default(),
             head_index: 0,
             head_weight: 0,
+            handed: Position::default(),
             weigh,
             unsynced: false,
             cursor_moved: false,
@@ -291,16 +295,30 @@ impl Buffer {
                 return Ok(false);
             }
         }
-        let (head_index, head_weight) = (self.head_index, self.head_weight);
-        let head_segment = self.head.segment;
-        let Some(oldest) = self.remove_front_segment()? else {
+        let Some(oldest) = self.segments.front().cloned() else {
             return Ok(false);
         };
-        let (records, lost) = if oldest.id == head_segment {
-            (oldest.records - head_index, oldest.weight - head_weight)
+        // What the uplink has not been given yet is lost with the segment.
+        let (records, lost) = if self.handed > self.head {
+            if self.handed.segment > oldest.id {
+                (0, 0)
+            } else {
+                let start = Position {
+                    segment: oldest.id,
+                    offset: 0,
+                };
+                let (records, weight) = self.count_between(start, self.handed)?;
+                (oldest.records - records, oldest.weight - weight)
+            }
+        } else if oldest.id == self.head.segment {
+            (
+                oldest.records - self.head_index,
+                oldest.weight - self.head_weight,
+            )
         } else {
             (oldest.records, oldest.weight)
         };
+        self.remove_front_segment()?;
         self.dropped += lost;
         tracing::warn!(
             records,
@@ -308,6 +326,14 @@ impl Buffer {
             "buffer full: oldest records dropped"
         );
         Ok(true)
+    }
+
+    /// The records before `through` are with the uplink, not yet
+    /// acknowledged: if the queue must make room, deleting them loses
+    /// nothing that was not sent. Move it back (to [`Buffer::head`]) when
+    /// they must be sent again.
+    pub fn handed_out(&mut self, through: Position) {
+        self.handed = through;
     }
 
     /// The first record not yet acknowledged.
