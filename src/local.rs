@@ -108,7 +108,7 @@ impl LocalFeed {
         }
         let actions = self.profile.farewell();
         self.execute(actions).await;
-        self.broker.stop();
+        self.broker.stop().await;
     }
 
     fn node_stats(&self) -> NodeStats {

@@ -219,6 +219,14 @@ fn print_check(config: &Config) {
                 "refused"
             }
         );
+        if let Some(tls) = &broker.tls {
+            let clients = if tls.client_ca.is_some() {
+                "client certificates required"
+            } else {
+                "no client certificates"
+            };
+            say!("local broker TLS: on {}, {clients}", tls.listen);
+        }
     } else {
         say!("local broker: off");
     }

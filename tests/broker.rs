@@ -475,3 +475,605 @@ async fn an_open_listener_without_authentication_is_refused_at_check() {
         "{stderr}"
     );
 }
+
+/// An MQTT 5 client: its handle, its event loop task, and what it receives.
+struct Client5 {
+    client: rumqttc::v5::AsyncClient,
+    task: JoinHandle<()>,
+    publishes: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    connacks: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::ConnAck>,
+    /// Set once the connection failed (the client does not reconnect).
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+fn options5(id: &str, port: u16) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(5 * SECOND);
+    o.set_max_packet_size(Some(1024 * 1024));
+    o
+}
+
+fn client5(options: rumqttc::v5::MqttOptions) -> Client5 {
+    use rumqttc::v5::{Event, mqttbytes::v5::Packet};
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+    let (tx, publishes) = tokio::sync::mpsc::unbounded_channel();
+    let (ack_tx, connacks) = tokio::sync::mpsc::unbounded_channel();
+    let (fail_tx, failed) = tokio::sync::watch::channel(None);
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    let _ = ack_tx.send(c);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = fail_tx.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    Client5 {
+        client,
+        task,
+        publishes,
+        connacks,
+        failed,
+    }
+}
+
+impl Client5 {
+    async fn connack(&mut self) -> rumqttc::v5::mqttbytes::v5::ConnAck {
+        tokio::time::timeout(5 * SECOND, self.connacks.recv())
+            .await
+            .ok()
+            .flatten()
+            .expect("a CONNACK")
+    }
+
+    async fn collect(&mut self, window: Duration) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.publishes.recv()).await {
+            out.push(m);
+        }
+        out
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Disconnects cleanly and waits until the broker has seen it.
+    async fn leave(self) {
+        self.client.disconnect().await.expect("disconnect");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.task.abort();
+    }
+}
+
+fn payloads(got: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
+    got.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_sessions_last_as_long_as_asked_and_no_longer_than_allowed() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    let (_dir, gateway, port, _sim) =
+        start(&format!("{OPEN}\nsession_expiry = \"2s\""), None).await;
+    let publisher = client(options("pub", port));
+    let persistent = |id: &str, expiry: Option<u32>| {
+        let mut o = options5(id, port);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(expiry);
+        o
+    };
+    let publish_five = |topic: &'static str| {
+        let publisher = publisher.client.clone();
+        async move {
+            for n in 0..5 {
+                publisher
+                    .publish(topic, QoS::AtLeastOnce, false, format!("{n}"))
+                    .await
+                    .expect("publish");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+
+    // Asked for an hour, back within a second: the session and its queue are there.
+    let mut brief = client5(persistent("brief", Some(3600)));
+    brief.connack().await;
+    brief.subscribe("s/brief", QoS5::AtLeastOnce).await;
+    brief.leave().await;
+    publish_five("s/brief").await;
+    let mut back = client5(persistent("brief", Some(3600)));
+    assert!(back.connack().await.session_present, "the session was kept");
+    assert_eq!(
+        payloads(&back.collect(SECOND).await),
+        vec!["0", "1", "2", "3", "4"],
+        "QoS 1 messages queued while away, in order"
+    );
+    back.leave().await;
+
+    // Asked for an hour, but [broker] session_expiry = 2s caps it.
+    let mut long = client5(persistent("long", Some(3600)));
+    long.connack().await;
+    long.subscribe("s/long", QoS5::AtLeastOnce).await;
+    long.leave().await;
+    tokio::time::sleep(4 * SECOND).await;
+    publish_five("s/long").await;
+    let mut late = client5(persistent("long", Some(3600)));
+    assert!(
+        !late.connack().await.session_present,
+        "the session expired after the configured cap"
+    );
+    assert!(late.collect(SECOND).await.is_empty());
+    late.leave().await;
+
+    // No session expiry (0, the MQTT 5 default): the session ends with the connection.
+    let mut none = client5(persistent("none", None));
+    none.connack().await;
+    none.subscribe("s/none", QoS5::AtLeastOnce).await;
+    none.leave().await;
+    publish_five("s/none").await;
+    let mut again = client5(persistent("none", None));
+    assert!(!again.connack().await.session_present);
+    assert!(again.collect(SECOND).await.is_empty());
+    again.leave().await;
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_maximum_packet_size_and_receive_maximum_are_respected() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    let (_dir, gateway, port, _sim) = start(&format!("{OPEN}\nmax_packet_size = 4096"), None).await;
+    let publisher = client(options("pub", port));
+
+    // The client's maximum packet size: a larger message is not sent to it
+    // (MQTT-3.1.2-24), and the connection stays up.
+    let mut o = options5("small", port);
+    o.set_max_packet_size(Some(1024));
+    let mut small = client5(o);
+    let connack = small.connack().await;
+    assert_eq!(
+        connack.properties.and_then(|p| p.max_packet_size),
+        Some(4096),
+        "the broker announces its own maximum"
+    );
+    small.subscribe("size/#", QoS5::AtMostOnce).await;
+    let mut roomy = client5(options5("roomy", port));
+    roomy.connack().await;
+    roomy.subscribe("size/#", QoS5::AtMostOnce).await;
+    for (topic, len) in [("size/big", 2000), ("size/small", 10)] {
+        publisher
+            .client
+            .publish(topic, QoS::AtMostOnce, false, vec![b'x'; len])
+            .await
+            .expect("publish");
+    }
+    let topics = |got: Vec<rumqttc::v5::mqttbytes::v5::Publish>| -> Vec<String> {
+        got.iter()
+            .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        topics(roomy.collect(SECOND).await),
+        vec!["size/big", "size/small"]
+    );
+    let got = topics(small.collect(SECOND).await);
+    assert_eq!(
+        got,
+        vec!["size/small"],
+        "small client: {:?}",
+        *small.failed.borrow()
+    );
+    assert_eq!(
+        *small.failed.borrow(),
+        None,
+        "the small client is still connected"
+    );
+
+    // The broker's maximum: a client sending a larger packet is disconnected.
+    let closed = raw_mqtt5_publish(port, 8000).await;
+    assert!(
+        closed,
+        "an 8000-byte PUBLISH over max_packet_size = 4096 ends the connection"
+    );
+
+    // Receive maximum 2: never more than two QoS 1 messages unacknowledged.
+    let mut o = options5("slow", port);
+    o.set_receive_maximum(Some(2));
+    o.set_manual_acks(true);
+    let mut slow = client5(o);
+    slow.connack().await;
+    slow.subscribe("rm/#", QoS5::AtLeastOnce).await;
+    for n in 0..10 {
+        publisher
+            .client
+            .publish("rm/x", QoS::AtLeastOnce, false, format!("{n}"))
+            .await
+            .expect("publish");
+    }
+    let first = slow.collect(SECOND).await;
+    assert_eq!(payloads(&first), vec!["0", "1"], "two in flight, no more");
+    slow.client.ack(&first[0]).await.expect("ack");
+    let next = slow.collect(SECOND).await;
+    assert_eq!(
+        payloads(&next),
+        vec!["2"],
+        "one acknowledged, one more sent"
+    );
+    let mut rest = Vec::new();
+    let mut pending = vec![first[1].clone(), next[0].clone()];
+    for _ in 0..20 {
+        for p in pending.drain(..) {
+            slow.client.ack(&p).await.expect("ack");
+        }
+        pending = slow.collect(Duration::from_millis(300)).await;
+        rest.extend(payloads(&pending));
+        if rest.len() >= 7 {
+            break;
+        }
+    }
+    assert_eq!(rest, (3..10).map(|n| n.to_string()).collect::<Vec<_>>());
+    slow.task.abort();
+    small.task.abort();
+    roomy.task.abort();
+    gateway.terminate().await;
+}
+
+/// Connects with MQTT 5 over a bare socket and publishes `len` bytes of
+/// QoS 0 payload; true if the broker then closed the connection (with or
+/// without a DISCONNECT "packet too large" first).
+async fn raw_mqtt5_publish(port: u16, len: usize) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let connect = [
+        0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 3, b'r', b'a', b'w',
+    ];
+    socket.write_all(&connect).await.expect("CONNECT");
+    let mut connack = [0u8; 64];
+    let n = tokio::time::timeout(5 * SECOND, socket.read(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("read CONNACK");
+    assert!(
+        n >= 4 && connack[0] == 0x20 && connack[3] == 0,
+        "CONNACK success: {:?}",
+        &connack[..n]
+    );
+    let topic = b"size/raw";
+    let remaining = 2 + topic.len() + 1 + len;
+    let mut publish = vec![0x30];
+    let mut rest = remaining;
+    loop {
+        let mut byte = (rest % 128) as u8;
+        rest /= 128;
+        if rest > 0 {
+            byte |= 0x80;
+        }
+        publish.push(byte);
+        if rest == 0 {
+            break;
+        }
+    }
+    publish.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    publish.extend_from_slice(topic);
+    publish.push(0);
+    publish.resize(publish.len() + len, b'x');
+    if socket.write_all(&publish).await.is_err() {
+        return true;
+    }
+    let mut reply = Vec::new();
+    match tokio::time::timeout(3 * SECOND, socket.read_to_end(&mut reply)).await {
+        Ok(_) => {
+            if let Some(&first) = reply.first() {
+                assert_eq!(first, 0xE0, "only a DISCONNECT may come back: {reply:?}");
+                assert_eq!(reply.get(2), Some(&0x95), "reason: packet too large");
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sparkplug_profile_a_local_host_gets_births_data_and_may_command() {
+    use fieldmq::sparkplug::proto::Payload;
+    use fieldmq::sparkplug::proto::payload::{Metric, metric};
+    use prost::Message as _;
+    let (_dir, gateway, port, sim) = start(&format!("profile = \"sparkplug\"\n{OPEN}"), None).await;
+    let mut host =
+        support::mqtt::Peer::connect(port, "local-host", &["spBv1.0/#", "plant/#"]).await;
+    let command = |name: &str, value: metric::Value| {
+        Payload {
+            timestamp: Some(fieldmq::value::now_ms()),
+            metrics: vec![Metric {
+                name: Some(name.into()),
+                value: Some(value),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    };
+    let named = |p: &Payload, name: &str| -> Metric {
+        p.metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no metric {name} in {p:?}"))
+    };
+
+    // A host that connects after the births asks for them again.
+    host.publish(
+        "spBv1.0/plant/NCMD/gw",
+        command("Node Control/Rebirth", metric::Value::BooleanValue(true)),
+        false,
+    )
+    .await;
+    let nbirth = host
+        .next_on("spBv1.0/plant/NBIRTH/gw", 5 * SECOND)
+        .await
+        .sparkplug();
+    assert_eq!(nbirth.seq, Some(0));
+    let bd_seq = named(&nbirth, "bdSeq").value;
+    assert!(bd_seq.is_some(), "NBIRTH carries bdSeq");
+    let dbirth = host
+        .next_on("spBv1.0/plant/DBIRTH/gw/plc", 5 * SECOND)
+        .await
+        .sparkplug();
+    assert_eq!(
+        named(&dbirth, "level").value,
+        Some(metric::Value::IntValue(7))
+    );
+    let level_alias = named(&dbirth, "level").alias;
+
+    sim.set_registers(1, Table::Input, 0, &[8]);
+    let ddata = host
+        .next_on("spBv1.0/plant/DDATA/gw/plc", 5 * SECOND)
+        .await
+        .sparkplug();
+    let level = ddata
+        .metrics
+        .iter()
+        .find(|m| m.alias == level_alias)
+        .expect("level in DDATA, by alias");
+    assert_eq!(level.value, Some(metric::Value::IntValue(8)));
+
+    host.publish(
+        "spBv1.0/plant/DCMD/gw/plc",
+        command("setpoint", metric::Value::IntValue(5)),
+        false,
+    )
+    .await;
+    let mut written = false;
+    for _ in 0..30 {
+        if sim.registers(1, Table::Holding, 0, 1) == Some(vec![5]) {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "the local DCMD reached the register");
+
+    let plain = host.collect_for(Duration::from_millis(200)).await;
+    assert!(
+        plain.iter().all(|m| !m.topic.starts_with("plant/")),
+        "the plain profile is not published as well"
+    );
+    gateway.terminate().await;
+    let ndeath = host
+        .next_on("spBv1.0/plant/NDEATH/gw", 5 * SECOND)
+        .await
+        .sparkplug();
+    assert_eq!(
+        named(&ndeath, "bdSeq").value,
+        bd_seq,
+        "NDEATH names the session it ends"
+    );
+}
+
+/// An MQTT 3.1.1 client on a bare socket that subscribes to `filter` at QoS 1
+/// and then never reads: its queue at the broker only grows.
+async fn stuck_subscriber(port: u16, id: &str, filter: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0]);
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    socket.write_all(&connect).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "{id} accepted");
+    let mut subscribe = vec![0x82, (2 + 2 + filter.len() + 1) as u8, 0, 1];
+    subscribe.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    subscribe.extend_from_slice(filter.as_bytes());
+    subscribe.push(1);
+    socket.write_all(&subscribe).await.expect("SUBSCRIBE");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reader_and_a_flooding_writer_neither_exhaust_memory_nor_stall_the_uplink() {
+    let uplink = support::mqtt::Mosquitto::start().await;
+    let limits = format!(
+        "{OPEN}\nmax_clients = 8\nmax_queued = 200\nmax_inflight = 4\n\n[upstream]\nurl = \"{}\"\n",
+        uplink.url()
+    );
+    let mut upstream = support::mqtt::Peer::connect(uplink.port, "host", &["spBv1.0/#"]).await;
+    let (_dir, gateway, port, sim) = start(&limits, None).await;
+    sim.count_reads(1, 0);
+    upstream
+        .next_on("spBv1.0/plant/DBIRTH/gw/plc", 10 * SECOND)
+        .await;
+    let _stuck: Vec<_> = stuck_subscribers(port).await;
+    tokio::time::sleep(SECOND).await;
+    let rss_before = gateway.rss_kib();
+
+    // 8 KiB messages as fast as a client can send them, for 10 s: each is
+    // routed to the stuck readers, whose queues are bounded.
+    let flood = client(options("flood", port));
+    let flooding = tokio::spawn(async move {
+        let payload = vec![b'x'; 8192];
+        let until = tokio::time::Instant::now() + 10 * SECOND;
+        let mut sent = 0u64;
+        while tokio::time::Instant::now() < until {
+            if flood
+                .client
+                .publish("junk/x", QoS::AtMostOnce, false, payload.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut quiet_seconds = Vec::new();
+    for second in 0..10 {
+        let got = upstream.collect_for(SECOND).await;
+        if !got.iter().any(|m| m.topic == "spBv1.0/plant/DDATA/gw/plc") {
+            quiet_seconds.push(second);
+        }
+    }
+    let sent = flooding.await.expect("flood task");
+    let rss_after = gateway.rss_kib();
+    eprintln!("flood of {sent} messages: gateway RSS {rss_before} KiB → {rss_after} KiB");
+    assert!(sent > 1000, "the flood was a flood: {sent} messages");
+    assert!(
+        quiet_seconds.len() <= 1,
+        "the uplink kept getting live data during the flood; silent seconds: {quiet_seconds:?}"
+    );
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory is bounded by the queue limits: {rss_before} KiB → {rss_after} KiB after {sent} messages"
+    );
+
+    // The client limit holds, and the broker still serves a well-behaved client.
+    let mut extra = client(options("ninth", port));
+    assert!(
+        !extra.accepted().await,
+        "a ninth client is refused with max_clients = 8"
+    );
+    extra.task.abort();
+    gateway.terminate().await;
+    uplink.stop().await;
+}
+
+/// Seven stuck subscribers to `#`: with the flooding writer, the broker is full.
+async fn stuck_subscribers(port: u16) -> Vec<tokio::net::TcpStream> {
+    let mut stuck = Vec::new();
+    for n in 0..7 {
+        stuck.push(stuck_subscriber(port, &format!("stuck{n}"), "#").await);
+    }
+    stuck
+}
+
+/// A rumqttc client over TLS that trusts `ca`, with a client certificate if given.
+fn tls_options(id: &str, port: u16, ca: &Path, client: Option<(&Path, &Path)>) -> MqttOptions {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("add ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert");
+            let key = PrivateKeyDer::from_pem_file(key).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut o = options(id, port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_serves_verified_clients_the_same_data_and_rules() {
+    let certs_dir = tempfile::tempdir().expect("tempdir");
+    let certs = support::mqtt::Certificates::make(certs_dir.path());
+    let tls_port = free_port();
+    let section = format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\nanonymous_subscribe = [\"plant/#\"]",
+        certs.server_cert.display(),
+        certs.server_key.display(),
+        certs.ca.display()
+    );
+    let (_dir, gateway, _port, _sim) = start(&section, None).await;
+
+    let mut viewer = client(tls_options(
+        "viewer",
+        tls_port,
+        &certs.ca,
+        Some((&certs.client_cert, &certs.client_key)),
+    ));
+    assert!(
+        viewer.accepted().await,
+        "a client with a certificate from the CA connects"
+    );
+    viewer.subscribe("plant/#", QoS::AtLeastOnce).await;
+    let got = viewer.collect(2 * SECOND).await;
+    assert!(
+        got.iter().any(|m| m.0 == "plant/gw/plc/level"),
+        "live values over TLS: {:?}",
+        got.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+
+    let mut anonymous_writer = client(tls_options(
+        "writer",
+        tls_port,
+        &certs.ca,
+        Some((&certs.client_cert, &certs.client_key)),
+    ));
+    assert!(anonymous_writer.accepted().await);
+    anonymous_writer
+        .client
+        .publish("plant/gw/plc/setpoint/set", QoS::AtLeastOnce, false, "5")
+        .await
+        .expect("publish");
+    tokio::time::sleep(SECOND).await;
+    assert!(
+        gateway.log().contains("local broker: publish refused"),
+        "the same ACL applies over TLS"
+    );
+
+    let mut no_cert = client(tls_options("nocert", tls_port, &certs.ca, None));
+    assert!(
+        !no_cert.accepted().await,
+        "tls_client_ca makes a client certificate mandatory"
+    );
+    let mut plain = client(options("plain", tls_port));
+    assert!(!plain.accepted().await, "no plain MQTT on the TLS port");
+    for c in [&viewer, &anonymous_writer, &no_cert, &plain] {
+        c.task.abort();
+    }
+    gateway.terminate().await;
+}

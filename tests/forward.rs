@@ -310,16 +310,6 @@ async fn what_was_buffered_survives_kill_9_in_the_middle_of_an_outage() {
     }
 }
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}: {status}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_flat() {
     // 40 metrics per batch: 613 bytes a record, so 256 KiB fill in about 9 s.
@@ -336,11 +326,10 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
     let mut live = Stream::default();
     live.read(&outage.messages);
     let replayed: u64 = DEVICES.iter().map(|d| live.distinct(d).len() as u64).sum();
-    let pid = outage.gateway.pid().expect("gateway pid");
     tokio::time::sleep(12 * SECOND).await;
-    let rss_full = rss_kib(pid);
+    let rss_full = outage.gateway.rss_kib();
     tokio::time::sleep(12 * SECOND).await;
-    let rss_later = rss_kib(pid);
+    let rss_later = outage.gateway.rss_kib();
     let disk: u64 = std::fs::read_dir(outage.dir.path().join("buffer"))
         .expect("buffer dir")
         .filter_map(|e| e.ok()?.metadata().ok())

@@ -7,29 +7,44 @@
 //! authentication and topic ACLs ([`access`]). Queue limits and message
 //! expiry are set explicitly: rmqtt's defaults drop QoS 1 messages beyond
 //! 1000 queued per client and expire queued messages after 5 minutes.
+//!
+//! rmqtt 0.24 closes the connection of an MQTT 5 client when a message is
+//! larger than the maximum packet size the client announced; the standard
+//! says the message is to be discarded and the client kept
+//! (MQTT-3.1.2-25). The gate does that in the message expiry check, which
+//! rmqtt runs before each delivery.
 
 pub mod access;
+pub mod rate;
+pub mod tls;
 
-use std::num::NonZeroU16;
-use std::sync::Arc;
-use std::time::Duration;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmqtt::codec::types::{Publish as WirePublish, QoS};
-use rmqtt::codec::v5::{PublishProperties, SubscribeAckReason};
+use rmqtt::codec::v5::{Codec, Packet, PublishAckReason, PublishProperties, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{AuthResult, From, Id, Publish, PublishAclResult, SubscribeAclResult};
+use rmqtt::types::{
+    AuthResult, From, Id, Publish, PublishAclResult, PublishResult, SubscribeAclResult,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::codec::Encoder;
 
 use crate::config::{LocalBrokerSettings, Qos};
 use crate::mqtt::Message;
 use crate::stats::Stats;
 use access::AccessRules;
+use rate::{Admission, PublishRate};
+
+/// How long the broker keeps running after fieldmq's last message.
+const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Commands from local clients waiting for fieldmq; beyond this they are refused.
 const COMMAND_QUEUE: usize = 64;
@@ -48,6 +63,9 @@ pub enum BrokerError {
     /// A plugin could not be registered.
     #[error("cannot set up the broker: {0}")]
     Setup(String),
+    /// The TLS listener could not be set up.
+    #[error("local broker TLS listener: {0}")]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// A message a local client published on a command topic and was allowed to.
@@ -63,6 +81,8 @@ pub struct LocalCommand {
 pub struct LocalBroker {
     scx: ServerContext,
     server: JoinHandle<()>,
+    /// The TLS relay, when `[broker] tls_listen` is set.
+    tls: Option<JoinHandle<()>>,
     expiry: Duration,
     /// Identity of fieldmq's own messages.
     origin: Id,
@@ -83,7 +103,13 @@ impl LocalBroker {
         command_filters: Vec<String>,
         stats: Arc<Stats>,
     ) -> Result<(LocalBroker, mpsc::Receiver<LocalCommand>), BrokerError> {
-        let scx = ServerContext::new().build().await;
+        // rmqtt's listener `max_connections` only bounds the handshake queue;
+        // the session limit is what caps clients (and persistent sessions
+        // kept for absent ones, each with its queue).
+        let scx = ServerContext::new()
+            .mqtt_max_sessions(settings.max_clients.try_into().unwrap_or(isize::MAX))
+            .build()
+            .await;
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|e| BrokerError::Setup(e.to_string()))?;
@@ -93,12 +119,15 @@ impl LocalBroker {
             command_filters: Arc::new(command_filters),
             commands: commands_tx,
             stats,
+            rate: Arc::new(Mutex::new(PublishRate::new(settings.max_publish_rate))),
         };
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
             Type::ClientSubscribeCheckAcl,
             Type::MessagePublishCheckAcl,
+            Type::MessageExpiryCheck,
+            Type::ClientDisconnected,
         ] {
             register.add(typ, Box::new(gate.clone())).await;
         }
@@ -116,6 +145,8 @@ impl LocalBroker {
             .max_packet_size(settings.max_packet_size)
             .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
             .max_mqueue_len(settings.max_queued)
+            .session_expiry_interval(settings.session_expiry)
+            .max_session_expiry_interval(settings.session_expiry)
             .message_expiry_interval(settings.message_expiry)
             .bind()
             .map_err(listen_error)?
@@ -127,11 +158,16 @@ impl LocalBroker {
                 tracing::error!(error = %e, "local broker stopped");
             }
         });
+        let tls = match &settings.tls {
+            Some(t) => Some(tls::start(t, settings.listen, settings.max_clients).await?),
+            None => None,
+        };
         let origin = Id::new(scx.node.id(), 0, None, None, "fieldmq".into(), None);
         Ok((
             LocalBroker {
                 scx,
                 server,
+                tls,
                 expiry: settings.message_expiry,
                 origin,
             },
@@ -163,8 +199,14 @@ impl LocalBroker {
         }
     }
 
-    /// Stops listening.
-    pub fn stop(self) {
+    /// Stops listening, after connected clients had a moment to receive
+    /// what was published last (the node's death): rmqtt hands messages to
+    /// per-session tasks and offers no flush.
+    pub async fn stop(self) {
+        tokio::time::sleep(STOP_GRACE).await;
+        if let Some(tls) = &self.tls {
+            tls.abort();
+        }
         self.server.abort();
     }
 }
@@ -176,6 +218,14 @@ struct Gate {
     command_filters: Arc<Vec<String>>,
     commands: mpsc::Sender<LocalCommand>,
     stats: Arc<Stats>,
+    rate: Arc<Mutex<PublishRate>>,
+}
+
+impl Gate {
+    fn rate(&self) -> std::sync::MutexGuard<'_, PublishRate> {
+        // The lock guards plain arithmetic; a poisoned one is still consistent.
+        self.rate.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[async_trait]
@@ -212,6 +262,22 @@ impl Handler for Gate {
                 }
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
+                let client: &str = &session.id.client_id;
+                let admission = self.rate().admit(client, Instant::now());
+                if let Admission::Refused { report } = admission {
+                    if let Some(refused) = report {
+                        tracing::warn!(%client, refused, "local broker: client publishes faster than max_publish_rate; messages dropped");
+                    }
+                    let over = PublishResult::reason_code(
+                        PublishAckReason::QuotaExceeded,
+                        Some("max_publish_rate".into()),
+                        false,
+                    );
+                    return (
+                        false,
+                        Some(HookResult::PublishAclResult(PublishAclResult(over))),
+                    );
+                }
                 let user = session.id.username.as_ref().map(|u| u.to_string());
                 let topic: &str = &publish.topic;
                 let command = self
@@ -238,7 +304,43 @@ impl Handler for Gate {
                 }
                 (true, acc)
             }
+            Parameter::ClientDisconnected(session, _) => {
+                self.rate().forget(&session.id.client_id);
+                (true, acc)
+            }
+            Parameter::MessageExpiryCheck(session, _, publish) => {
+                let limit = match session.connect_info().await {
+                    Ok(info) => info.max_packet_size(),
+                    Err(_) => None,
+                };
+                match limit {
+                    Some(limit) if outgoing_size(publish) > limit.get() as usize => {
+                        tracing::debug!(client = %session.id.client_id, topic = %publish.topic, limit, "local broker: message larger than the client takes, not sent");
+                        (false, Some(HookResult::MessageExpiry))
+                    }
+                    _ => (true, acc),
+                }
+            }
             _ => (true, acc),
         }
+    }
+}
+
+/// The size of the PUBLISH packet rmqtt would send for `publish` to an MQTT
+/// 5 client, fixed header included (rmqtt's own check leaves the header out).
+fn outgoing_size(publish: &Publish) -> usize {
+    let mut packet = publish.inner.as_ref().clone();
+    if packet.qos != QoS::AtMostOnce {
+        packet.packet_id = Some(NonZeroU16::MIN);
+    }
+    // rmqtt sets the expiry (a fixed four bytes) where properties exist.
+    if let Some(properties) = &mut packet.properties {
+        properties.message_expiry_interval = Some(NonZeroU32::MAX);
+        properties.topic_alias = None;
+    }
+    let mut bytes = bytes::BytesMut::new();
+    match Codec::new(0, 0).encode(Packet::Publish(Box::new(packet)), &mut bytes) {
+        Ok(()) => bytes.len(),
+        Err(_) => usize::MAX,
     }
 }

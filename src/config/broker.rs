@@ -1,7 +1,7 @@
 //! `[broker]` and `[[broker.user]]`: the embedded local MQTT broker.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -31,7 +31,7 @@ pub struct LocalBrokerSettings {
     pub anonymous_publish: Vec<String>,
     /// Known users.
     pub users: Vec<BrokerUser>,
-    /// Connections accepted at once.
+    /// Client sessions at once, counting persistent sessions of absent clients.
     pub max_clients: usize,
     /// Largest packet accepted, in bytes.
     pub max_packet_size: u32,
@@ -41,6 +41,27 @@ pub struct LocalBrokerSettings {
     pub max_queued: usize,
     /// How long a queued message is kept for a client that does not take it.
     pub message_expiry: Duration,
+    /// How long a persistent session outlives its connection: MQTT 3.1.1
+    /// sessions (clean session false) get this, MQTT 5 requests are capped
+    /// at it, so forgotten clients do not hold queues forever.
+    pub session_expiry: Duration,
+    /// Messages a second one client may publish (bursts of as many); more are dropped.
+    pub max_publish_rate: u32,
+    /// The TLS listener, when `tls_listen` is set.
+    pub tls: Option<BrokerTls>,
+}
+
+/// `[broker] tls_listen, tls_cert, tls_key, tls_client_ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// Where TLS clients connect.
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One `[[broker.user]]`.
@@ -89,6 +110,9 @@ impl Default for LocalBrokerSettings {
             max_inflight: 16,
             max_queued: 10_000,
             message_expiry: Duration::from_secs(3600),
+            session_expiry: Duration::from_secs(2 * 3600),
+            max_publish_rate: 100,
+            tls: None,
         }
     }
 }
@@ -97,34 +121,78 @@ impl Checker<'_> {
     pub(super) fn broker(&mut self, raw: &RawBroker, base: &Path) -> LocalBrokerSettings {
         let ctx = "[broker]";
         let d = LocalBrokerSettings::default();
-        let listen = match &raw.listen {
-            Some(l) => match l.get_ref().parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    let message = format!(
-                        "listen = \"{}\" is not an address, expected e.g. \"{DEFAULT_LISTEN}\" or \"0.0.0.0:1883\"",
-                        l.get_ref()
+        let listen = raw
+            .listen
+            .as_ref()
+            .and_then(|l| self.socket_address(ctx, "listen", l, DEFAULT_LISTEN))
+            .unwrap_or(d.listen);
+        let tls = raw.tls_listen.as_ref().and_then(|l| {
+            let listen = self.socket_address(ctx, "tls_listen", l, "0.0.0.0:8883")?;
+            let mut file = |key: &str, value: &Option<Spanned<String>>| match value {
+                Some(v) => Some(self.existing_file(ctx, key, v, base)),
+                None => {
+                    self.error(
+                        l.span(),
+                        ctx,
+                        format!("tls_listen needs {key} (a PEM file)"),
                     );
-                    self.error(l.span(), ctx, message);
-                    d.listen
+                    None
                 }
-            },
-            None => d.listen,
-        };
+            };
+            let cert = file("tls_cert", &raw.tls_cert);
+            let key = file("tls_key", &raw.tls_key);
+            let client_ca = raw
+                .tls_client_ca
+                .as_ref()
+                .map(|v| self.existing_file(ctx, "tls_client_ca", v, base));
+            Some(BrokerTls {
+                listen,
+                cert: cert?,
+                key: key?,
+                client_ca,
+            })
+        });
+        if tls.is_none() && raw.tls_listen.is_none() {
+            for (key, value) in [
+                ("tls_cert", &raw.tls_cert),
+                ("tls_key", &raw.tls_key),
+                ("tls_client_ca", &raw.tls_client_ca),
+            ] {
+                if let Some(v) = value {
+                    self.error(v.span(), ctx, format!("{key} needs tls_listen"));
+                }
+            }
+        }
+        let enabled = raw.enabled.as_ref().is_none_or(|e| *e.get_ref());
         let allow_anonymous = match &raw.allow_anonymous {
             Some(a) => *a.get_ref(),
             None => {
-                if !listen.ip().is_loopback() && raw.enabled.as_ref().is_none_or(|e| *e.get_ref()) {
-                    let line = raw.listen.as_ref().map(|l| l.span());
+                let exposed = [
+                    (Some(listen), raw.listen.as_ref(), "listen"),
+                    (
+                        tls.as_ref().map(|t| t.listen),
+                        raw.tls_listen.as_ref(),
+                        "tls_listen",
+                    ),
+                ];
+                let mut open = false;
+                for (addr, given, key) in exposed {
+                    let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else {
+                        continue;
+                    };
+                    open = true;
+                    if !enabled {
+                        continue;
+                    }
                     let message = format!(
-                        "listen = \"{listen}\" is reachable from the network; anonymous clients are refused there unless you write allow_anonymous = true (or add [[broker.user]] entries and allow_anonymous = false)"
+                        "{key} = \"{addr}\" is reachable from the network; anonymous clients are refused there unless you write allow_anonymous = true (or add [[broker.user]] entries and allow_anonymous = false)"
                     );
-                    match line {
-                        Some(span) => self.error(span, ctx, message),
+                    match given {
+                        Some(v) => self.error(v.span(), ctx, message),
                         None => self.error_at(self.section_line("[broker]"), ctx, message),
                     }
                 }
-                listen.ip().is_loopback()
+                !open
             }
         };
         let int =
@@ -143,7 +211,7 @@ impl Checker<'_> {
             None => def.to_vec(),
         };
         LocalBrokerSettings {
-            enabled: raw.enabled.as_ref().is_none_or(|e| *e.get_ref()),
+            enabled,
             listen,
             profile: raw
                 .profile
@@ -202,6 +270,42 @@ impl Checker<'_> {
                 raw.message_expiry.as_ref(),
                 d.message_expiry,
             ),
+            session_expiry: self.duration(
+                ctx,
+                "session_expiry",
+                raw.session_expiry.as_ref(),
+                d.session_expiry,
+            ),
+            max_publish_rate: int(
+                self,
+                "max_publish_rate",
+                &raw.max_publish_rate,
+                1,
+                1_000_000,
+                i64::from(d.max_publish_rate),
+            ) as u32,
+            tls,
+        }
+    }
+
+    /// A socket address, or an error naming `key` with an example.
+    fn socket_address(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        example: &str,
+    ) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let message = format!(
+                    "{key} = \"{}\" is not an address, expected e.g. \"{example}\"",
+                    value.get_ref()
+                );
+                self.error(value.span(), ctx, message);
+                None
+            }
         }
     }
 

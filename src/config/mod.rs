@@ -22,7 +22,7 @@ use toml::Spanned;
 use crate::modbus::codec::{ByteOrder, RegisterLayout, Scaling, WordOrder};
 use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
 use crate::value::DataType;
-pub use broker::{BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
+pub use broker::{BrokerTls, BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
 pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{

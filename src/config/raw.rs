@@ -78,6 +78,12 @@ pub struct RawBroker {
     pub max_inflight: Option<Spanned<i64>>,
     pub max_queued: Option<Spanned<i64>>,
     pub message_expiry: Option<Spanned<String>>,
+    pub session_expiry: Option<Spanned<String>>,
+    pub max_publish_rate: Option<Spanned<i64>>,
+    pub tls_listen: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub tls_client_ca: Option<Spanned<String>>,
     #[serde(default)]
     pub user: Vec<RawBrokerUser>,
 }

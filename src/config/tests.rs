@@ -503,3 +503,59 @@ fn a_buffer_section_is_checked_and_defaults_apply_without_it() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn broker_tls_keys_go_together_and_an_open_tls_listener_needs_a_decision() {
+    let broker = |section: &str| {
+        GOOD.replace(
+            "[[bus]]\nname = \"rs485-1\"",
+            &format!("[broker]\n{section}\n\n[[bus]]\nname = \"rs485-1\""),
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("broker.crt");
+    std::fs::write(&cert, "").expect("cert");
+    let good = broker(&format!(
+        "tls_listen = \"127.0.0.1:8883\"\ntls_cert = \"{0}\"\ntls_key = \"{0}\"\nsession_expiry = \"30m\"\nmax_publish_rate = 20",
+        cert.display()
+    ));
+    let config = Config::from_toml(Path::new("gw.toml"), &good).expect("valid");
+    let tls = config.broker.tls.expect("tls listener");
+    assert_eq!(tls.listen, "127.0.0.1:8883".parse().unwrap());
+    assert_eq!((tls.cert.clone(), tls.client_ca), (cert.clone(), None));
+    assert_eq!(config.broker.session_expiry, Duration::from_secs(1800));
+    assert_eq!(config.broker.max_publish_rate, 20);
+
+    let cases = [
+        (
+            "tls_cert = \"broker.crt\"".to_owned(),
+            "[broker]: tls_cert needs tls_listen",
+        ),
+        (
+            "tls_listen = \"127.0.0.1:8883\"".to_owned(),
+            "[broker]: tls_listen needs tls_cert (a PEM file)",
+        ),
+        (
+            "tls_listen = \"8883\"".to_owned(),
+            "tls_listen = \"8883\" is not an address, expected e.g. \"0.0.0.0:8883\"",
+        ),
+        (
+            format!(
+                "tls_listen = \"0.0.0.0:8883\"\ntls_cert = \"{0}\"\ntls_key = \"{0}\"",
+                cert.display()
+            ),
+            "meter1.toml:7: [broker]: tls_listen = \"0.0.0.0:8883\" is reachable from the network",
+        ),
+        (
+            "session_expiry = \"0s\"".to_owned(),
+            "session_expiry must be longer than zero",
+        ),
+    ];
+    for (section, expected) in cases {
+        let errs = errors(&broker(&section));
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{section}: {errs:?}"
+        );
+    }
+}

@@ -281,6 +281,17 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Resident memory (VmRSS) in KiB; panics if the process is gone.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("gateway running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}: {status}"))
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
