@@ -985,11 +985,10 @@ async fn stuck_subscribers(port: u16) -> Vec<tokio::net::TcpStream> {
 
 /// A rumqttc client over TLS that trusts `ca`, with a client certificate if given.
 fn tls_options(id: &str, port: u16, ca: &Path, client: Option<(&Path, &Path)>) -> MqttOptions {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use fieldmq::mqtt::options::{certificates, private_key};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(cert.expect("ca cert")).expect("add ca");
+    for cert in certificates(ca).expect("ca") {
+        roots.add(cert).expect("add ca");
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -998,11 +997,8 @@ fn tls_options(id: &str, port: u16, ca: &Path, client: Option<(&Path, &Path)>) -
         .with_root_certificates(roots);
     let config = match client {
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .expect("client cert")
-                .collect::<Result<Vec<_>, _>>()
-                .expect("client cert");
-            let key = PrivateKeyDer::from_pem_file(key).expect("client key");
+            let chain = certificates(cert).expect("client cert");
+            let key = private_key(key).expect("client key");
             builder
                 .with_client_auth_cert(chain, key)
                 .expect("client auth")

@@ -8,13 +8,10 @@
 //! on user names, so nothing is lost by that.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::BrokerTls;
+use crate::mqtt::options::{TlsError, certificates, private_key};
 
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,13 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Error)]
 pub enum TlsSetupError {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("{path}: {why}")]
-    Pem {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        why: String,
-    },
+    #[error(transparent)]
+    Pem(#[from] TlsError),
     /// rustls refused the certificate, key or CA.
     #[error("TLS configuration: {0}")]
     Rustls(String),
@@ -51,29 +44,11 @@ pub enum TlsSetupError {
     },
 }
 
-fn pem_error(path: &Path, why: impl ToString) -> TlsSetupError {
-    TlsSetupError::Pem {
-        path: path.display().to_string(),
-        why: why.to_string(),
-    }
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
-    if certs.is_empty() {
-        return Err(pem_error(path, "no CERTIFICATE in the file"));
-    }
-    Ok(certs)
-}
-
 /// The rustls server configuration of `[broker] tls_*`.
 pub fn server_config(tls: &BrokerTls) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| pem_error(&tls.key, e))?;
+    let key = private_key(&tls.key)?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;

@@ -49,6 +49,23 @@ fn pem_error(path: &Path, why: impl ToString) -> TlsError {
     }
 }
 
+/// The certificates of a PEM file; an empty file is an error.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error(path, "no CERTIFICATE in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
 /// The TLS client configuration, when any server uses `mqtts://`.
 pub fn tls_config(upstream: &Upstream) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     if !upstream.servers.iter().any(|s| s.tls) {
@@ -57,14 +74,7 @@ pub fn tls_config(upstream: &Upstream) -> Result<Option<Arc<ClientConfig>>, TlsE
     let mut roots = rustls::RootCertStore::empty();
     match &upstream.ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| pem_error(path, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_error(path, e))?;
-            if certs.is_empty() {
-                return Err(pem_error(path, "no CERTIFICATE in the file"));
-            }
-            for cert in certs {
+            for cert in certificates(path)? {
                 roots.add(cert)?;
             }
         }
@@ -82,12 +92,8 @@ pub fn tls_config(upstream: &Upstream) -> Result<Option<Arc<ClientConfig>>, TlsE
         .with_root_certificates(roots);
     let config = match &upstream.client_certificate {
         Some(client) => {
-            let chain = CertificateDer::pem_file_iter(&client.cert_file)
-                .map_err(|e| pem_error(&client.cert_file, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_error(&client.cert_file, e))?;
-            let key = PrivateKeyDer::from_pem_file(&client.key_file)
-                .map_err(|e| pem_error(&client.key_file, e))?;
+            let chain = certificates(&client.cert_file)?;
+            let key = private_key(&client.key_file)?;
             builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),
