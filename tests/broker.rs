@@ -602,6 +602,32 @@ async fn mqtt5_sessions_last_as_long_as_asked_and_no_longer_than_allowed() {
     );
     back.leave().await;
 
+    // Delivered but never acknowledged, then the connection breaks: the
+    // messages are sent again, flagged dup, in their original order
+    // (MQTT-4.6.0-1; rmqtt 0.24.0 reversed them, see vendor/README.md).
+    let mut unacked = persistent("unacked", Some(3600));
+    unacked.set_manual_acks(true);
+    let mut first = client5(unacked.clone());
+    first.connack().await;
+    first.subscribe("s/unacked", QoS5::AtLeastOnce).await;
+    publish_five("s/unacked").await;
+    assert_eq!(payloads(&first.collect(SECOND).await).len(), 5);
+    first.task.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut resumed = client5(unacked);
+    assert!(resumed.connack().await.session_present);
+    let again = resumed.collect(SECOND).await;
+    assert_eq!(
+        payloads(&again),
+        vec!["0", "1", "2", "3", "4"],
+        "unacknowledged messages sent again in order"
+    );
+    assert!(again.iter().all(|p| p.dup), "sent again with the dup flag");
+    for p in &again {
+        resumed.client.ack(p).await.expect("ack");
+    }
+    resumed.leave().await;
+
     // Asked for an hour, but [broker] session_expiry = 2s caps it.
     let mut long = client5(persistent("long", Some(3600)));
     long.connack().await;
