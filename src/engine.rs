@@ -1,14 +1,16 @@
-//! Starts one [`BusTask`] per bus, gathers their events into one stream, and
-//! routes writes to the task that owns each device's bus.
+//! Starts one task per bus ([`BusTask`] for Modbus, [`GpioTask`] for a GPIO
+//! device), gathers their events into one stream, and routes writes (and the
+//! uplink's state, which GPIO outputs' `safe_after` waits on) back to them.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Rejection, Write};
-use crate::config::Config;
+use crate::config::{Config, LinkKind};
+use crate::gpio::GpioTask;
 use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent};
 use crate::stats::Stats;
 
@@ -34,11 +36,13 @@ pub struct Engine {
     tasks: JoinSet<()>,
 }
 
-/// Hands validated writes to the bus task of their device.
+/// Hands validated writes to the bus task of their device, and the uplink's
+/// state to the tasks whose outputs fall back to a safe state without it.
 #[derive(Debug, Clone)]
 pub struct WriteRouter {
     config: Arc<Config>,
     buses: Vec<mpsc::Sender<Write>>,
+    uplink: Arc<watch::Sender<bool>>,
 }
 
 impl WriteRouter {
@@ -51,6 +55,12 @@ impl WriteRouter {
             .ok_or_else(|| Rejection::UnknownDevice(name.clone()))?;
         sender.try_send(write).map_err(|_| Rejection::Busy(name))
     }
+
+    /// The uplink is up (connected, and born with the primary host online) or not.
+    pub fn uplink(&self, up: bool) {
+        self.uplink
+            .send_if_modified(|state| std::mem::replace(state, up) != up);
+    }
 }
 
 impl Engine {
@@ -60,7 +70,9 @@ impl Engine {
         let stats = Arc::new(Stats::default());
         let mut tasks = JoinSet::new();
         let mut buses = Vec::with_capacity(config.buses.len());
-        for bus in 0..config.buses.len() {
+        // Without an uplink there is nothing to lose, so nothing to wait for.
+        let (uplink, uplink_rx) = watch::channel(config.upstream.is_none());
+        for (bus, settings) in config.buses.iter().enumerate() {
             let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
             buses.push(write_tx);
             let channels = BusChannels {
@@ -68,15 +80,24 @@ impl Engine {
                 writes: write_rx,
                 stats: Arc::clone(&stats),
             };
-            if let Some(task) =
-                BusTask::new(Arc::clone(&config), bus, channels, shutdown.child_token())
-            {
+            let config = Arc::clone(&config);
+            let stop = shutdown.child_token();
+            if let LinkKind::Gpio(_) = settings.link {
+                let task = GpioTask::new(config, bus, channels, uplink_rx.clone(), stop);
+                if let Some(task) = task {
+                    tasks.spawn(task.run());
+                }
+            } else if let Some(task) = BusTask::new(config, bus, channels, stop) {
                 tasks.spawn(task.run());
             }
         }
         Engine {
             events,
-            writes: WriteRouter { config, buses },
+            writes: WriteRouter {
+                config,
+                buses,
+                uplink: Arc::new(uplink),
+            },
             stats,
             tasks,
         }

@@ -1,4 +1,4 @@
-//! fieldmq: an industrial edge gateway from Modbus devices to MQTT.
+//! fieldmq: an industrial edge gateway from Modbus devices and GPIO pins to MQTT.
 //!
 //! # Layout
 //!
@@ -16,7 +16,8 @@
 //! - [`modbus::cycle`]: one device's poll cycle and its decoding.
 //! - [`modbus::bus`]: the per-bus task: schedules, offline/backoff, report by exception, writes.
 //! - [`exception`]: report by exception (deadbands).
-//! - [`engine`]: spawns the bus tasks, merges their events, routes writes.
+//! - [`gpio`]: GPIO devices: drivers (cdev, rppal, sim), debouncing, pulse counters, outputs.
+//! - [`engine`]: spawns the bus and GPIO tasks, merges their events, routes writes.
 //! - [`command`]: the rules a write must pass and its register image; pure.
 //! - [`stats`]: the gateway's counters.
 //! - [`last_values`]: the last value of every metric and each device's state.
@@ -43,6 +44,7 @@ pub mod demo;
 pub mod engine;
 pub mod exception;
 pub mod forward;
+pub mod gpio;
 pub mod last_values;
 #[cfg(feature = "broker")]
 pub mod local;

@@ -252,8 +252,20 @@ fn print_check(config: &Config) {
                     line.port, line.baud, line.data_bits, parity, line.stop_bits
                 )
             }
+            LinkKind::Gpio(chip) => match chip.backend {
+                fieldmq::config::GpioBackend::Cdev => format!("gpio {}", chip.chip.display()),
+                fieldmq::config::GpioBackend::Rppal => "gpio rppal".to_owned(),
+                fieldmq::config::GpioBackend::Sim => "gpio simulated".to_owned(),
+            },
         };
         say!();
+        if let LinkKind::Gpio(_) = bus.link {
+            say!("bus {} ({link})", bus.name);
+            for device in config.devices.iter().filter(|d| d.bus == index) {
+                print_pins(device);
+            }
+            continue;
+        }
         say!(
             "bus {} ({link}, timeout {})",
             bus.name,
@@ -288,8 +300,64 @@ fn print_check(config: &Config) {
     }
 }
 
+/// A GPIO device's pins, one line each, as `check` shows them.
+fn print_pins(device: &fieldmq::config::Device) {
+    use fieldmq::config::{PinRole, Pull};
+    say!(
+        "  device {}: {} metrics, counters reported every {}",
+        device.name,
+        device.metrics.len(),
+        humantime::format_duration(device.poll)
+    );
+    for metric in &device.metrics {
+        let Some(pin) = &metric.pin else { continue };
+        let input = |kind: &str, line: &fieldmq::config::InputLine| {
+            let pull = match line.pull {
+                Pull::Up => "pull up",
+                Pull::Down => "pull down",
+                Pull::None => "no pull",
+            };
+            let sim = line.sim_toggle.map_or_else(String::new, |t| {
+                format!(", simulated toggle every {}", humantime::format_duration(t))
+            });
+            format!(
+                "input {kind}, {pull}, debounce {}{sim}",
+                humantime::format_duration(line.debounce)
+            )
+        };
+        let what = match &pin.role {
+            PinRole::Level(line) => input("level", line),
+            PinRole::Counter(line) => input("counter", line),
+            PinRole::Rate => "pulses per second of the counter".to_owned(),
+            PinRole::Output {
+                initial,
+                safe,
+                safe_after,
+            } => {
+                let on_off = |b: bool| if b { "on" } else { "off" };
+                let safe = match (safe, safe_after) {
+                    (Some(s), Some(after)) => format!(
+                        ", safe {} at shutdown and after {} without uplink",
+                        on_off(*s),
+                        humantime::format_duration(*after)
+                    ),
+                    (Some(s), None) => format!(", safe {} at shutdown", on_off(*s)),
+                    (None, _) => String::new(),
+                };
+                format!("output, initial {}{safe}", on_off(*initial))
+            }
+        };
+        let low = match pin.role {
+            PinRole::Rate => "",
+            _ if pin.active_low => ", active low",
+            _ => "",
+        };
+        say!("    pin {:<3} {what}{low} -> {}", pin.pin, metric.name);
+    }
+}
+
 async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (_, device) = config.device_by_name(name).with_context(|| {
+    let (id, device) = config.device_by_name(name).with_context(|| {
         let known: Vec<&str> = config.devices.iter().map(|d| d.name.as_str()).collect();
         format!(
             "no device \"{name}\" in {}; devices: {}",
@@ -301,11 +369,18 @@ async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCod
         .buses
         .get(device.bus)
         .context("device refers to a missing bus")?;
-    let mut link = Link::new(bus);
     let mut plan = device.read_plan();
-    let cycle = cycle::poll(&mut link, device, &mut plan).await;
-    link.close().await;
-    let mut readings = cycle::decode(device, &plan, &cycle);
+    let cycle;
+    let (mut readings, answered) = if let LinkKind::Gpio(chip) = &bus.link {
+        let readings = fieldmq::gpio::read_once(id, device, chip, &config.node.data_dir);
+        let answered = readings.iter().any(|r| matches!(r.raw, Raw::Bit(_)));
+        (readings, answered)
+    } else {
+        let mut link = Link::new(bus);
+        cycle = cycle::poll(&mut link, device, &mut plan).await;
+        link.close().await;
+        (cycle::decode(device, &plan, &cycle), cycle.answered)
+    };
     readings.sort_by_key(|r| r.metric);
     if json {
         let object: serde_json::Map<String, serde_json::Value> = readings
@@ -349,7 +424,7 @@ async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCod
             .collect();
         print_table(["metric", "value", "unit", "quality", "raw"], &rows);
     }
-    if cycle.answered {
+    if answered {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("fieldmq: device \"{name}\" did not answer");
@@ -378,10 +453,18 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
+/// How long the sinks wait, after a stop signal, for the sources to finish
+/// (a bus transaction under way takes up to its timeout).
+const SINK_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
+    // Sources stop first, and the sinks end when the event stream does, so
+    // what the sources say last (GPIO outputs going safe) is still published
+    // before the goodbye.
+    let sources = CancellationToken::new();
     let shutdown = CancellationToken::new();
-    let mut engine = Engine::start(Arc::clone(&config), &shutdown);
+    let mut engine = Engine::start(Arc::clone(&config), &sources);
     let publisher = match &config.upstream {
         Some(_) => Some(
             Publisher::start(
@@ -441,9 +524,23 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         // A sink ends by itself only when the bus tasks are gone.
         _ = tasks.join_next() => {}
     }
-    shutdown.cancel();
-    while let Some(done) = tasks.join_next().await {
-        done.context("publisher task")?;
+    sources.cancel();
+    let drained = tokio::time::timeout(SINK_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            done.context("publisher task")?;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(done) => done?,
+        Err(_) => {
+            tracing::warn!(grace = ?SINK_GRACE, "sources did not stop in time; stopping the publishers anyway");
+            shutdown.cancel();
+            while let Some(done) = tasks.join_next().await {
+                done.context("publisher task")?;
+            }
+        }
     }
     engine.join().await;
     tracing::info!("stopped");

@@ -98,6 +98,15 @@ impl NodeProfile {
         }
     }
 
+    /// Whether the uplink serves its purpose now: connected, and for
+    /// Sparkplug the node born (so with a primary host, that host online).
+    pub fn online(&self) -> bool {
+        match self {
+            NodeProfile::Sparkplug(node) => node.online(),
+            NodeProfile::Plain(node) => node.ready(),
+        }
+    }
+
     /// Whether data of `device` may go out now (connected; Sparkplug: node
     /// and device born in this session). Otherwise it waits in the queue.
     pub fn ready(&self, device: DeviceId) -> bool {

@@ -314,6 +314,7 @@ impl Publisher {
                 drop(ack);
             }
         }
+        self.writes.uplink(self.connected && self.profile.online());
     }
 
     /// Carries out `actions`; false when a message could not be published.

@@ -139,6 +139,9 @@ impl LocalBroker {
         let listener = Builder::new()
             .name("fieldmq")
             .laddr(settings.listen)
+            // Without it a restart (systemd's Restart=, an upgrade) cannot
+            // listen again while the last connections sit in TIME_WAIT.
+            .reuseaddr(Some(true))
             .allow_anonymous(settings.allow_anonymous)
             .allow_zero_keepalive(true)
             .max_connections(settings.max_clients)

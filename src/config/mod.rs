@@ -7,6 +7,7 @@
 
 mod broker;
 mod buffer;
+mod gpio;
 mod raw;
 mod upstream;
 
@@ -24,6 +25,7 @@ use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
 use crate::value::DataType;
 pub use broker::{BrokerTls, BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
 pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
+pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{
     ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Qos, Server, TopicTemplate, Upstream,
@@ -141,6 +143,8 @@ pub enum LinkKind {
     },
     /// RTU on a local serial port.
     Rtu(SerialLine),
+    /// The lines of one GPIO device (a bus of its own, made from the device).
+    Gpio(GpioChip),
 }
 
 /// Serial line settings.
@@ -247,6 +251,8 @@ pub struct Metric {
     pub qos: Qos,
     /// Plain profile: whether its messages are retained.
     pub retain: bool,
+    /// GPIO devices: the pin and what it does (table and address are unused).
+    pub pin: Option<PinSettings>,
 }
 
 impl Metric {
@@ -319,6 +325,11 @@ impl Config {
             .enumerate()
             .find(|(_, d)| d.name == name)
     }
+}
+
+/// Where an optional value starts, or 0 when it is absent.
+fn span_start<T>(value: &Option<Spanned<T>>) -> usize {
+    value.as_ref().map_or(0, |v| v.span().start)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -544,13 +555,29 @@ impl Checker<'_> {
             .map_or_else(LocalBrokerSettings::default, |b| self.broker(b, base));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
-        let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
+        let mut buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
         self.shared_ports(&raw.bus);
-        let devices: Vec<Device> = raw
-            .device
-            .iter()
-            .map(|d| self.device(d, &raw.bus, &buses))
-            .collect();
+        let mut gpio_buses = Vec::new();
+        let mut devices: Vec<Device> = Vec::with_capacity(raw.device.len());
+        for d in &raw.device {
+            let device = match &d.gpio {
+                Some(backend) => {
+                    let defaults = self.publishing(d);
+                    let (mut device, chip) = self.gpio_device(d, backend, base, defaults);
+                    device.bus = buses.len() + gpio_buses.len();
+                    gpio_buses.push(Bus {
+                        name: format!("gpio:{}", device.name),
+                        link: LinkKind::Gpio(chip),
+                        timeout: Duration::from_secs(1),
+                        turnaround: Duration::ZERO,
+                    });
+                    device
+                }
+                None => self.device(d, &raw.bus, &buses),
+            };
+            devices.push(device);
+        }
+        buses.extend(gpio_buses);
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)
@@ -707,27 +734,62 @@ impl Checker<'_> {
     fn device(&mut self, raw: &RawDevice, raw_buses: &[RawBus], buses: &[Bus]) -> Device {
         let ctx = format!("device \"{}\"", raw.name.get_ref());
         self.topic_id(&ctx, "name", &raw.name);
-        let bus = raw_buses
+        let known: Vec<&str> = raw_buses
             .iter()
-            .position(|b| b.name.get_ref() == raw.bus.get_ref());
-        if bus.is_none() {
-            let known: Vec<&str> = raw_buses
-                .iter()
-                .map(|b| b.name.get_ref().as_str())
-                .collect();
-            let message = format!(
-                "bus \"{}\" is not defined, expected one of: {}",
-                raw.bus.get_ref(),
-                known.join(", ")
+            .map(|b| b.name.get_ref().as_str())
+            .collect();
+        let bus = match &raw.bus {
+            Some(name) => {
+                let bus = raw_buses
+                    .iter()
+                    .position(|b| b.name.get_ref() == name.get_ref());
+                if bus.is_none() {
+                    let message = format!(
+                        "bus \"{}\" is not defined, expected one of: {}",
+                        name.get_ref(),
+                        known.join(", ")
+                    );
+                    self.error(name.span(), &ctx, message);
+                }
+                bus
+            }
+            None => {
+                let message = format!(
+                    "a device needs bus = \"<name>\" (one of: {}) or gpio = \"cdev\", \"rppal\" or \"sim\"",
+                    known.join(", ")
+                );
+                self.error(raw.name.span(), &ctx, message);
+                None
+            }
+        };
+        if let Some(c) = &raw.chip {
+            self.error(
+                c.span(),
+                &ctx,
+                "chip applies only to gpio = \"cdev\" devices".into(),
             );
-            self.error(raw.bus.span(), &ctx, message);
         }
-        let unit = self.int(&ctx, "unit", &raw.unit, 0, 247).unwrap_or(1);
-        if unit == 0
-            && bus.is_some_and(|b| matches!(buses.get(b).map(|b| &b.link), Some(LinkKind::Rtu(_))))
-        {
-            self.error(raw.unit.span(), &ctx, "unit = 0 is the broadcast address on a serial line; no device answers it, expected 1..=247".into());
-        }
+        let unit = match &raw.unit {
+            Some(u) => {
+                let unit = self.int(&ctx, "unit", u, 0, 247).unwrap_or(1);
+                if unit == 0
+                    && bus.is_some_and(|b| {
+                        matches!(buses.get(b).map(|b| &b.link), Some(LinkKind::Rtu(_)))
+                    })
+                {
+                    self.error(u.span(), &ctx, "unit = 0 is the broadcast address on a serial line; no device answers it, expected 1..=247".into());
+                }
+                unit
+            }
+            None => {
+                self.error(
+                    raw.name.span(),
+                    &ctx,
+                    "a Modbus device needs unit = <1..247>".into(),
+                );
+                1
+            }
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_registers: raw
@@ -764,14 +826,7 @@ impl Checker<'_> {
             );
         }
         self.unique(&ctx, "metric", raw.metric.iter().map(|m| &m.name));
-        let defaults = Publishing {
-            qos: raw
-                .qos
-                .as_ref()
-                .and_then(|q| self.qos(&ctx, q))
-                .unwrap_or_default(),
-            retain: raw.retain.as_ref().map_or(DEFAULT_RETAIN, |r| *r.get_ref()),
-        };
+        let defaults = self.publishing(raw);
         let metrics: Vec<Metric> = raw
             .metric
             .iter()
@@ -799,6 +854,34 @@ impl Checker<'_> {
         }
     }
 
+    /// A device's plain-profile defaults for its metrics.
+    fn publishing(&mut self, raw: &RawDevice) -> Publishing {
+        let ctx = format!("device \"{}\"", raw.name.get_ref());
+        Publishing {
+            qos: raw
+                .qos
+                .as_ref()
+                .and_then(|q| self.qos(&ctx, q))
+                .unwrap_or_default(),
+            retain: raw.retain.as_ref().map_or(DEFAULT_RETAIN, |r| *r.get_ref()),
+        }
+    }
+
+    /// A required key of a Modbus metric, or an error and a stand-in.
+    fn required<T: Clone>(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        value: &Option<Spanned<T>>,
+        name: &Spanned<String>,
+        stand_in: T,
+    ) -> Spanned<T> {
+        value.clone().unwrap_or_else(|| {
+            self.error(name.span(), ctx, format!("a Modbus metric needs {key}"));
+            Spanned::new(name.span(), stand_in)
+        })
+    }
+
     fn metric(
         &mut self,
         device_ctx: &str,
@@ -810,21 +893,45 @@ impl Checker<'_> {
     ) -> Metric {
         let ctx = format!("{device_ctx}, metric \"{}\"", raw.name.get_ref());
         self.metric_name(&ctx, &raw.name);
+        let gpio_only = [
+            ("pin", raw.pin.as_ref().map(Spanned::span)),
+            ("direction", raw.direction.as_ref().map(Spanned::span)),
+            ("pull", raw.pull.as_ref().map(Spanned::span)),
+            ("active_low", raw.active_low.as_ref().map(Spanned::span)),
+            ("debounce", raw.debounce.as_ref().map(Spanned::span)),
+            ("mode", raw.mode.as_ref().map(Spanned::span)),
+            ("initial", raw.initial.as_ref().map(Spanned::span)),
+            ("safe", raw.safe.as_ref().map(Spanned::span)),
+            ("safe_after", raw.safe_after.as_ref().map(Spanned::span)),
+            ("sim_toggle", raw.sim_toggle.as_ref().map(Spanned::span)),
+        ];
+        for (key, span) in gpio_only {
+            if let Some(span) = span {
+                self.error(
+                    span,
+                    &ctx,
+                    format!("{key} applies only to GPIO devices (gpio = \"...\")"),
+                );
+            }
+        }
+        let raw_table = self.required(&ctx, "table", &raw.table, &raw.name, "holding".into());
+        let raw_type = self.required(&ctx, "type", &raw.data_type, &raw.name, "u16".into());
+        let raw_address = self.required(&ctx, "address", &raw.address, &raw.name, 0);
         let table = self
-            .choice(&ctx, "table", &raw.table, &Table::ALL)
+            .choice(&ctx, "table", &raw_table, &Table::ALL)
             .unwrap_or(Table::Holding);
         let data_type = self
-            .choice(&ctx, "type", &raw.data_type, &DataType::ALL)
+            .choice(&ctx, "type", &raw_type, &DataType::ALL)
             .unwrap_or(DataType::U16);
         let address = self
-            .int(&ctx, "address", &raw.address, 0, 65535)
+            .int(&ctx, "address", &raw_address, 0, 65535)
             .unwrap_or(0);
-        let table_known = Table::ALL.iter().any(|(n, _)| n == raw.table.get_ref());
+        let table_known = Table::ALL.iter().any(|(n, _)| n == raw_table.get_ref());
         if table.is_bits() && data_type != DataType::Bool {
             let message = format!(
                 "type \"{data_type}\" cannot be read from table \"{table}\", which holds single bits; expected type = \"bool\""
             );
-            self.error(raw.data_type.span(), &ctx, message);
+            self.error(raw_type.span(), &ctx, message);
         }
         for (key, span) in [
             ("byte_order", raw.byte_order.as_ref().map(Spanned::span)),
@@ -863,7 +970,7 @@ impl Checker<'_> {
             }
             (None, DataType::String) => {
                 self.error(
-                    raw.data_type.span(),
+                    raw_type.span(),
                     &ctx,
                     "type = \"string\" needs length = <registers>".into(),
                 );
@@ -896,14 +1003,14 @@ impl Checker<'_> {
             let message = format!(
                 "address = {address} with {count} registers ends at {last}, past the last address 65535"
             );
-            self.error(raw.address.span(), &ctx, message);
+            self.error(raw_address.span(), &ctx, message);
         }
         if !table.is_bits() && count > limits.max_registers {
             let message = format!(
                 "needs {count} registers but the device reads at most max_read_registers = {}",
                 limits.max_registers
             );
-            self.error(raw.data_type.span(), &ctx, message);
+            self.error(raw_type.span(), &ctx, message);
         }
         let scaling = self.scaling(&ctx, raw, data_type);
         let numeric_only = [
@@ -972,6 +1079,7 @@ impl Checker<'_> {
                 .retain
                 .as_ref()
                 .map_or(defaults.retain, |r| *r.get_ref()),
+            pin: None,
         }
     }
 
@@ -1051,7 +1159,7 @@ impl Checker<'_> {
                     || metrics[b].layout.data_type == DataType::Bool;
                 if !compatible {
                     let (first, second) =
-                        if raw[a].address.span().start <= raw[b].address.span().start {
+                        if span_start(&raw[a].address) <= span_start(&raw[b].address) {
                             (a, b)
                         } else {
                             (b, a)
@@ -1065,7 +1173,10 @@ impl Checker<'_> {
                         metrics[first].span().end() - 1,
                     );
                     self.error(
-                        raw[second].address.span(),
+                        raw[second]
+                            .address
+                            .as_ref()
+                            .map_or(raw[second].name.span(), Spanned::span),
                         &format!("{ctx}, metric \"{}\"", metrics[second].name),
                         message,
                     );

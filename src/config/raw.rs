@@ -120,8 +120,10 @@ pub struct RawBus {
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
     pub name: Spanned<String>,
-    pub bus: Spanned<String>,
-    pub unit: Spanned<i64>,
+    pub bus: Option<Spanned<String>>,
+    pub unit: Option<Spanned<i64>>,
+    pub gpio: Option<Spanned<String>>,
+    pub chip: Option<Spanned<String>>,
     pub poll: Option<Spanned<String>>,
     pub max_read_registers: Option<Spanned<i64>>,
     pub max_read_bits: Option<Spanned<i64>>,
@@ -141,10 +143,10 @@ pub struct RawDevice {
 #[serde(deny_unknown_fields)]
 pub struct RawMetric {
     pub name: Spanned<String>,
-    pub table: Spanned<String>,
-    pub address: Spanned<i64>,
+    pub table: Option<Spanned<String>>,
+    pub address: Option<Spanned<i64>>,
     #[serde(rename = "type")]
-    pub data_type: Spanned<String>,
+    pub data_type: Option<Spanned<String>>,
     pub byte_order: Option<Spanned<String>>,
     pub word_order: Option<Spanned<String>>,
     pub bit: Option<Spanned<i64>>,
@@ -158,4 +160,14 @@ pub struct RawMetric {
     pub max: Option<Spanned<f64>>,
     pub qos: Option<Spanned<i64>>,
     pub retain: Option<Spanned<bool>>,
+    pub pin: Option<Spanned<i64>>,
+    pub direction: Option<Spanned<String>>,
+    pub pull: Option<Spanned<String>>,
+    pub active_low: Option<Spanned<bool>>,
+    pub debounce: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub initial: Option<Spanned<bool>>,
+    pub safe: Option<Spanned<bool>>,
+    pub safe_after: Option<Spanned<String>>,
+    pub sim_toggle: Option<Spanned<String>>,
 }

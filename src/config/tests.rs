@@ -559,3 +559,142 @@ fn broker_tls_keys_go_together_and_an_open_tls_listener_needs_a_decision() {
         );
     }
 }
+
+const PANEL: &str = r#"
+[[device]]
+name = "panel"
+gpio = "cdev"
+chip = "/dev/gpiochip1"
+
+[[device.metric]]
+name = "door"
+pin = 17
+direction = "input"
+pull = "up"
+active_low = true
+
+[[device.metric]]
+name = "water"
+pin = 22
+mode = "counter"
+debounce = "5ms"
+unit = "L"
+
+[[device.metric]]
+name = "light"
+pin = 23
+direction = "output"
+writable = true
+initial = true
+safe = false
+safe_after = "30s"
+"#;
+
+fn with_panel(find: &str, replace: &str) -> String {
+    assert!(PANEL.contains(find), "{find}");
+    format!("{GOOD}{}", PANEL.replacen(find, replace, 1))
+}
+
+#[test]
+fn a_gpio_device_becomes_its_own_bus_and_its_pins_typed_metrics() {
+    let config = Config::from_toml(Path::new("panel.toml"), &format!("{GOOD}{PANEL}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (id, panel) = config.device_by_name("panel").unwrap();
+    assert_eq!(id, 2);
+    let bus = &config.buses[panel.bus];
+    assert_eq!(bus.name, "gpio:panel");
+    assert_eq!(
+        bus.link,
+        LinkKind::Gpio(GpioChip {
+            backend: GpioBackend::Cdev,
+            chip: PathBuf::from("/dev/gpiochip1"),
+        })
+    );
+    let names: Vec<&str> = panel.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["door", "water", "water/rate", "light"]);
+    let types: Vec<DataType> = panel.metrics.iter().map(|m| m.layout.data_type).collect();
+    assert_eq!(
+        types,
+        [DataType::Bool, DataType::U64, DataType::F64, DataType::Bool]
+    );
+    assert_eq!(panel.metrics[2].unit.as_deref(), Some("L/s"));
+    let door = panel.metrics[0].pin.as_ref().unwrap();
+    assert!(door.active_low);
+    assert_eq!(
+        door.role,
+        PinRole::Level(InputLine {
+            pull: Pull::Up,
+            debounce: Duration::from_millis(20),
+            sim_toggle: None,
+        })
+    );
+    assert!(!panel.metrics[0].writable, "inputs are read-only");
+    assert!(panel.metrics[3].writable);
+    assert_eq!(
+        panel.metrics[3].pin.as_ref().unwrap().role,
+        PinRole::Output {
+            initial: true,
+            safe: Some(false),
+            safe_after: Some(Duration::from_secs(30)),
+        }
+    );
+}
+
+#[test]
+fn gpio_mistakes_are_refused_with_their_line() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with_panel("pin = 22", "pin = 17"),
+            "pin 17 is already used by metric \"door\"",
+        ),
+        (
+            with_panel("gpio = \"cdev\"", "gpio = \"wiringpi\""),
+            "unknown gpio \"wiringpi\", expected one of cdev, rppal, sim",
+        ),
+        (
+            with_panel("pull = \"up\"\nactive_low", "initial = true\nactive_low"),
+            "initial does not apply to an input",
+        ),
+        (
+            with_panel("initial = true\nsafe", "pull = \"up\"\nsafe"),
+            "pull does not apply to direction = \"output\"",
+        ),
+        (
+            with_panel("active_low = true", "active_low = true\nwritable = true"),
+            "an input pin is read-only",
+        ),
+        (
+            with_panel("safe = false\n", ""),
+            "safe_after needs safe = true or false",
+        ),
+        (with_panel("pin = 23\n", ""), "a GPIO metric needs pin"),
+        (
+            with_panel("pin = 17\n", "pin = 17\ntable = \"coil\"\n"),
+            "table applies only to Modbus metrics",
+        ),
+        (
+            with_panel(
+                "chip = \"/dev/gpiochip1\"",
+                "chip = \"/dev/gpiochip1\"\nunit = 3",
+            ),
+            "unit applies only to Modbus devices",
+        ),
+        (
+            with_panel("gpio = \"cdev\"\nchip", "gpio = \"sim\"\nchip"),
+            "chip applies only to gpio = \"cdev\"",
+        ),
+        (
+            with_panel("mode = \"counter\"", "mode = \"pulses\""),
+            "expected one of level, counter",
+        ),
+    ];
+    for (text, expected) in cases {
+        let errors = errors(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(expected) && e.contains("meter1.toml:")),
+            "expected {expected:?} with file:line, got {errors:#?}"
+        );
+    }
+}

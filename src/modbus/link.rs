@@ -227,7 +227,9 @@ impl Link {
     fn gap(&self) -> Duration {
         let silent = match &self.bus.link {
             LinkKind::Rtu(line) => line.silent_interval(),
-            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } => Duration::ZERO,
+            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } | LinkKind::Gpio(_) => {
+                Duration::ZERO
+            }
         };
         silent + self.bus.turnaround
     }
@@ -281,6 +283,7 @@ async fn open(bus: &Bus) -> Result<Context, String> {
             let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
             Ok(rtu::attach(port))
         }
+        LinkKind::Gpio(_) => Err("a GPIO device has no Modbus link".into()),
     }
 }
 

@@ -290,6 +290,11 @@ impl EdgeNode {
         }
     }
 
+    /// Whether the node is born in this session (with a primary host: while it is online).
+    pub fn online(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.born)
+    }
+
     /// Whether DDATA may go out for `device`: it and the node are born in this session.
     pub fn ready(&self, device: DeviceId) -> bool {
         self.device_born(device)
