@@ -1,8 +1,10 @@
-//! `fieldmq demo`: a simulated three-phase meter on a local Modbus TCP port,
-//! polled by the real engine, so the gateway can be watched working on a
-//! laptop with no hardware and no config file.
+//! `fieldmq demo`: a simulated three-phase meter on a local Modbus TCP port
+//! and a simulated GPIO panel, run by the real engine and published into the
+//! embedded broker in both profiles, so the gateway can be watched working on
+//! a laptop with no hardware and no config file.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -16,17 +18,43 @@ const UNIT: u8 = 1;
 /// How often the simulated meter's readings move.
 const TICK: Duration = Duration::from_millis(500);
 
-/// The device map the demo polls: the meter, as an SDM630-like map; the
-/// values go into the embedded broker on `broker`.
-pub fn config_text(address: SocketAddr, broker: SocketAddr) -> String {
+/// The demo's Sparkplug uplink logs in to the embedded broker as this user.
+pub const UPLINK_USER: &str = "sparkplug";
+
+/// The demo's configuration: the meter on `address` and a simulated GPIO
+/// panel, published into the embedded broker on `broker` twice: as plain
+/// JSON by the broker's own feed, and as Sparkplug B by the uplink, which
+/// logs in to that same broker as [`UPLINK_USER`] with the password in
+/// `data_dir/uplink.pass` (the caller writes it).
+pub fn config_text(address: SocketAddr, broker: SocketAddr, data_dir: &Path) -> String {
+    let data_dir = data_dir.display();
     let mut text = format!(
         r#"
 [node]
 group_id = "demo"
 node_id = "fieldmq-demo"
+data_dir = "{data_dir}"
+stats_interval = "10s"
+
+[upstream]
+url = "mqtt://{broker}"
+profile = "sparkplug"
+client_id = "fieldmq-demo-sparkplug"
+username = "{UPLINK_USER}"
+password_file = "{data_dir}/uplink.pass"
+keep_alive = "10s"
+max_backoff = "2s"
 
 [broker]
 listen = "{broker}"
+# Anyone on this machine may read everything and switch the relay, nothing else.
+anonymous_publish = ["demo/fieldmq-demo/panel/relay/set"]
+
+[[broker.user]]
+name = "{UPLINK_USER}"
+password_file = "{data_dir}/uplink.pass"
+publish = ["spBv1.0/#"]
+subscribe = ["spBv1.0/#"]
 
 [[bus]]
 name = "sim"
@@ -56,8 +84,40 @@ poll = "1s"
         ));
     }
     text.push_str("\n[[device.metric]]\nname = \"status/running\"\ntable = \"holding\"\naddress = 0\ntype = \"bool\"\nbit = 0\n");
+    text.push_str(PANEL);
     text
 }
+
+/// A simulated GPIO panel: a door contact that opens and closes, a water
+/// meter's pulse output, and a relay that commands may switch.
+const PANEL: &str = r#"
+[[device]]
+name = "panel"
+gpio = "sim"
+poll = "2s"
+
+[[device.metric]]
+name = "door_closed"
+pin = 17
+pull = "up"
+active_low = true
+sim_toggle = "7s"
+
+[[device.metric]]
+name = "water"
+pin = 22
+mode = "counter"
+debounce = "5ms"
+unit = "L"
+sim_toggle = "300ms"
+
+[[device.metric]]
+name = "relay"
+pin = 23
+direction = "output"
+writable = true
+safe = false
+"#;
 
 /// Moves the meter's readings until `shutdown`: voltages wander around
 /// 230 V, the load follows a slow cycle, energy accumulates, and the running

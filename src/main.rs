@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run against a simulated meter served on a local Modbus TCP port; no hardware or config needed.
+    /// Run a simulated meter (Modbus TCP) and GPIO panel into the embedded broker, in both profiles; no hardware or config needed.
     Demo {
         /// Where the simulated meter listens (Modbus TCP).
         #[arg(long, default_value = "127.0.0.1:5020")]
@@ -136,24 +136,38 @@ async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode
     // Give the meter its first readings before the first poll.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let server = tokio::spawn(sim.serve_tcp(listener));
-    let text = fieldmq::demo::config_text(address, broker);
+    // State (bdSeq, the buffer, counter totals) and the uplink's password
+    // live in a directory of this run, removed at the end.
+    let data_dir = std::env::temp_dir().join(format!("fieldmq-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let password = format!("{:016x}", fastrand::u64(..));
+    std::fs::write(data_dir.join("uplink.pass"), password)
+        .with_context(|| format!("cannot write to {}", data_dir.display()))?;
+    let text = fieldmq::demo::config_text(address, broker, &data_dir);
     let config =
         Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
+    let (host, port) = (broker.ip(), broker.port());
     say!(
         "fieldmq demo: a simulated meter serves Modbus TCP on {address}; polling it every second."
     );
     say!("  any Modbus client can read it too: unit 1, input registers 0.. (f32, big-endian)");
-    say!("  live values in the embedded MQTT broker on {broker}:");
+    say!("  a simulated GPIO panel: a door contact, a water meter's pulses, a relay");
+    say!("  live values in the embedded MQTT broker on {broker}, as plain JSON:");
+    say!("    mosquitto_sub -h {host} -p {port} -t 'demo/fieldmq-demo/#' -v");
+    say!("  and as Sparkplug B (protobuf):");
+    say!("    mosquitto_sub -h {host} -p {port} -t 'spBv1.0/demo/#' -v");
     say!(
-        "    mosquitto_sub -h {} -p {} -t 'demo/fieldmq-demo/#' -v",
-        broker.ip(),
-        broker.port()
+        "  switch the relay: mosquitto_pub -h {host} -p {port} -t 'demo/fieldmq-demo/panel/relay/set' -m true"
     );
     say!("  stop with Ctrl-C");
     let code = run(config).await;
     stop_meter.cancel();
     server.abort();
     let _ = animation.await;
+    if let Err(e) = std::fs::remove_dir_all(&data_dir) {
+        tracing::warn!(dir = %data_dir.display(), error = %e, "cannot remove the demo's state");
+    }
     code
 }
 

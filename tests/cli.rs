@@ -221,3 +221,78 @@ async fn run_logs_samples_and_stops_cleanly_on_sigterm() {
     );
     meter.server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
+    use fieldmq::sparkplug::proto::payload::metric;
+    use prost::Message as _;
+    use support::mqtt::{Gateway, Peer, free_port};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "demo",
+        "--listen",
+        &listen,
+        "--modbus-listen",
+        "127.0.0.1:0",
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let demo = Gateway::spawn(&args, dir.path(), "demo");
+    let port: u16 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut local = Peer::connect(port, "watcher", &["demo/#", "spBv1.0/#"]).await;
+    // Anonymous clients may read everything but only switch the relay: a
+    // rebirth request is dropped by the broker's ACL.
+    local
+        .publish(
+            "spBv1.0/demo/NCMD/fieldmq-demo",
+            fieldmq::sparkplug::proto::Payload {
+                metrics: vec![fieldmq::sparkplug::proto::payload::Metric {
+                    name: Some("Node Control/Rebirth".into()),
+                    value: Some(metric::Value::BooleanValue(true)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            false,
+        )
+        .await;
+    let got = local.collect_for(Duration::from_secs(4)).await;
+    let topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
+    for wanted in [
+        "demo/fieldmq-demo/meter/voltage/L1",
+        "demo/fieldmq-demo/panel/water",
+        "spBv1.0/demo/DDATA/fieldmq-demo/meter",
+        "spBv1.0/demo/DDATA/fieldmq-demo/panel",
+    ] {
+        assert!(
+            topics.contains(&wanted),
+            "{wanted} in {topics:?}\n{}",
+            demo.log()
+        );
+    }
+    let relay_set = "demo/fieldmq-demo/panel/relay/set";
+    assert!(
+        !topics.contains(&"spBv1.0/demo/DBIRTH/fieldmq-demo/panel"),
+        "anonymous clients may not send NCMD: {topics:?}"
+    );
+    local.publish(relay_set, b"true".to_vec(), false).await;
+    let relay = local
+        .next_on("demo/fieldmq-demo/panel/relay", Duration::from_secs(5))
+        .await;
+    assert!(relay.text().contains("\"value\":true"), "{}", relay.text());
+    assert!(demo.terminate().await.success());
+}

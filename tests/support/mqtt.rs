@@ -246,11 +246,16 @@ pub struct Gateway {
 impl Gateway {
     /// Runs `fieldmq run -c config` with its log in `dir`/`name`.log.
     pub fn run(config: &Path, dir: &Path, name: &str) -> Gateway {
+        let config = config.as_os_str();
+        Gateway::spawn(&["run".as_ref(), "-c".as_ref(), config], dir, name)
+    }
+
+    /// Runs `fieldmq <args>` with its log in `dir`/`name`.log.
+    pub fn spawn(args: &[&std::ffi::OsStr], dir: &Path, name: &str) -> Gateway {
         let stderr = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&stderr).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fieldmq"))
-            .args(["run", "-c"])
-            .arg(config)
+            .args(args)
             .env("RUST_LOG", "info,fieldmq=debug,tokio_modbus=warn")
             .stdout(Stdio::null())
             .stderr(log)
