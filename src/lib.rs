@@ -31,7 +31,8 @@
 //! - [`buffer`]: the store-and-forward disk queue (segment log) and the stored sample format.
 //! - [`forward`]: store-and-forward: what waits on disk, the replay window, the paced drain.
 //! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
-//! - [`demo`]: the simulated meter behind `fieldmq demo`.
+//! - [`demo`]: the simulated meter and GPIO panel behind `fieldmq demo`.
+//! - [`tail`]: `fieldmq tail`'s decoding of Sparkplug B (names from births) into readable lines; pure.
 //! - [`backoff`]: exponential backoff with jitter.
 
 pub mod backoff;
@@ -56,4 +57,5 @@ pub mod publisher;
 pub mod simulator;
 pub mod sparkplug;
 pub mod stats;
+pub mod tail;
 pub mod value;

@@ -65,6 +65,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print MQTT traffic readably: Sparkplug B decoded, one line per metric; other payloads as text.
+    Tail {
+        /// The server (mqtt://host:port); default the local broker.
+        #[arg(
+            long,
+            default_value = "mqtt://127.0.0.1:1883",
+            conflicts_with = "config"
+        )]
+        url: String,
+        /// Connect the way this config's [upstream] does (first server, TLS, credentials).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// User name for --url.
+        #[arg(long, requires = "password_file")]
+        username: Option<String>,
+        /// File holding the password for --username.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Topic filters; default all topics.
+        filters: Vec<String>,
+    },
     /// Run a simulated meter (Modbus TCP) and GPIO panel into the embedded broker, in both profiles; no hardware or config needed.
     Demo {
         /// Where the simulated meter listens (Modbus TCP).
@@ -96,6 +117,22 @@ fn main() -> ExitCode {
             modbus_listen,
             listen,
         } => runtime().and_then(|rt| rt.block_on(demo(modbus_listen, listen))),
+        Command::Tail {
+            url,
+            config,
+            username,
+            password_file,
+            filters,
+        } => {
+            let options = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(config) => tail_options_from(&config),
+                    Err(e) => return config_error(&path, &e),
+                },
+                None => tail_options(&url, username, password_file.as_deref()),
+            };
+            options.and_then(|o| runtime()?.block_on(tail(o, filters)))
+        }
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("fieldmq: {e:#}");
@@ -169,6 +206,112 @@ async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode
         tracing::warn!(dir = %data_dir.display(), error = %e, "cannot remove the demo's state");
     }
     code
+}
+
+/// A client id of its own, so tailing never takes over the gateway's session.
+fn tail_client_id() -> String {
+    format!("fieldmq-tail-{}", std::process::id())
+}
+
+fn tail_options(
+    url: &str,
+    username: Option<String>,
+    password_file: Option<&Path>,
+) -> anyhow::Result<rumqttc::MqttOptions> {
+    let server = fieldmq::config::parse_url(url).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !server.tls,
+        "{url}: for mqtts:// use --config with the [upstream] TLS settings"
+    );
+    let mut options = rumqttc::MqttOptions::new(tail_client_id(), server.host, server.port);
+    if let (Some(user), Some(file)) = (username, password_file) {
+        let password = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        options.set_credentials(user, password.trim_end());
+    }
+    Ok(options)
+}
+
+fn tail_options_from(config: &Config) -> anyhow::Result<rumqttc::MqttOptions> {
+    let mut upstream = config
+        .upstream
+        .clone()
+        .with_context(|| format!("{} has no [upstream]", config.path.display()))?;
+    upstream.client_id = tail_client_id();
+    upstream.clean_session = true;
+    let server = upstream
+        .servers
+        .first()
+        .context("[upstream] has no server")?;
+    let tls = fieldmq::mqtt::options::tls_config(&upstream)?;
+    Ok(fieldmq::mqtt::options::mqtt_options(
+        &upstream,
+        server,
+        tls.as_ref(),
+    ))
+}
+
+/// Subscribes and prints until Ctrl-C; reconnects (and subscribes again) on its own.
+async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow::Result<ExitCode> {
+    use rumqttc::{Event, Packet, QoS, SubscribeFilter};
+    options
+        .set_keep_alive(std::time::Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(16 << 20, 1 << 20);
+    let filters = if filters.is_empty() {
+        vec!["#".to_owned()]
+    } else {
+        filters
+    };
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    let mut decoder = fieldmq::tail::Tail::new();
+    let mut failing = false;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failing = false;
+                let subs = filters
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
+                client
+                    .try_subscribe_many(subs)
+                    .context("cannot queue the subscription")?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                for line in decoder.lines(&p.topic, &p.payload) {
+                    say!("{now} {line}");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    eprintln!("fieldmq tail: the server refused a subscription");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !failing {
+                    eprintln!("fieldmq tail: {e}; retrying");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing() {

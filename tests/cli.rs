@@ -296,3 +296,51 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
     assert!(relay.text().contains("\"value\":true"), "{}", relay.text());
     assert!(demo.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births() {
+    use support::mqtt::{Gateway, free_port};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    // Started before the demo, tail retries until the broker is up and then
+    // sees the births, so data by alias gets its names.
+    let tail = fieldmq()
+        .args(["tail", "--url", &format!("mqtt://{listen}"), "spBv1.0/#"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tail");
+    let args = [
+        "demo",
+        "--listen",
+        &listen,
+        "--modbus-listen",
+        "127.0.0.1:0",
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let demo = Gateway::spawn(&args, dir.path(), "demo");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(demo.terminate().await.success());
+    // tail keeps retrying without a broker; Ctrl-C ends it.
+    if let Some(pid) = tail.id() {
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    }
+    let out = tokio::time::timeout(Duration::from_secs(5), tail.wait_with_output())
+        .await
+        .expect("tail stops on SIGINT")
+        .expect("tail output");
+    assert!(out.status.success());
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    for wanted in [
+        "NBIRTH demo/fieldmq-demo seq=0  bdSeq = ",
+        "DBIRTH demo/fieldmq-demo/meter seq=",
+        "voltage/L1 = ",
+        " V",
+        "DBIRTH demo/fieldmq-demo/panel seq=",
+        "water = ",
+        "NDEATH demo/fieldmq-demo",
+    ] {
+        assert!(out.contains(wanted), "{wanted:?} in:\n{out}");
+    }
+    assert!(!out.contains("no birth seen"), "{out}");
+}

@@ -1,0 +1,239 @@
+//! `fieldmq tail`: MQTT messages as lines an engineer can read. Sparkplug B
+//! payloads are decoded, one line per metric, with names resolved from the
+//! births seen (data messages carry aliases only); anything else is printed
+//! as its text. Pure: it takes a topic and payload and returns lines.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+
+use crate::sparkplug::proto::Payload;
+use crate::sparkplug::proto::payload::{Metric, metric, property_value};
+use crate::sparkplug::topic::{MessageType, Topic};
+
+/// What a birth said about one metric.
+#[derive(Debug, Clone)]
+struct Known {
+    name: String,
+    datatype: Option<u32>,
+    unit: Option<String>,
+}
+
+/// The metrics each edge node and device announced in its last birth.
+#[derive(Debug, Default)]
+pub struct Tail {
+    /// By (group, node, device): metrics by alias and by name.
+    births: HashMap<(String, String, Option<String>), Births>,
+}
+
+#[derive(Debug, Default)]
+struct Births {
+    by_alias: HashMap<u64, Known>,
+    by_name: HashMap<String, Known>,
+}
+
+impl Tail {
+    /// A decoder that has seen no birth yet.
+    pub fn new() -> Tail {
+        Tail::default()
+    }
+
+    /// The lines that show one message.
+    pub fn lines(&mut self, topic: &str, payload: &[u8]) -> Vec<String> {
+        let Some(parsed) = Topic::parse(topic) else {
+            return vec![format!("{topic}  {}", String::from_utf8_lossy(payload))];
+        };
+        let kind = parsed.message_type.token();
+        let source = match &parsed.device_id {
+            Some(device) => format!("{}/{}/{device}", parsed.group_id, parsed.node_id),
+            None => format!("{}/{}", parsed.group_id, parsed.node_id),
+        };
+        let decoded = match Payload::decode(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                return vec![format!(
+                    "{kind:<6} {source}  undecodable Sparkplug payload ({} bytes): {e}",
+                    payload.len()
+                )];
+            }
+        };
+        let key = (parsed.group_id, parsed.node_id, parsed.device_id);
+        if matches!(
+            parsed.message_type,
+            MessageType::NBirth | MessageType::DBirth
+        ) {
+            let births = self.births.entry(key.clone()).or_default();
+            *births = Births::default();
+            for m in &decoded.metrics {
+                births.learn(m);
+            }
+        }
+        let seq = decoded
+            .seq
+            .map_or_else(|| "-".to_owned(), |s| s.to_string());
+        let head = format!("{kind:<6} {source} seq={seq}");
+        if decoded.metrics.is_empty() {
+            return vec![head];
+        }
+        let births = self.births.get(&key);
+        decoded
+            .metrics
+            .iter()
+            .map(|m| format!("{head}  {}", describe(m, births)))
+            .collect()
+    }
+}
+
+impl Births {
+    fn learn(&mut self, m: &Metric) {
+        let Some(name) = &m.name else { return };
+        let unit = m.properties.as_ref().and_then(|p| {
+            let i = p.keys.iter().position(|k| k == "engUnit")?;
+            match p.values.get(i)?.value.as_ref()? {
+                property_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }
+        });
+        let known = Known {
+            name: name.clone(),
+            datatype: m.datatype,
+            unit,
+        };
+        if let Some(alias) = m.alias {
+            self.by_alias.insert(alias, known.clone());
+        }
+        self.by_name.insert(name.clone(), known);
+    }
+}
+
+/// `name = value unit`, flagged historical, null or of unknown alias.
+fn describe(m: &Metric, births: Option<&Births>) -> String {
+    let known = births.and_then(|b| {
+        m.alias
+            .and_then(|a| b.by_alias.get(&a))
+            .or_else(|| m.name.as_ref().and_then(|n| b.by_name.get(n)))
+    });
+    let name = match (&m.name, known, m.alias) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(k), _) => k.name.clone(),
+        (None, None, Some(alias)) => format!("alias {alias} (no birth seen)"),
+        (None, None, None) => "(unnamed)".to_owned(),
+    };
+    let datatype = m.datatype.or(known.and_then(|k| k.datatype));
+    let value = match &m.value {
+        _ if m.is_null == Some(true) => "null".to_owned(),
+        Some(v) => value_text(v, datatype),
+        None => "null".to_owned(),
+    };
+    let unit = known
+        .and_then(|k| k.unit.as_deref())
+        .map_or_else(String::new, |u| format!(" {u}"));
+    let historical = if m.is_historical == Some(true) {
+        "  (historical)"
+    } else {
+        ""
+    };
+    format!("{name} = {value}{unit}{historical}")
+}
+
+/// A value as its datatype says to read it: small signed integers travel as
+/// two's complement in a u32, Int64 in a u64.
+fn value_text(v: &metric::Value, datatype: Option<u32>) -> String {
+    use metric::Value as F;
+    match (v, datatype) {
+        (F::IntValue(n), Some(1)) => (*n as i8).to_string(),
+        (F::IntValue(n), Some(2)) => (*n as i16).to_string(),
+        (F::IntValue(n), Some(3)) => n.cast_signed().to_string(),
+        (F::LongValue(n), Some(4)) => n.cast_signed().to_string(),
+        (F::IntValue(n), _) => n.to_string(),
+        (F::LongValue(n), _) => n.to_string(),
+        (F::FloatValue(x), _) => x.to_string(),
+        (F::DoubleValue(x), _) => x.to_string(),
+        (F::BooleanValue(b), _) => b.to_string(),
+        (F::StringValue(s), _) => format!("{s:?}"),
+        (F::BytesValue(b), _) => format!("{} bytes", b.len()),
+        (other, _) => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::proto::payload::{PropertySet, PropertyValue};
+
+    fn metric(name: Option<&str>, alias: u64, value: metric::Value) -> Metric {
+        Metric {
+            name: name.map(str::to_owned),
+            alias: Some(alias),
+            value: Some(value),
+            ..Metric::default()
+        }
+    }
+
+    #[test]
+    fn data_by_alias_is_named_from_the_birth_with_unit_sign_and_historical_flag() {
+        let mut tail = Tail::new();
+        let mut voltage = metric(Some("voltage/L1"), 16, metric::Value::FloatValue(230.5));
+        voltage.datatype = Some(9);
+        voltage.properties = Some(PropertySet {
+            keys: vec!["engUnit".into()],
+            values: vec![PropertyValue {
+                r#type: Some(12),
+                value: Some(property_value::Value::StringValue("V".into())),
+                ..PropertyValue::default()
+            }],
+        });
+        let mut delta = metric(Some("delta"), 17, metric::Value::IntValue(0));
+        delta.datatype = Some(2);
+        let birth = Payload {
+            seq: Some(1),
+            metrics: vec![voltage, delta],
+            ..Payload::default()
+        };
+        let lines = tail.lines("spBv1.0/g/DBIRTH/n/meter", &birth.encode_to_vec());
+        assert_eq!(lines[0], "DBIRTH g/n/meter seq=1  voltage/L1 = 230.5 V");
+        let mut late = metric(None, 17, metric::Value::IntValue((-2i32).cast_unsigned()));
+        late.is_historical = Some(true);
+        let data = Payload {
+            seq: Some(2),
+            metrics: vec![metric(None, 16, metric::Value::FloatValue(231.0)), late],
+            ..Payload::default()
+        };
+        let lines = tail.lines("spBv1.0/g/DDATA/n/meter", &data.encode_to_vec());
+        assert_eq!(
+            lines,
+            [
+                "DDATA  g/n/meter seq=2  voltage/L1 = 231 V",
+                "DDATA  g/n/meter seq=2  delta = -2  (historical)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_aliases_plain_topics_and_garbage_are_shown_not_dropped() {
+        let mut tail = Tail::new();
+        let data = Payload {
+            seq: Some(3),
+            metrics: vec![metric(None, 40, metric::Value::BooleanValue(true))],
+            ..Payload::default()
+        };
+        assert_eq!(
+            tail.lines("spBv1.0/g/DDATA/n/panel", &data.encode_to_vec()),
+            ["DDATA  g/n/panel seq=3  alias 40 (no birth seen) = true"]
+        );
+        assert_eq!(
+            tail.lines("site/gw/panel/door", br#"{"value":true}"#),
+            [r#"site/gw/panel/door  {"value":true}"#]
+        );
+        let garbage = tail.lines("spBv1.0/g/NDATA/n", &[0xFF, 0xFF, 0xFF]);
+        assert!(
+            garbage[0].starts_with("NDATA  g/n  undecodable Sparkplug payload (3 bytes)"),
+            "{garbage:?}"
+        );
+        let death = Payload::default();
+        assert_eq!(
+            tail.lines("spBv1.0/g/DDEATH/n/panel", &death.encode_to_vec()),
+            ["DDEATH g/n/panel seq=-"]
+        );
+    }
+}
