@@ -296,6 +296,8 @@ async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
                     eprintln!("fieldmq tail: the server refused a subscription");
+                } else {
+                    eprintln!("fieldmq tail: subscribed to {}", filters.join(" "));
                 }
             }
             Ok(_) => {}

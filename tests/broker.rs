@@ -816,22 +816,10 @@ async fn raw_mqtt5_publish(port: u16, len: usize) -> bool {
 async fn with_the_sparkplug_profile_a_local_host_gets_births_data_and_may_command() {
     use fieldmq::sparkplug::proto::Payload;
     use fieldmq::sparkplug::proto::payload::{Metric, metric};
-    use prost::Message as _;
     let (_dir, gateway, port, sim) = start(&format!("profile = \"sparkplug\"\n{OPEN}"), None).await;
     let mut host =
         support::mqtt::Peer::connect(port, "local-host", &["spBv1.0/#", "plant/#"]).await;
-    let command = |name: &str, value: metric::Value| {
-        Payload {
-            timestamp: Some(fieldmq::value::now_ms()),
-            metrics: vec![Metric {
-                name: Some(name.into()),
-                value: Some(value),
-                ..Metric::default()
-            }],
-            ..Payload::default()
-        }
-        .encode_to_vec()
-    };
+    let command = support::mqtt::sparkplug_command;
     let named = |p: &Payload, name: &str| -> Metric {
         p.metrics
             .iter()

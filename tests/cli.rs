@@ -222,22 +222,20 @@ async fn run_logs_samples_and_stops_cleanly_on_sigterm() {
     meter.server.abort();
 }
 
+/// `fieldmq demo` with its broker on `listen` and the meter on any free port.
+fn start_demo(dir: &Path, listen: &str) -> support::mqtt::Gateway {
+    let args = ["demo", "--listen", listen, "--modbus-listen", "127.0.0.1:0"];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    support::mqtt::Gateway::spawn(&args, dir, "demo")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
     use fieldmq::sparkplug::proto::payload::metric;
-    use prost::Message as _;
-    use support::mqtt::{Gateway, Peer, free_port};
+    use support::mqtt::{Peer, free_port};
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
-    let args = [
-        "demo",
-        "--listen",
-        &listen,
-        "--modbus-listen",
-        "127.0.0.1:0",
-    ];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    let demo = Gateway::spawn(&args, dir.path(), "demo");
+    let demo = start_demo(dir.path(), &listen);
     let port: u16 = listen
         .rsplit(':')
         .next()
@@ -253,23 +251,6 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut local = Peer::connect(port, "watcher", &["demo/#", "spBv1.0/#"]).await;
-    // Anonymous clients may read everything but only switch the relay: a
-    // rebirth request is dropped by the broker's ACL.
-    local
-        .publish(
-            "spBv1.0/demo/NCMD/fieldmq-demo",
-            fieldmq::sparkplug::proto::Payload {
-                metrics: vec![fieldmq::sparkplug::proto::payload::Metric {
-                    name: Some("Node Control/Rebirth".into()),
-                    value: Some(metric::Value::BooleanValue(true)),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }
-            .encode_to_vec(),
-            false,
-        )
-        .await;
     let got = local.collect_for(Duration::from_secs(4)).await;
     let topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
     for wanted in [
@@ -284,11 +265,26 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
             demo.log()
         );
     }
-    let relay_set = "demo/fieldmq-demo/panel/relay/set";
+    // Anonymous clients may read everything but only switch the relay: a
+    // rebirth request is dropped by the broker's ACL.
+    local
+        .publish(
+            "spBv1.0/demo/NCMD/fieldmq-demo",
+            support::mqtt::sparkplug_command(
+                "Node Control/Rebirth",
+                metric::Value::BooleanValue(true),
+            ),
+            false,
+        )
+        .await;
+    let after = local.collect_for(Duration::from_secs(2)).await;
     assert!(
-        !topics.contains(&"spBv1.0/demo/DBIRTH/fieldmq-demo/panel"),
-        "anonymous clients may not send NCMD: {topics:?}"
+        !after
+            .iter()
+            .any(|m| m.topic == "spBv1.0/demo/NBIRTH/fieldmq-demo"),
+        "anonymous clients may not send NCMD"
     );
+    let relay_set = "demo/fieldmq-demo/panel/relay/set";
     local.publish(relay_set, b"true".to_vec(), false).await;
     let relay = local
         .next_on("demo/fieldmq-demo/panel/relay", Duration::from_secs(5))
@@ -299,29 +295,63 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births() {
-    use support::mqtt::{Gateway, free_port};
+    use support::mqtt::{Gateway, Mosquitto};
+    use tokio::io::AsyncBufReadExt as _;
+    let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let listen = format!("127.0.0.1:{}", free_port());
-    // Started before the demo, tail retries until the broker is up and then
-    // sees the births, so data by alias gets its names.
-    let tail = fieldmq()
-        .args(["tail", "--url", &format!("mqtt://{listen}"), "spBv1.0/#"])
+    let mut tail = fieldmq()
+        .args(["tail", "--url", &broker.url(), "spBv1.0/#"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start tail");
-    let args = [
-        "demo",
-        "--listen",
-        &listen,
-        "--modbus-listen",
-        "127.0.0.1:0",
-    ];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    let demo = Gateway::spawn(&args, dir.path(), "demo");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(demo.terminate().await.success());
-    // tail keeps retrying without a broker; Ctrl-C ends it.
+    let mut status = tokio::io::BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = status.next_line().await {
+            if line.contains("subscribed to spBv1.0/#") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("tail subscribes");
+    // The gateway starts after tail, so tail sees its births.
+    let config = format!(
+        r#"
+[node]
+group_id = "plant"
+node_id = "gw"
+data_dir = "{}"
+
+[upstream]
+url = "{}"
+
+[broker]
+enabled = false
+
+[[device]]
+name = "panel"
+gpio = "sim"
+poll = "500ms"
+
+[[device.metric]]
+name = "water"
+pin = 1
+mode = "counter"
+debounce = "5ms"
+sim_toggle = "50ms"
+unit = "L"
+"#,
+        dir.path().join("data").display(),
+        broker.url()
+    );
+    let path = write_config(dir.path(), "gw.toml", &config);
+    let gateway = Gateway::run(&path, dir.path(), "gw");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(gateway.terminate().await.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // tail runs until Ctrl-C.
     if let Some(pid) = tail.id() {
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
     }
@@ -332,13 +362,11 @@ async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births
     assert!(out.status.success());
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     for wanted in [
-        "NBIRTH demo/fieldmq-demo seq=0  bdSeq = ",
-        "DBIRTH demo/fieldmq-demo/meter seq=",
-        "voltage/L1 = ",
-        " V",
-        "DBIRTH demo/fieldmq-demo/panel seq=",
-        "water = ",
-        "NDEATH demo/fieldmq-demo",
+        "NBIRTH plant/gw seq=0  bdSeq = ",
+        "DBIRTH plant/gw/panel seq=1  water = 0 L",
+        "water/rate = 0 L/s",
+        "DDATA  plant/gw/panel seq=",
+        "NDEATH plant/gw seq=-  bdSeq = ",
     ] {
         assert!(out.contains(wanted), "{wanted:?} in:\n{out}");
     }

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use fieldmq::sparkplug::proto::Payload;
 use fieldmq::sparkplug::proto::payload::{Metric, metric};
-use prost::Message as _;
 use serde_json::Value;
-use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port};
+use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port, sparkplug_command as command};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -178,19 +177,6 @@ unit = "pulse"
     let later = local.next_on("site/gw/panel/water", 5 * SECOND).await;
     assert!(json(&later)["value"].as_u64() > Some(saved));
     gateway.terminate().await;
-}
-
-fn command(name: &str, on: metric::Value) -> Vec<u8> {
-    Payload {
-        timestamp: Some(fieldmq::value::now_ms()),
-        metrics: vec![Metric {
-            name: Some(name.into()),
-            value: Some(on),
-            ..Metric::default()
-        }],
-        ..Payload::default()
-    }
-    .encode_to_vec()
 }
 
 fn named<'a>(payload: &'a Payload, name: &str) -> Option<&'a Metric> {

@@ -156,15 +156,9 @@ impl Checker<'_> {
             ("byte_order", raw.byte_order.as_ref().map(Spanned::span)),
             ("word_order", raw.word_order.as_ref().map(Spanned::span)),
         ];
-        for (key, span) in modbus_only {
-            if let Some(span) = span {
-                self.error(
-                    span,
-                    &ctx,
-                    format!("{key} applies only to Modbus devices, not gpio = \"...\""),
-                );
-            }
-        }
+        self.refuse_present(&ctx, &modbus_only, |key| {
+            format!("{key} applies only to Modbus devices, not gpio = \"...\"")
+        });
         let chip = match (&raw.chip, backend) {
             (Some(c), GpioBackend::Cdev) => base.join(c.get_ref()),
             (Some(c), _) => {
@@ -242,11 +236,11 @@ impl Checker<'_> {
             ("min", raw.min.as_ref().map(Spanned::span)),
             ("max", raw.max.as_ref().map(Spanned::span)),
         ];
-        for (key, span) in register_only {
-            if let Some(span) = span {
-                self.error(span, &ctx, format!("{key} applies only to Modbus metrics; a GPIO metric has pin, direction, mode, ..."));
-            }
-        }
+        self.refuse_present(&ctx, &register_only, |key| {
+            format!(
+                "{key} applies only to Modbus metrics; a GPIO metric has pin, direction, mode, ..."
+            )
+        });
         let pin = match &raw.pin {
             Some(p) => self.int(&ctx, "pin", p, 0, 1023).unwrap_or(0),
             None => {
@@ -280,11 +274,9 @@ impl Checker<'_> {
         } else {
             (output_keys.to_vec(), "an input")
         };
-        for (key, span) in wrong {
-            if let Some(span) = span {
-                self.error(span, &ctx, format!("{key} does not apply to {role_name}"));
-            }
-        }
+        self.refuse_present(&ctx, &wrong, |key| {
+            format!("{key} does not apply to {role_name}")
+        });
         let writable = raw.writable.as_ref().is_some_and(|w| *w.get_ref());
         if let (false, true, Some(w)) = (output, writable, &raw.writable) {
             self.error(

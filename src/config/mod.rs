@@ -376,6 +376,20 @@ const PARITIES: [(&str, Parity); 3] = [
 const BUS_KINDS: [&str; 3] = ["tcp", "rtu", "rtu-over-tcp"];
 
 impl Checker<'_> {
+    /// An error at each key of `keys` that was written, saying why it does not belong there.
+    fn refuse_present(
+        &mut self,
+        context: &str,
+        keys: &[(&str, Option<Range<usize>>)],
+        why: impl Fn(&str) -> String,
+    ) {
+        for (key, span) in keys {
+            if let Some(span) = span {
+                self.error(span.clone(), context, why(key));
+            }
+        }
+    }
+
     fn error(&mut self, span: Range<usize>, context: &str, message: String) {
         self.error_at(line_of(self.text, span.start), context, message);
     }
@@ -628,11 +642,9 @@ impl Checker<'_> {
         ];
         let link = match kind {
             "tcp" | "rtu-over-tcp" => {
-                for (key, span) in serial_keys {
-                    if let Some(span) = span {
-                        self.error(span, &ctx, format!("{key} applies only to kind = \"rtu\""));
-                    }
-                }
+                self.refuse_present(&ctx, &serial_keys, |key| {
+                    format!("{key} applies only to kind = \"rtu\"")
+                });
                 let address = match &raw.address {
                     Some(a) => self.address(&ctx, a),
                     None => {
@@ -905,15 +917,9 @@ impl Checker<'_> {
             ("safe_after", raw.safe_after.as_ref().map(Spanned::span)),
             ("sim_toggle", raw.sim_toggle.as_ref().map(Spanned::span)),
         ];
-        for (key, span) in gpio_only {
-            if let Some(span) = span {
-                self.error(
-                    span,
-                    &ctx,
-                    format!("{key} applies only to GPIO devices (gpio = \"...\")"),
-                );
-            }
-        }
+        self.refuse_present(&ctx, &gpio_only, |key| {
+            format!("{key} applies only to GPIO devices (gpio = \"...\")")
+        });
         let raw_table = self.required(&ctx, "table", &raw.table, &raw.name, "holding".into());
         let raw_type = self.required(&ctx, "type", &raw.data_type, &raw.name, "u16".into());
         let raw_address = self.required(&ctx, "address", &raw.address, &raw.name, 0);

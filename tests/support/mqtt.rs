@@ -106,6 +106,23 @@ impl Mosquitto {
     }
 }
 
+/// A Sparkplug command (NCMD/DCMD) payload setting one metric, by name.
+pub fn sparkplug_command(
+    name: &str,
+    value: fieldmq::sparkplug::proto::payload::metric::Value,
+) -> Vec<u8> {
+    Payload {
+        timestamp: Some(fieldmq::value::now_ms()),
+        metrics: vec![fieldmq::sparkplug::proto::payload::Metric {
+            name: Some(name.into()),
+            value: Some(value),
+            ..Default::default()
+        }],
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
 /// One message as a subscriber saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
