@@ -508,6 +508,10 @@ fn client5(options: rumqttc::v5::MqttOptions) -> Client5 {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     let _ = ack_tx.send(c);
                 }
+                // Nothing more is read, so nothing more acknowledged, once
+                // the DISCONNECT is out: what arrives later stays the
+                // session's to send again.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
                     let _ = fail_tx.send(Some(e.to_string()));
@@ -551,8 +555,11 @@ impl Client5 {
     /// Disconnects cleanly and waits until the broker has seen it.
     async fn leave(self) {
         self.client.disconnect().await.expect("disconnect");
+        tokio::time::timeout(5 * SECOND, self.task)
+            .await
+            .expect("the DISCONNECT goes out")
+            .expect("client task");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        self.task.abort();
     }
 }
 
