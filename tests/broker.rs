@@ -75,15 +75,10 @@ async fn start(
     let config = dir.path().join("fieldmq.toml");
     std::fs::write(&config, gateway_config(addr, dir.path(), &section)).expect("config");
     let gateway = Gateway::run(&config, dir.path(), "gateway");
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        support::mqtt::wait_for_listener(port).await,
+        "the gateway's broker listens on {port}"
+    );
     (dir, gateway, port, sim)
 }
 
@@ -836,12 +831,7 @@ async fn with_the_sparkplug_profile_a_local_host_gets_births_data_and_may_comman
     };
 
     // A host that connects after the births asks for them again.
-    host.publish(
-        "spBv1.0/plant/NCMD/gw",
-        command("Node Control/Rebirth", metric::Value::BooleanValue(true)),
-        false,
-    )
-    .await;
+    host.request_rebirth("plant", "gw").await;
     let nbirth = host
         .next_on("spBv1.0/plant/NBIRTH/gw", 5 * SECOND)
         .await

@@ -231,7 +231,6 @@ fn start_demo(dir: &Path, listen: &str) -> support::mqtt::Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
-    use fieldmq::sparkplug::proto::payload::metric;
     use support::mqtt::{Peer, free_port};
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -241,15 +240,10 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("port");
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        support::mqtt::wait_for_listener(port).await,
+        "the gateway's broker listens on {port}"
+    );
     let mut local = Peer::connect(port, "watcher", &["demo/#", "spBv1.0/#"]).await;
     let got = local.collect_for(Duration::from_secs(4)).await;
     let topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
@@ -267,16 +261,7 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
     }
     // Anonymous clients may read everything but only switch the relay: a
     // rebirth request is dropped by the broker's ACL.
-    local
-        .publish(
-            "spBv1.0/demo/NCMD/fieldmq-demo",
-            support::mqtt::sparkplug_command(
-                "Node Control/Rebirth",
-                metric::Value::BooleanValue(true),
-            ),
-            false,
-        )
-        .await;
+    local.request_rebirth("demo", "fieldmq-demo").await;
     let after = local.collect_for(Duration::from_secs(2)).await;
     assert!(
         !after

@@ -51,15 +51,10 @@ fn start(dir: &Path, text: &str, name: &str) -> Gateway {
 
 /// A client of the embedded broker, once it accepts connections.
 async fn peer(port: u16, filters: &[&str]) -> Peer {
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        support::mqtt::wait_for_listener(port).await,
+        "the gateway's broker listens on {port}"
+    );
     Peer::connect(port, "test", filters).await
 }
 
@@ -209,12 +204,7 @@ safe = false
         .replace("[broker]\n", "[broker]\nprofile = \"sparkplug\"\n");
     let gateway = start(dir.path(), &text, "gw");
     let mut host = peer(port, &["spBv1.0/#"]).await;
-    host.publish(
-        "spBv1.0/site/NCMD/gw",
-        command("Node Control/Rebirth", metric::Value::BooleanValue(true)),
-        false,
-    )
-    .await;
+    host.request_rebirth("site", "gw").await;
     let nbirth = host
         .next_on("spBv1.0/site/NBIRTH/gw", 5 * SECOND)
         .await

@@ -80,21 +80,16 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .expect("start mosquitto");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Mosquitto {
-                    port,
-                    tls_port: None,
-                    child,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            wait_for_listener(port).await,
+            "mosquitto did not listen on {port}"
+        );
+        Mosquitto {
+            port,
+            tls_port: None,
+            child,
+            _dir: dir,
         }
-        panic!("mosquitto did not listen on {port}");
     }
 
     pub fn url(&self) -> String {
@@ -104,6 +99,20 @@ impl Mosquitto {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Waits (up to 5 s) until something accepts connections on loopback `port`.
+pub async fn wait_for_listener(port: u16) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// A Sparkplug command (NCMD/DCMD) payload setting one metric, by name.
@@ -238,6 +247,17 @@ impl Peer {
             out.push(m);
         }
         out
+    }
+
+    /// Asks edge node `group`/`node` for its births again, as a host that
+    /// connected late does (NCMD `Node Control/Rebirth`).
+    pub async fn request_rebirth(&self, group: &str, node: &str) {
+        let rebirth = sparkplug_command(
+            "Node Control/Rebirth",
+            fieldmq::sparkplug::proto::payload::metric::Value::BooleanValue(true),
+        );
+        self.publish(&format!("spBv1.0/{group}/NCMD/{node}"), rebirth, false)
+            .await;
     }
 
     pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
