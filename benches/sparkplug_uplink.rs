@@ -177,6 +177,7 @@ async fn latency() {
         Arc::clone(&config),
         engine.writes.clone(),
         Arc::clone(&engine.stats),
+        engine.liveness.pulse("uplink"),
     )
     .expect("publisher");
     tokio::spawn(publisher.run(engine.take_events(), shutdown.clone()));

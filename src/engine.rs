@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{Rejection, Write};
 use crate::config::{Config, LinkKind};
 use crate::gpio::GpioTask;
+use crate::liveness::Liveness;
 use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent};
 use crate::stats::Stats;
 
@@ -33,6 +34,8 @@ pub struct Engine {
     pub writes: WriteRouter,
     /// Counters shared with the bus tasks.
     pub stats: Arc<Stats>,
+    /// The tasks' promises to come back, for the watchdog and `/healthz`.
+    pub liveness: Arc<Liveness>,
     tasks: JoinSet<()>,
 }
 
@@ -56,6 +59,11 @@ impl WriteRouter {
         sender.try_send(write).map_err(|_| Rejection::Busy(name))
     }
 
+    /// Follows the uplink's state as told by [`WriteRouter::uplink`].
+    pub fn uplink_state(&self) -> watch::Receiver<bool> {
+        self.uplink.subscribe()
+    }
+
     /// The uplink is up (connected, and born with the primary host online) or not.
     pub fn uplink(&self, up: bool) {
         self.uplink
@@ -68,6 +76,7 @@ impl Engine {
     pub fn start(config: Arc<Config>, shutdown: &CancellationToken) -> Engine {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let stats = Arc::new(Stats::default());
+        let liveness = Arc::new(Liveness::default());
         let mut tasks = JoinSet::new();
         let mut buses = Vec::with_capacity(config.buses.len());
         // Without an uplink there is nothing to lose, so nothing to wait for.
@@ -79,6 +88,7 @@ impl Engine {
                 events: tx.clone(),
                 writes: write_rx,
                 stats: Arc::clone(&stats),
+                pulse: liveness.pulse(format!("bus {}", settings.name)),
             };
             let config = Arc::clone(&config);
             let stop = shutdown.child_token();
@@ -99,6 +109,7 @@ impl Engine {
                 uplink: Arc::new(uplink),
             },
             stats,
+            liveness,
             tasks,
         }
     }

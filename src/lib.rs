@@ -34,6 +34,9 @@
 //! - [`demo`]: the simulated meter and GPIO panel behind `fieldmq demo`.
 //! - [`tail`]: `fieldmq tail`'s decoding of Sparkplug B (names from births) into readable lines; pure.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`liveness`]: whether the long-running tasks keep their promises to come back (watchdog, `/healthz`).
+//! - [`health`]: the `[health]` endpoint: `/healthz` and Prometheus `/metrics`.
+//! - [`systemd`]: readiness, reload and watchdog notifications to systemd.
 
 pub mod backoff;
 #[cfg(feature = "broker")]
@@ -46,7 +49,9 @@ pub mod engine;
 pub mod exception;
 pub mod forward;
 pub mod gpio;
+pub mod health;
 pub mod last_values;
+pub mod liveness;
 #[cfg(feature = "broker")]
 pub mod local;
 pub mod modbus;
@@ -57,5 +62,6 @@ pub mod publisher;
 pub mod simulator;
 pub mod sparkplug;
 pub mod stats;
+pub mod systemd;
 pub mod tail;
 pub mod value;

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
 use crate::engine::WriteRouter;
+use crate::health;
 use crate::last_values::LastValues;
+use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::session::BdSeqStore;
@@ -28,6 +30,7 @@ pub struct LocalFeed {
     commands: mpsc::Receiver<LocalCommand>,
     writes: WriteRouter,
     stats: Arc<Stats>,
+    pulse: Pulse,
 }
 
 impl LocalFeed {
@@ -36,6 +39,7 @@ impl LocalFeed {
         config: Arc<Config>,
         writes: WriteRouter,
         stats: Arc<Stats>,
+        pulse: Pulse,
     ) -> Result<LocalFeed, BrokerError> {
         let mut profile = NodeProfile::new(Arc::clone(&config), config.broker.profile, None);
         // The local broker lives and dies with the process: one session per
@@ -69,6 +73,7 @@ impl LocalFeed {
             commands,
             writes,
             stats,
+            pulse,
         };
         let actions = feed.profile.subscribed(&feed.cache, feed.node_stats());
         feed.execute(actions).await;
@@ -81,10 +86,11 @@ impl LocalFeed {
         mut events: mpsc::Receiver<DeviceEvent>,
         shutdown: CancellationToken,
     ) {
-        let mut stats_tick =
-            tokio::time::interval(self.config.node.stats_interval.max(Duration::from_secs(1)));
+        let period = self.config.node.stats_interval.max(Duration::from_secs(1));
+        let mut stats_tick = tokio::time::interval(period);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            self.pulse.within(period);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -122,7 +128,12 @@ impl LocalFeed {
     async fn execute(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Publish(message) => self.broker.publish(message).await,
+                Action::Publish(message) => {
+                    if self.broker.publish(message).await {
+                        metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "local")
+                            .increment(1);
+                    }
+                }
                 Action::Write(write) => {
                     if let Err(rejection) = self.writes.send(write) {
                         Stats::bump(&self.stats.commands_rejected);

@@ -37,6 +37,18 @@ const EX_CONFIG: u8 = 78;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (default; without timestamps under systemd, whose journal adds them) or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event (timestamp, level, target, fields).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,7 +111,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let outcome = match cli.command {
         Command::Check { config } => with_config(&config, |config| {
             print_check(&config);
@@ -316,14 +328,23 @@ async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,tokio_modbus=warn,rmqtt=warn,rmqtt_retainer=warn")
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // systemd sets JOURNAL_STREAM when stderr goes to the journal, which
+        // stamps every line itself; colour codes only help a terminal.
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
+            builder.without_time().with_ansi(false).init()
+        }
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -630,6 +651,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 Arc::clone(&config),
                 engine.writes.clone(),
                 Arc::clone(&engine.stats),
+                engine.liveness.pulse("uplink"),
             )
             .context("cannot start the upstream connection")?,
         ),
@@ -642,6 +664,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 Arc::clone(&config),
                 engine.writes.clone(),
                 Arc::clone(&engine.stats),
+                engine.liveness.pulse("local broker"),
             )
             .await
             .with_context(|| {
@@ -676,6 +699,29 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if log_values && let Some(events) = receivers.next() {
         tasks.spawn(log_events(Arc::clone(&config), events, shutdown.clone()));
     }
+    if let Some(address) = config.health {
+        let listener = fieldmq::health::bind(address).await?;
+        let uplink = config
+            .upstream
+            .as_ref()
+            .map(|_| engine.writes.uplink_state());
+        let probe = fieldmq::health::Probe::install(
+            Arc::clone(&engine.liveness),
+            Arc::clone(&engine.stats),
+            uplink,
+        )?;
+        tracing::info!(%address, "health endpoint: /healthz and /metrics");
+        tokio::spawn(probe.serve(listener, shutdown.clone()));
+    }
+    tokio::spawn(fieldmq::systemd::watchdog(
+        Arc::clone(&engine.liveness),
+        shutdown.clone(),
+    ));
+    fieldmq::systemd::ready(&format!(
+        "polling {} devices on {} buses",
+        config.devices.len(),
+        config.buses.len()
+    ));
     let signal = shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
@@ -683,6 +729,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         // A sink ends by itself only when the bus tasks are gone.
         _ = tasks.join_next() => {}
     }
+    fieldmq::systemd::stopping();
     sources.cancel();
     let drained = tokio::time::timeout(SINK_GRACE, async {
         while let Some(done) = tasks.join_next().await {

@@ -21,7 +21,9 @@ use crate::buffer::BufferError;
 use crate::config::Config;
 use crate::engine::WriteRouter;
 use crate::forward::Forwarder;
+use crate::health;
 use crate::last_values::LastValues;
+use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
 use crate::mqtt::Message;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
@@ -68,6 +70,7 @@ pub struct Publisher {
     stats: Arc<Stats>,
     max_packet_size: usize,
     forwarder: Forwarder,
+    pulse: Pulse,
     /// Samples dropped as last logged.
     dropped_logged: u64,
 }
@@ -79,6 +82,7 @@ impl Publisher {
         config: Arc<Config>,
         writes: WriteRouter,
         stats: Arc<Stats>,
+        pulse: Pulse,
     ) -> Result<Publisher, StartError> {
         let upstream = config.upstream.as_ref().ok_or(StartError::NoUpstream)?;
         let tls = tls_config(upstream)?;
@@ -129,6 +133,7 @@ impl Publisher {
             writes,
             stats,
             forwarder,
+            pulse,
             dropped_logged: 0,
         })
     }
@@ -147,6 +152,8 @@ impl Publisher {
         let mut sync_tick = tokio::time::interval(self.config.buffer.sync);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            // The drain tick turns this loop at least that often.
+            self.pulse.within(DRAIN_TICK);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -173,6 +180,8 @@ impl Publisher {
                 _ = sync_tick.tick() => {
                     self.forwarder.sync();
                     self.log_drops();
+                    metrics::gauge!(health::BUFFER_SAMPLES).set(self.forwarder.backlog() as f64);
+                    metrics::counter!(health::BUFFER_DROPPED).absolute(self.forwarder.dropped());
                 }
             }
         }
@@ -227,6 +236,7 @@ impl Publisher {
                     if client.try_publish(topic, qos(q), retain, payload).is_err() {
                         return false;
                     }
+                    metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "upstream").increment(1);
                 }
                 true
             },
@@ -314,7 +324,9 @@ impl Publisher {
                 drop(ack);
             }
         }
-        self.writes.uplink(self.connected && self.profile.online());
+        let up = self.connected && self.profile.online();
+        self.writes.uplink(up);
+        metrics::gauge!(health::UPLINK_UP).set(if up { 1.0 } else { 0.0 });
     }
 
     /// Carries out `actions`; false when a message could not be published.
@@ -380,6 +392,7 @@ impl Publisher {
             tracing::warn!(error = %e, "uplink queue full; message dropped (its samples are queued on disk)");
             return false;
         }
+        metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "upstream").increment(1);
         true
     }
 }

@@ -179,6 +179,19 @@ pub enum Fault {
     Offline,
 }
 
+impl Fault {
+    /// The kind of fault in one word, as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Timeout => "timeout",
+            Fault::Exception(_) => "exception",
+            Fault::Link(_) => "link",
+            Fault::Malformed(_) => "malformed",
+            Fault::Offline => "offline",
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -179,7 +179,7 @@ impl LocalBroker {
     }
 
     /// Publishes `message` to the local subscribers (and the retained store).
-    pub async fn publish(&self, message: Message) {
+    pub async fn publish(&self, message: Message) -> bool {
         let publish: Publish = WirePublish {
             dup: false,
             retain: message.retain,
@@ -195,10 +195,12 @@ impl LocalBroker {
         }
         .into();
         let from = From::from_system(self.origin.clone());
-        if let Err(e) =
-            SessionState::forwards(&self.scx, from, publish, false, Some(self.expiry)).await
-        {
-            tracing::warn!(error = %e, "local broker did not take a message");
+        match SessionState::forwards(&self.scx, from, publish, false, Some(self.expiry)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "local broker did not take a message");
+                false
+            }
         }
     }
 

@@ -289,7 +289,7 @@ impl Checker<'_> {
     }
 
     /// A socket address, or an error naming `key` with an example.
-    fn socket_address(
+    pub(super) fn socket_address(
         &mut self,
         ctx: &str,
         key: &str,

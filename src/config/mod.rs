@@ -8,11 +8,13 @@
 mod broker;
 mod buffer;
 mod gpio;
+mod health;
 mod raw;
 mod upstream;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,6 +97,8 @@ pub struct Config {
     pub buffer: BufferPolicy,
     /// The embedded local broker.
     pub broker: LocalBrokerSettings,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub health: Option<SocketAddr>,
     /// Field buses, each polled by one task.
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.
@@ -567,6 +571,7 @@ impl Checker<'_> {
             .broker
             .as_ref()
             .map_or_else(LocalBrokerSettings::default, |b| self.broker(b, base));
+        let health = raw.health.as_ref().and_then(|h| self.health(h));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let mut buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
@@ -604,6 +609,7 @@ impl Checker<'_> {
             upstream,
             buffer,
             broker,
+            health,
             buses,
             devices,
         }

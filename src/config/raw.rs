@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     pub buffer: Option<RawBuffer>,
     pub broker: Option<RawBroker>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub bus: Vec<RawBus>,
     #[serde(default)]
@@ -61,6 +62,13 @@ pub struct RawBuffer {
     pub sync: Option<Spanned<String>>,
     pub overflow: Option<Spanned<String>>,
     pub drain_rate: Option<Spanned<i64>>,
+}
+
+/// `[health]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub listen: Spanned<String>,
 }
 
 /// `[broker]`

@@ -49,6 +49,7 @@ pub struct GpioTask {
     events: mpsc::Sender<DeviceEvent>,
     writes: mpsc::Receiver<Write>,
     stats: Arc<Stats>,
+    pulse: crate::liveness::Pulse,
     uplink: watch::Receiver<bool>,
     shutdown: CancellationToken,
 }
@@ -83,6 +84,7 @@ impl GpioTask {
             events: channels.events,
             writes: channels.writes,
             stats: channels.stats,
+            pulse: channels.pulse,
             uplink,
             shutdown,
         })
@@ -135,9 +137,11 @@ impl GpioTask {
                     break;
                 }
             }
+            let delay = retry.next_delay();
+            self.pulse.within(delay);
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                () = tokio::time::sleep(retry.next_delay()) => {}
+                () = tokio::time::sleep(delay) => {}
             }
         }
         save(&store, &mut panel, device);
@@ -168,7 +172,10 @@ impl GpioTask {
             tokio::time::interval_at(now + COUNTER_SAVE_PERIOD, COUNTER_SAVE_PERIOD);
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut gone_since = (!*self.uplink.borrow_and_update()).then_some(now);
+        // The report and save ticks turn the loop at least this often.
+        let turn = device.poll.min(COUNTER_SAVE_PERIOD);
         loop {
+            self.pulse.within(turn);
             let settle_at = panel.settle_deadline();
             let safe_at = gone_since.and_then(|since| panel.safe_deadline(since));
             let events = tokio::select! {

@@ -19,6 +19,8 @@ use crate::backoff::Backoff;
 use crate::command::Write;
 use crate::config::{Config, Device};
 use crate::exception::ChangeFilter;
+use crate::health;
+use crate::liveness::Pulse;
 use crate::modbus::cycle::{self, Cycle};
 use crate::modbus::link::Link;
 use crate::modbus::plan::ReadPlan;
@@ -87,6 +89,8 @@ pub struct BusTask {
     events: mpsc::Sender<DeviceEvent>,
     writes: mpsc::Receiver<Write>,
     stats: Arc<Stats>,
+    pulse: Pulse,
+    timeout: Duration,
     shutdown: CancellationToken,
 }
 
@@ -99,6 +103,8 @@ pub struct BusChannels {
     pub writes: mpsc::Receiver<Write>,
     /// Counters it adds to.
     pub stats: Arc<Stats>,
+    /// Its promise to come back ([`crate::liveness`]).
+    pub pulse: Pulse,
 }
 
 impl BusTask {
@@ -109,7 +115,10 @@ impl BusTask {
         channels: BusChannels,
         shutdown: CancellationToken,
     ) -> Option<BusTask> {
-        let link = Link::new(config.buses.get(bus)?);
+        let settings = config.buses.get(bus)?;
+        let link = Link::new(settings);
+        // The longest a transaction may take: its timeout plus the quiet time around it.
+        let timeout = settings.timeout + settings.turnaround;
         let now = Instant::now();
         let slots = config
             .devices
@@ -133,6 +142,8 @@ impl BusTask {
             events: channels.events,
             writes: channels.writes,
             stats: channels.stats,
+            pulse: channels.pulse,
+            timeout,
             shutdown,
         })
     }
@@ -142,10 +153,13 @@ impl BusTask {
     pub async fn run(mut self) {
         while let Some(index) = self.next_slot() {
             let due = self.slots[index].next_due;
+            self.pulse.by(due);
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 Some(write) = self.writes.recv() => {
+                    // The write, and reading the metric back.
+                    self.pulse.within(self.timeout * 2);
                     if !self.write(write).await {
                         break;
                     }
@@ -153,6 +167,8 @@ impl BusTask {
                 }
                 () = sleep_until(due) => {}
             }
+            let requests = self.slots[index].plan.requests().len() as u32;
+            self.pulse.within(self.timeout * (requests + 1));
             if !self.poll_slot(index).await {
                 break;
             }
@@ -171,8 +187,10 @@ impl BusTask {
         let Some(device) = config.devices.get(slot.id) else {
             return true;
         };
+        let started = Instant::now();
         let cycle = cycle::poll(&mut self.link, device, &mut slot.plan).await;
         Stats::bump(&self.stats.polls);
+        record_cycle(device, &cycle, started.elapsed());
         let now = Instant::now();
         let mut events = Vec::new();
         let mut samples = samples_of(slot.id, device, &slot.plan, &cycle);
@@ -211,6 +229,8 @@ impl BusTask {
                 next_tick(slot.next_due, device.poll, now)
             };
         }
+        let up = if slot.online == Some(true) { 1.0 } else { 0.0 };
+        metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(up);
         samples.retain(|s| slot.filter.admit(s));
         if !samples.is_empty() {
             events.push(DeviceEvent::Samples {
@@ -274,6 +294,16 @@ impl BusTask {
             });
         }
         send(&self.events, events).await
+    }
+}
+
+/// A cycle's duration and failed requests, per device, for `/metrics`.
+fn record_cycle(device: &Device, cycle: &Cycle, took: Duration) {
+    metrics::histogram!(health::POLL_DURATION, "device" => device.name.clone())
+        .record(took.as_secs_f64());
+    for fault in cycle.answers.iter().filter_map(|(_, a)| a.as_ref().err()) {
+        metrics::counter!(health::POLL_ERRORS, "device" => device.name.clone(), "fault" => fault.kind())
+            .increment(1);
     }
 }
 

@@ -1,0 +1,317 @@
+//! `[health]`: `/healthz` for probes and `/metrics` for Prometheus, over
+//! plain HTTP/1.1 on the configured address (loopback by default: nothing in
+//! it needs a password, and nothing in it is secret either).
+//!
+//! The counters and histograms are kept by the `metrics` facade: tasks
+//! record through its macros wherever they are (a no-op until the recorder
+//! is installed), and the Prometheus exporter renders them on request. The
+//! names the tasks record under are the constants below.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::liveness::Liveness;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// Histogram: seconds one poll cycle of a device took; label `device`.
+pub const POLL_DURATION: &str = "fieldmq_poll_duration_seconds";
+/// Counter: failed requests of poll cycles; labels `device` and `fault`
+/// (`timeout`, `exception`, `link`, `malformed`, `offline`).
+pub const POLL_ERRORS: &str = "fieldmq_poll_errors_total";
+/// Gauge: 1 while a device answers, 0 while it is offline; label `device`.
+pub const DEVICE_UP: &str = "fieldmq_device_up";
+/// Gauge: samples waiting in the store-and-forward queue.
+pub const BUFFER_SAMPLES: &str = "fieldmq_buffer_samples";
+/// Counter: samples the store-and-forward queue had to drop (full, or unreadable).
+pub const BUFFER_DROPPED: &str = "fieldmq_buffer_dropped_samples_total";
+/// Gauge: 1 while the uplink is connected (and, for Sparkplug, born).
+pub const UPLINK_UP: &str = "fieldmq_uplink_up";
+/// Counter: messages handed to a server; label `sink` (`upstream`, `local`).
+pub const MESSAGES_PUBLISHED: &str = "fieldmq_messages_published_total";
+
+/// Bucket bounds of [`POLL_DURATION`]: from a fast TCP device (a few ms) to
+/// a slow RS-485 unit or a timeout (seconds).
+const POLL_BUCKETS: [f64; 12] = [
+    0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Connections served at once; a scraper needs one.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the exporter's histogram state is compacted.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The address is taken or not ours.
+    #[error("[health] listen = \"{0}\": {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// A recorder was installed before (only one per process).
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
+}
+
+/// What `/healthz` and `/metrics` are answered from.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    liveness: Arc<Liveness>,
+    stats: Arc<Stats>,
+    /// `None` without an `[upstream]`.
+    uplink: Option<watch::Receiver<bool>>,
+    metrics: PrometheusHandle,
+}
+
+/// An answer, before it becomes an HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Probe {
+    /// Installs the Prometheus recorder for this process and builds the probe.
+    pub fn install(
+        liveness: Arc<Liveness>,
+        stats: Arc<Stats>,
+        uplink: Option<watch::Receiver<bool>>,
+    ) -> Result<Probe, HealthError> {
+        let metrics = exporter()?
+            .install_recorder()
+            .map_err(|e| HealthError::Recorder(e.to_string()))?;
+        Ok(Probe::new(liveness, stats, uplink, metrics))
+    }
+
+    /// A probe over an existing recorder's handle.
+    pub fn new(
+        liveness: Arc<Liveness>,
+        stats: Arc<Stats>,
+        uplink: Option<watch::Receiver<bool>>,
+        metrics: PrometheusHandle,
+    ) -> Probe {
+        Probe {
+            liveness,
+            stats,
+            uplink,
+            metrics,
+        }
+    }
+
+    /// The answer to `method path`.
+    pub fn answer(&self, method: &Method, path: &str) -> Answer {
+        if method != Method::GET && method != Method::HEAD {
+            return text(405, "only GET\n");
+        }
+        match path {
+            "/healthz" => self.healthz(),
+            "/metrics" => Answer {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics(),
+            },
+            _ => text(404, "not found: try /healthz or /metrics\n"),
+        }
+    }
+
+    /// 200 while every task keeps its promises, 503 naming the stuck ones.
+    /// The uplink's state is reported, not judged: buffering through an
+    /// outage is the gateway doing its job.
+    fn healthz(&self) -> Answer {
+        let stuck = self.liveness.stuck();
+        let uplink = match &self.uplink {
+            None => "none",
+            Some(rx) if *rx.borrow() => "up",
+            Some(_) => "down",
+        };
+        let body = serde_json::json!({
+            "status": if stuck.is_empty() { "ok" } else { "stuck" },
+            "stuck": stuck,
+            "uplink": uplink,
+        });
+        Answer {
+            status: if stuck.is_empty() { 200 } else { 503 },
+            content_type: "application/json",
+            body: format!("{body}\n"),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        // The gateway's own counters live in `Stats` (they are also node
+        // metrics); copy them in at scrape time rather than count twice.
+        record_stats(self.stats.snapshot());
+        if let Some(rx) = &self.uplink {
+            metrics::gauge!(UPLINK_UP).set(f64::from(u8::from(*rx.borrow())));
+        }
+        self.metrics.render()
+    }
+
+    /// Serves until `shutdown`; one task per connection, at most [`MAX_CONNECTIONS`].
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let upkeep = self.metrics.clone();
+        let mut upkeep_tick = tokio::time::interval(UPKEEP);
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = upkeep_tick.tick() => {
+                    upkeep.run_upkeep();
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "health endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                continue;
+            };
+            let probe = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<_>| {
+                    let answer = probe.answer(request.method(), request.uri().path());
+                    async move { Ok::<_, Infallible>(response(answer)) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    served = connection => if let Err(e) = served {
+                        tracing::debug!(error = %e, "health endpoint: connection ended");
+                    }
+                }
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// The exporter with fieldmq's histogram buckets.
+fn exporter() -> Result<PrometheusBuilder, HealthError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(POLL_DURATION.to_owned()), &POLL_BUCKETS)
+        .map_err(|e| HealthError::Recorder(e.to_string()))
+}
+
+/// Binds the endpoint's address.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, HealthError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| HealthError::Listen(address, e))
+}
+
+fn record_stats(s: StatsSnapshot) {
+    metrics::counter!("fieldmq_polls_total").absolute(s.polls);
+    metrics::counter!("fieldmq_poll_failures_total").absolute(s.poll_failures);
+    metrics::counter!("fieldmq_writes_total").absolute(s.writes);
+    metrics::counter!("fieldmq_write_failures_total").absolute(s.write_failures);
+    metrics::counter!("fieldmq_commands_rejected_total").absolute(s.commands_rejected);
+    metrics::counter!("fieldmq_messages_dropped_total").absolute(s.messages_dropped);
+}
+
+fn text(status: u16, body: &str) -> Answer {
+    Answer {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.to_owned(),
+    }
+}
+
+fn response(answer: Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(answer.content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+        match exporter() {
+            Ok(builder) => builder.build_recorder(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn healthz_reports_the_uplink_without_judging_it() {
+        let (tx, rx) = watch::channel(false);
+        let liveness = Arc::new(Liveness::default());
+        let probe = Probe::new(
+            Arc::clone(&liveness),
+            Arc::new(Stats::default()),
+            Some(rx),
+            recorder().handle(),
+        );
+        let _pulse = liveness.pulse("bus line1");
+        let ok = probe.answer(&Method::GET, "/healthz");
+        assert_eq!(ok.status, 200, "the uplink being down is not unhealthy");
+        assert!(ok.body.contains(r#""uplink":"down""#), "{}", ok.body);
+        tx.send_replace(true);
+        let up = probe.answer(&Method::GET, "/healthz");
+        assert!(up.body.contains(r#""uplink":"up""#), "{}", up.body);
+        assert_eq!(probe.answer(&Method::POST, "/healthz").status, 405);
+        assert_eq!(probe.answer(&Method::GET, "/").status, 404);
+    }
+
+    #[test]
+    fn metrics_carry_the_gateway_counters_and_per_device_histograms() {
+        let recorder = recorder();
+        let stats = Arc::new(Stats::default());
+        Stats::bump(&stats.polls);
+        Stats::bump(&stats.polls);
+        Stats::bump(&stats.commands_rejected);
+        let probe = Probe::new(
+            Arc::new(Liveness::default()),
+            Arc::clone(&stats),
+            None,
+            recorder.handle(),
+        );
+        let answer = metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!(POLL_DURATION, "device" => "meter").record(0.012);
+            probe.answer(&Method::GET, "/metrics")
+        });
+        assert_eq!(answer.status, 200);
+        for line in [
+            "fieldmq_polls_total 2",
+            "fieldmq_commands_rejected_total 1",
+            "fieldmq_poll_duration_seconds_bucket{device=\"meter\",le=\"0.025\"} 1",
+            "fieldmq_poll_duration_seconds_count{device=\"meter\"} 1",
+        ] {
+            assert!(
+                answer.body.contains(line),
+                "no {line:?} in\n{}",
+                answer.body
+            );
+        }
+    }
+}
