@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use fieldmq::config::{BufferPolicy, DEFAULT_DRAIN_RATE};
-use fieldmq::forward::Forwarder;
+use fieldmq::forward::{DeviceKeys, Forwarder};
 use fieldmq::value::{Quality, Sample, Value};
 
 const DEVICES: usize = 3;
@@ -48,7 +48,8 @@ fn main() {
         max_size: 1 << 34,
         ..BufferPolicy::default()
     };
-    let mut f = Forwarder::open(dir.path(), &policy, Duration::ZERO).expect("open");
+    let keys = DeviceKeys::from_keys((0..DEVICES as u32).collect());
+    let mut f = Forwarder::open(dir.path(), &policy, Duration::ZERO, keys).expect("open");
     let batches = (3600 * HZ * DEVICES) as u64;
     let started = Instant::now();
     let mut last_sync = Instant::now();

@@ -45,6 +45,9 @@ pub struct Write {
 /// Why a command was not carried out.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Rejection {
+    /// The device map was reloaded while the command was on its way.
+    #[error("the device map was reloaded while the command was on its way; send it again")]
+    Reloaded,
     /// The command names no device of this gateway.
     #[error("no device \"{0}\"")]
     UnknownDevice(String),

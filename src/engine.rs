@@ -2,17 +2,18 @@
 //! device), gathers their events into one stream, and routes writes (and the
 //! uplink's state, which GPIO outputs' `safe_after` waits on) back to them.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Rejection, Write};
 use crate::config::{Config, LinkKind};
 use crate::gpio::GpioTask;
 use crate::liveness::Liveness;
-use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent};
+use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent, MapVersion};
+use crate::reload::Reload;
 use crate::stats::Stats;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
@@ -36,25 +37,51 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     /// The tasks' promises to come back, for the watchdog and `/healthz`.
     pub liveness: Arc<Liveness>,
-    tasks: JoinSet<()>,
+    config: Arc<Config>,
+    sources: CancellationToken,
+    /// What the tasks send on; kept for reloads, dropped by [`Engine::stop`]
+    /// so that the stream ends once the tasks have.
+    feed: Option<mpsc::Sender<DeviceEvent>>,
+    /// Per bus of the map in force, its task.
+    buses: Vec<BusRun>,
+}
+
+/// One bus's task and how to reach it.
+#[derive(Debug)]
+struct BusRun {
+    stop: CancellationToken,
+    writes: mpsc::Sender<Write>,
+    /// `None` when the bus has nothing to run (a bus without devices).
+    task: Option<JoinHandle<()>>,
 }
 
 /// Hands validated writes to the bus task of their device, and the uplink's
 /// state to the tasks whose outputs fall back to a safe state without it.
 #[derive(Debug, Clone)]
 pub struct WriteRouter {
-    config: Arc<Config>,
-    buses: Vec<mpsc::Sender<Write>>,
+    routes: Arc<RwLock<Routes>>,
     uplink: Arc<watch::Sender<bool>>,
 }
 
+#[derive(Debug)]
+struct Routes {
+    config: Arc<Config>,
+    buses: Vec<mpsc::Sender<Write>>,
+}
+
 impl WriteRouter {
-    /// Queues `write` for its device's bus without waiting.
-    pub fn send(&self, write: Write) -> Result<(), Rejection> {
-        let device = self.config.devices.get(write.device);
+    /// Queues `write`, resolved against the device map `map`, for its
+    /// device's bus without waiting. A write resolved against a map that a
+    /// reload has replaced is refused: its ids may mean other devices now.
+    pub fn send(&self, write: Write, map: &Arc<Config>) -> Result<(), Rejection> {
+        let routes = self.routes.read().map_err(|_| Rejection::Reloaded)?;
+        if !Arc::ptr_eq(&routes.config, map) {
+            return Err(Rejection::Reloaded);
+        }
+        let device = routes.config.devices.get(write.device);
         let name = device.map_or_else(String::new, |d| d.name.clone());
         let sender = device
-            .and_then(|d| self.buses.get(d.bus))
+            .and_then(|d| routes.buses.get(d.bus))
             .ok_or_else(|| Rejection::UnknownDevice(name.clone()))?;
         sender.try_send(write).map_err(|_| Rejection::Busy(name))
     }
@@ -72,46 +99,111 @@ impl WriteRouter {
 }
 
 impl Engine {
-    /// Spawns a task per bus; they stop when `shutdown` is cancelled.
-    pub fn start(config: Arc<Config>, shutdown: &CancellationToken) -> Engine {
-        let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let stats = Arc::new(Stats::default());
-        let liveness = Arc::new(Liveness::default());
-        let mut tasks = JoinSet::new();
-        let mut buses = Vec::with_capacity(config.buses.len());
+    /// Spawns a task per bus; they stop when `sources` is cancelled.
+    pub fn start(config: Arc<Config>, sources: &CancellationToken) -> Engine {
+        let (feed, events) = mpsc::channel(EVENT_QUEUE);
         // Without an uplink there is nothing to lose, so nothing to wait for.
-        let (uplink, uplink_rx) = watch::channel(config.upstream.is_none());
-        for (bus, settings) in config.buses.iter().enumerate() {
-            let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
-            buses.push(write_tx);
-            let channels = BusChannels {
-                events: tx.clone(),
-                writes: write_rx,
-                stats: Arc::clone(&stats),
-                pulse: liveness.pulse(format!("bus {}", settings.name)),
-            };
-            let config = Arc::clone(&config);
-            let stop = shutdown.child_token();
-            if let LinkKind::Gpio(_) = settings.link {
-                let task = GpioTask::new(config, bus, channels, uplink_rx.clone(), stop);
-                if let Some(task) = task {
-                    tasks.spawn(task.run());
-                }
-            } else if let Some(task) = BusTask::new(config, bus, channels, stop) {
-                tasks.spawn(task.run());
-            }
-        }
-        Engine {
+        let (uplink, _) = watch::channel(config.upstream.is_none());
+        let routes = Routes {
+            config: Arc::clone(&config),
+            buses: Vec::new(),
+        };
+        let mut engine = Engine {
             events,
             writes: WriteRouter {
-                config,
-                buses,
+                routes: Arc::new(RwLock::new(routes)),
                 uplink: Arc::new(uplink),
             },
-            stats,
-            liveness,
-            tasks,
+            stats: Arc::new(Stats::default()),
+            liveness: Arc::new(Liveness::default()),
+            config,
+            sources: sources.clone(),
+            feed: Some(feed),
+            buses: Vec::new(),
+        };
+        engine.buses = (0..engine.config.buses.len())
+            .map(|bus| engine.spawn(bus))
+            .collect();
+        engine.route();
+        engine
+    }
+
+    /// The config in force (the last reloaded device map).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config)
+    }
+
+    fn spawn(&self, bus: usize) -> BusRun {
+        let (writes, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let stop = self.sources.child_token();
+        let (Some(feed), Some(settings)) = (&self.feed, self.config.buses.get(bus)) else {
+            return BusRun {
+                stop,
+                writes,
+                task: None,
+            };
+        };
+        let channels = BusChannels {
+            events: feed.clone(),
+            writes: write_rx,
+            stats: Arc::clone(&self.stats),
+            pulse: self.liveness.pulse(format!("bus {}", settings.name)),
+        };
+        let config = Arc::clone(&self.config);
+        let task = if let LinkKind::Gpio(_) = settings.link {
+            let uplink = self.writes.uplink_state();
+            GpioTask::new(config, bus, channels, uplink, stop.clone())
+                .map(|task| tokio::spawn(task.run()))
+        } else {
+            BusTask::new(config, bus, channels, stop.clone()).map(|task| tokio::spawn(task.run()))
+        };
+        BusRun { stop, writes, task }
+    }
+
+    /// Points the write router at the map in force and its buses.
+    fn route(&self) {
+        if let Ok(mut routes) = self.writes.routes.write() {
+            *routes = Routes {
+                config: Arc::clone(&self.config),
+                buses: self.buses.iter().map(|b| b.writes.clone()).collect(),
+            };
         }
+    }
+
+    /// Puts the new device map of `reload` in force: stops the buses that
+    /// changed and waits for them, tells the consumers (in the stream, after
+    /// the last event under the old map), then starts the new buses.
+    pub async fn reconfigure(&mut self, reload: &Reload) {
+        let mut stopped = Vec::new();
+        for (bus, run) in self.buses.iter_mut().enumerate() {
+            if !reload.kept_buses.get(bus).copied().unwrap_or(false) {
+                run.stop.cancel();
+                stopped.extend(run.task.take());
+            }
+        }
+        for task in stopped {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "bus task failed");
+            }
+        }
+        self.config = Arc::clone(&reload.config);
+        if let Some(feed) = &self.feed {
+            let marker = DeviceEvent::Reconfigured(MapVersion(Arc::clone(&self.config)));
+            if feed.send(marker).await.is_err() {
+                return;
+            }
+        }
+        let mut previous = std::mem::take(&mut self.buses).into_iter();
+        for bus in 0..self.config.buses.len() {
+            let run = previous.next();
+            let kept = reload.kept_buses.get(bus).copied().unwrap_or(false);
+            let run = match run {
+                Some(run) if kept => run,
+                _ => self.spawn(bus),
+            };
+            self.buses.push(run);
+        }
+        self.route();
     }
 
     /// Hands the event stream to another consumer (the publisher). The bus
@@ -121,20 +213,36 @@ impl Engine {
         std::mem::replace(&mut self.events, closed)
     }
 
-    /// Waits for every bus task to finish (after shutdown was cancelled).
+    /// Stops every bus task; the event stream ends once they have finished.
+    pub fn stop(&mut self) {
+        self.sources.cancel();
+        self.feed = None;
+    }
+
+    /// Waits for every bus task to finish (after [`Engine::stop`]).
     pub async fn join(mut self) {
+        self.stop();
+        let tasks: Vec<_> = self
+            .buses
+            .iter_mut()
+            .filter_map(|b| b.task.take())
+            .collect();
+        let joined = join_all(tasks);
+        tokio::pin!(joined);
         // Keep draining so no task is stuck sending while we wait for it.
         loop {
             tokio::select! {
-                joined = self.tasks.join_next() => {
-                    match joined {
-                        Some(Err(e)) => tracing::error!(error = %e, "bus task failed"),
-                        Some(Ok(())) => {}
-                        None => break,
-                    }
-                }
+                () = &mut joined => break,
                 Some(_) = self.events.recv() => {}
             }
+        }
+    }
+}
+
+async fn join_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "bus task failed");
         }
     }
 }

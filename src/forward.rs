@@ -21,22 +21,46 @@
 //! of the queue instead of stalling everyone else's; once a pass over the
 //! queue has sent nothing, the drain waits until a device becomes ready.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::buffer::{self, Buffer, BufferError, Position, sample};
-use crate::config::BufferPolicy;
+use crate::config::{BufferPolicy, Config};
 use crate::value::{DeviceId, Sample};
 
 /// Memory the replay window may use; beyond it the oldest entries are
 /// forgotten (they were sent; only a link death right now could lose them).
 const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
+/// Which device a stored batch belongs to, by [`crate::config::Device::key`].
+#[derive(Debug, Clone, Default)]
+pub struct DeviceKeys {
+    by_device: Vec<u32>,
+    by_key: HashMap<u32, DeviceId>,
+}
+
+impl DeviceKeys {
+    /// The keys of `config`'s devices.
+    pub fn of(config: &Config) -> DeviceKeys {
+        DeviceKeys::from_keys(config.devices.iter().map(|d| d.key()).collect())
+    }
+
+    /// Device `i` has key `keys[i]`.
+    pub fn from_keys(keys: Vec<u32>) -> DeviceKeys {
+        let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        DeviceKeys {
+            by_device: keys,
+            by_key,
+        }
+    }
+}
+
 /// The queue, the replay window and the drain state.
 #[derive(Debug)]
 pub struct Forwarder {
     buffer: Buffer,
+    keys: DeviceKeys,
     /// Live batches, encoded, with the time they were sent.
     window: VecDeque<(Instant, Vec<u8>)>,
     window_bytes: usize,
@@ -73,11 +97,13 @@ impl Forwarder {
         dir: &Path,
         policy: &BufferPolicy,
         window: Duration,
+        keys: DeviceKeys,
     ) -> Result<Forwarder, BufferError> {
         let buffer = Buffer::open(dir, policy.max_size, policy.overflow, sample::count)?;
         Ok(Forwarder {
             read: buffer.head(),
             buffer,
+            keys,
             window: VecDeque::new(),
             window_bytes: 0,
             window_len: window,
@@ -90,12 +116,30 @@ impl Forwarder {
         })
     }
 
+    /// The device map changed (a reload): batches are read back by the new keys.
+    pub fn remap(&mut self, keys: DeviceKeys) {
+        self.keys = keys;
+    }
+
+    fn record(&mut self, device: DeviceId, samples: &[Sample]) -> Option<Vec<u8>> {
+        match self.keys.by_device.get(device) {
+            Some(key) => Some(buffer::sample::encode(*key, samples)),
+            None => {
+                self.lost += samples.len() as u64;
+                tracing::error!(device, "samples of a device not in the config; dropped");
+                None
+            }
+        }
+    }
+
     /// Queues samples that cannot go out now.
     pub fn store(&mut self, device: DeviceId, samples: &[Sample]) {
         if samples.is_empty() {
             return;
         }
-        self.append(&buffer::sample::encode(device, samples));
+        if let Some(record) = self.record(device, samples) {
+            self.append(&record);
+        }
     }
 
     fn append(&mut self, record: &[u8]) {
@@ -110,7 +154,9 @@ impl Forwarder {
         if samples.is_empty() {
             return;
         }
-        let record = buffer::sample::encode(device, samples);
+        let Some(record) = self.record(device, samples) else {
+            return;
+        };
         self.window_bytes += record.len();
         self.window.push_back((now, record));
         self.expire(now);
@@ -201,11 +247,12 @@ impl Forwarder {
                 self.end_pass();
                 break;
             }
-            let (device, samples) = match sample::decode(&record) {
+            let keys = &self.keys.by_key;
+            let (device, samples) = match sample::decode(&record, |k| keys.get(&k).copied()) {
                 Ok(batch) => batch,
                 Err(e) => {
                     self.lost += sample::count(&record);
-                    tracing::error!(error = %e, "unreadable record in the store-and-forward queue; skipped");
+                    tracing::error!(error = %e, "record in the store-and-forward queue skipped");
                     self.handed_out(now, after);
                     continue;
                 }
@@ -270,6 +317,11 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(10);
 
+    /// Devices 0..8, keyed as a config would.
+    fn keys() -> DeviceKeys {
+        DeviceKeys::from_keys((0..8).map(|d| 0xD0_0000 + d).collect())
+    }
+
     fn policy() -> BufferPolicy {
         BufferPolicy {
             max_size: 1 << 30,
@@ -318,7 +370,7 @@ mod tests {
     #[test]
     fn stored_batches_come_back_in_order_and_leave_after_a_window() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         for n in 0..50 {
             f.store(n as usize % 3, &batch(n as usize % 3, n));
@@ -342,7 +394,7 @@ mod tests {
     #[test]
     fn a_lost_link_resends_unacknowledged_drained_batches_then_the_live_window() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         for n in 0..20 {
             f.store(0, &batch(0, n));
@@ -366,7 +418,7 @@ mod tests {
     #[test]
     fn live_batches_older_than_the_window_are_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         f.sent_live(0, &batch(0, 1), t0);
         f.sent_live(0, &batch(0, 2), t0 + WINDOW + Duration::from_secs(1));
@@ -378,7 +430,7 @@ mod tests {
     #[test]
     fn an_unready_device_waits_without_holding_up_the_others_and_keeps_its_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         for n in 0..30 {
             let device = n as usize % 2;
@@ -410,7 +462,7 @@ mod tests {
             max_size: 262_144,
             ..policy()
         };
-        let mut f = Forwarder::open(dir.path(), &small, WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &small, WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         let mut stored = 0;
         let mut sent = HashSet::new();
@@ -458,7 +510,7 @@ mod tests {
     #[test]
     fn a_refused_send_keeps_the_batch_for_the_next_drain() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let t0 = Instant::now();
         for n in 0..5 {
             f.store(0, &batch(0, n));
@@ -489,14 +541,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         {
-            let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+            let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
             for n in 0..10 {
                 f.store(0, &batch(0, n));
             }
             drain_all(&mut f, t0, |_| true);
             // Dropped without sync or acknowledgement, as kill -9 would.
         }
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW).unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
         let out: Vec<u32> = drain_all(&mut f, t0, |_| true)
             .into_iter()
             .map(|(_, n)| n)

@@ -85,18 +85,6 @@ pub struct Answer {
 }
 
 impl Probe {
-    /// Installs the Prometheus recorder for this process and builds the probe.
-    pub fn install(
-        liveness: Arc<Liveness>,
-        stats: Arc<Stats>,
-        uplink: Option<watch::Receiver<bool>>,
-    ) -> Result<Probe, HealthError> {
-        let metrics = exporter()?
-            .install_recorder()
-            .map_err(|e| HealthError::Recorder(e.to_string()))?;
-        Ok(Probe::new(liveness, stats, uplink, metrics))
-    }
-
     /// A probe over an existing recorder's handle.
     pub fn new(
         liveness: Arc<Liveness>,
@@ -206,6 +194,14 @@ impl Probe {
             });
         }
     }
+}
+
+/// Installs the Prometheus recorder for this process; before the tasks
+/// start, so that their first polls are counted too.
+pub fn install_recorder() -> Result<PrometheusHandle, HealthError> {
+    exporter()?
+        .install_recorder()
+        .map_err(|e| HealthError::Recorder(e.to_string()))
 }
 
 /// The exporter with fieldmq's histogram buckets.

@@ -52,8 +52,22 @@ impl LastValues {
                     state.known = true;
                 }
             }
-            DeviceEvent::Written { .. } => {}
+            DeviceEvent::Written { .. } | DeviceEvent::Reconfigured(_) => {}
         }
+    }
+
+    /// For a reloaded map of `devices` devices: what is known about the
+    /// devices `unchanged` marks carries over, the others start unknown.
+    pub fn carried_over(&self, new: &Config, unchanged: &[bool]) -> LastValues {
+        let mut next = LastValues::new(new);
+        for (id, state) in next.devices.iter_mut().enumerate() {
+            if unchanged.get(id).copied().unwrap_or(false)
+                && let Some(old) = self.devices.get(id)
+            {
+                *state = old.clone();
+            }
+        }
+        next
     }
 
     fn store(&mut self, device: DeviceId, samples: &[Sample]) {

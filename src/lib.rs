@@ -17,7 +17,8 @@
 //! - [`modbus::bus`]: the per-bus task: schedules, offline/backoff, report by exception, writes.
 //! - [`exception`]: report by exception (deadbands).
 //! - [`gpio`]: GPIO devices: drivers (cdev, rppal, sim), debouncing, pulse counters, outputs.
-//! - [`engine`]: spawns the bus and GPIO tasks, merges their events, routes writes.
+//! - [`engine`]: spawns the bus and GPIO tasks, merges their events, routes writes, puts reloaded device maps in force.
+//! - [`reload`]: what a SIGHUP's new device map changes; pure.
 //! - [`command`]: the rules a write must pass and its register image; pure.
 //! - [`stats`]: the gateway's counters.
 //! - [`last_values`]: the last value of every metric and each device's state.
@@ -59,6 +60,7 @@ pub mod mqtt;
 pub mod plain;
 pub mod profile;
 pub mod publisher;
+pub mod reload;
 pub mod simulator;
 pub mod sparkplug;
 pub mod stats;

@@ -17,6 +17,7 @@ use crate::last_values::LastValues;
 use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
 use crate::profile::{Action, NodeProfile, NodeStats};
+use crate::reload;
 use crate::sparkplug::session::BdSeqStore;
 use crate::stats::Stats;
 
@@ -99,6 +100,14 @@ impl LocalFeed {
                     self.execute(actions).await;
                 }
                 event = events.recv() => match event {
+                    Some(DeviceEvent::Reconfigured(map)) => {
+                        let config = map.0;
+                        let unchanged = reload::unchanged_devices(&self.config, &config);
+                        self.cache = self.cache.carried_over(&config, &unchanged);
+                        let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
+                        self.config = config;
+                        self.execute(actions).await;
+                    }
                     Some(event) => {
                         self.cache.apply(&event);
                         let actions = self.profile.event(&event, &self.cache);
@@ -135,7 +144,7 @@ impl LocalFeed {
                     }
                 }
                 Action::Write(write) => {
-                    if let Err(rejection) = self.writes.send(write) {
+                    if let Err(rejection) = self.writes.send(write, &self.config) {
                         Stats::bump(&self.stats.commands_rejected);
                         tracing::warn!(%rejection, "local command refused; nothing written");
                     }

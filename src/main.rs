@@ -642,6 +642,14 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     // Sources stop first, and the sinks end when the event stream does, so
     // what the sources say last (GPIO outputs going safe) is still published
     // before the goodbye.
+    let health = match config.health {
+        Some(address) => {
+            let listener = fieldmq::health::bind(address).await?;
+            tracing::info!(%address, "health endpoint: /healthz and /metrics");
+            Some((listener, fieldmq::health::install_recorder()?))
+        }
+        None => None,
+    };
     let sources = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let mut engine = Engine::start(Arc::clone(&config), &sources);
@@ -699,38 +707,41 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if log_values && let Some(events) = receivers.next() {
         tasks.spawn(log_events(Arc::clone(&config), events, shutdown.clone()));
     }
-    if let Some(address) = config.health {
-        let listener = fieldmq::health::bind(address).await?;
+    if let Some((listener, metrics)) = health {
         let uplink = config
             .upstream
             .as_ref()
             .map(|_| engine.writes.uplink_state());
-        let probe = fieldmq::health::Probe::install(
+        let probe = fieldmq::health::Probe::new(
             Arc::clone(&engine.liveness),
             Arc::clone(&engine.stats),
             uplink,
-        )?;
-        tracing::info!(%address, "health endpoint: /healthz and /metrics");
+            metrics,
+        );
         tokio::spawn(probe.serve(listener, shutdown.clone()));
     }
     tokio::spawn(fieldmq::systemd::watchdog(
         Arc::clone(&engine.liveness),
         shutdown.clone(),
     ));
-    fieldmq::systemd::ready(&format!(
-        "polling {} devices on {} buses",
-        config.devices.len(),
-        config.buses.len()
-    ));
+    announce_ready(&config);
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    tokio::select! {
-        received = &mut signal => tracing::info!(signal = received?, "shutting down"),
-        // A sink ends by itself only when the bus tasks are gone.
-        _ = tasks.join_next() => {}
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            received = &mut signal => {
+                tracing::info!(signal = received?, "shutting down");
+                break;
+            }
+            // A sink ends by itself only when the bus tasks are gone.
+            _ = tasks.join_next() => break,
+            Some(()) = hangup.recv() => reload(&mut engine).await,
+        }
     }
     fieldmq::systemd::stopping();
-    sources.cancel();
+    engine.stop();
     let drained = tokio::time::timeout(SINK_GRACE, async {
         while let Some(done) = tasks.join_next().await {
             done.context("publisher task")?;
@@ -753,8 +764,50 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// SIGHUP: reads the config file again and puts its device map in force;
+/// an invalid file changes nothing.
+async fn reload(engine: &mut Engine) {
+    fieldmq::systemd::reloading();
+    let current = engine.config();
+    match Config::load(&current.path) {
+        Err(e) => {
+            tracing::error!("reload refused, the device map in force stays:\n{e}");
+        }
+        Ok(new) => {
+            let reload = fieldmq::reload::Reload::between(&current, new);
+            for section in &reload.ignored {
+                tracing::warn!(
+                    section,
+                    "changed, but only [[bus]] and [[device]] are reloaded; restart to apply it"
+                );
+            }
+            if reload.is_noop() {
+                tracing::info!("reload: the device map is unchanged");
+            } else {
+                engine.reconfigure(&reload).await;
+                tracing::info!(
+                    added = ?reload.added,
+                    removed = ?reload.removed,
+                    changed = ?reload.changed,
+                    "reload: new device map in force"
+                );
+            }
+        }
+    }
+    announce_ready(&engine.config());
+}
+
+/// Tells systemd that start-up (or a reload) is complete.
+fn announce_ready(config: &Config) {
+    fieldmq::systemd::ready(&format!(
+        "polling {} devices on {} buses",
+        config.devices.len(),
+        config.buses.len()
+    ));
+}
+
 async fn log_events(
-    config: Arc<Config>,
+    mut config: Arc<Config>,
     mut events: tokio::sync::mpsc::Receiver<DeviceEvent>,
     shutdown: CancellationToken,
 ) {
@@ -762,6 +815,7 @@ async fn log_events(
         tokio::select! {
             () = shutdown.cancelled() => break,
             event = events.recv() => match event {
+                Some(DeviceEvent::Reconfigured(map)) => config = map.0,
                 Some(event) => log_event(&config, &event),
                 None => break,
             },
@@ -818,6 +872,6 @@ fn log_event(config: &Config, event: &DeviceEvent) {
                 },
             );
         }
-        DeviceEvent::Written { .. } => {}
+        DeviceEvent::Written { .. } | DeviceEvent::Reconfigured(_) => {}
     }
 }

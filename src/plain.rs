@@ -182,8 +182,44 @@ impl PlainNode {
             DeviceEvent::Offline { device, .. } => {
                 self.device_state(*device, false).into_iter().collect()
             }
-            DeviceEvent::Written { .. } => Vec::new(),
+            DeviceEvent::Written { .. } | DeviceEvent::Reconfigured(_) => Vec::new(),
         }
+    }
+
+    /// A reload put `config` in force: removed devices are announced
+    /// offline, and the `/set` topics of newly writable metrics subscribed.
+    pub fn reconfigure(&mut self, config: Arc<Config>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let gone = self
+            .config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !config.devices.iter().any(|n| n.name == d.name))
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>();
+        if self.connected {
+            for id in gone {
+                actions.extend(self.device_state(id, false));
+            }
+        }
+        let old_sets = std::mem::take(&mut self.set_topics);
+        *self = PlainNode {
+            connected: self.connected,
+            ..PlainNode::new(config)
+        };
+        let mut filters: Vec<(String, Qos)> = self
+            .set_topics
+            .keys()
+            .filter(|t| !old_sets.contains_key(*t))
+            .map(|t| (t.clone(), Qos::AtLeastOnce))
+            .collect();
+        filters.sort();
+        // An empty list would mean "subscriptions done" to the publisher.
+        if self.connected && !filters.is_empty() {
+            actions.push(Action::Subscribe(filters));
+        }
+        actions
     }
 
     /// A `/set` message: a JSON value for a writable metric.

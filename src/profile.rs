@@ -146,6 +146,14 @@ impl NodeProfile {
         }
     }
 
+    /// A reload put `config` in force; `cache` is already carried over to it.
+    pub fn reconfigure(&mut self, config: Arc<Config>, cache: &LastValues) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.reconfigure(config, cache),
+            NodeProfile::Plain(node) => node.reconfigure(config),
+        }
+    }
+
     /// The gateway's figures now; published when they changed.
     pub fn stats(&mut self, stats: NodeStats) -> Vec<Action> {
         match self {

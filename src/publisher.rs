@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::BufferError;
 use crate::config::Config;
 use crate::engine::WriteRouter;
-use crate::forward::Forwarder;
+use crate::forward::{DeviceKeys, Forwarder};
 use crate::health;
 use crate::last_values::LastValues;
 use crate::liveness::Pulse;
@@ -29,6 +29,7 @@ use crate::mqtt::Message;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::profile::{Action, NodeProfile, NodeStats};
+use crate::reload;
 use crate::sparkplug::session::BdSeqStore;
 use crate::stats::Stats;
 
@@ -102,8 +103,12 @@ impl Publisher {
         };
         // A dead link is noticed after up to two keep-alive periods without an answer.
         let window = upstream.keep_alive * 2 + WINDOW_MARGIN;
-        let forwarder =
-            Forwarder::open(&config.node.data_dir.join("buffer"), &config.buffer, window)?;
+        let forwarder = Forwarder::open(
+            &config.node.data_dir.join("buffer"),
+            &config.buffer,
+            window,
+            DeviceKeys::of(&config),
+        )?;
         if forwarder.backlog() > 0 {
             tracing::info!(
                 samples = forwarder.backlog(),
@@ -159,6 +164,7 @@ impl Publisher {
                 () = shutdown.cancelled() => break,
                 Some(link) = self.link.recv() => self.link_event(link),
                 event = events.recv() => match event {
+                    Some(DeviceEvent::Reconfigured(map)) => self.reconfigure(map.0),
                     Some(event) => {
                         self.cache.apply(&event);
                         let actions = self.profile.event(&event, &self.cache);
@@ -186,6 +192,19 @@ impl Publisher {
             }
         }
         self.farewell().await;
+    }
+
+    /// A reload put `config` in force: what is known about unchanged devices
+    /// carries over, the profile announces what changed, and stored batches
+    /// are read back by the new map's device keys.
+    fn reconfigure(&mut self, config: Arc<Config>) {
+        let unchanged = reload::unchanged_devices(&self.config, &config);
+        self.cache = self.cache.carried_over(&config, &unchanged);
+        self.forwarder.remap(DeviceKeys::of(&config));
+        let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
+        self.config = config;
+        self.execute(actions);
+        self.forwarder.readiness_changed();
     }
 
     /// Samples of `event` that went out are kept for a replay; those that
@@ -349,7 +368,7 @@ impl Publisher {
                     }
                 }
                 Action::Write(write) => {
-                    if let Err(rejection) = self.writes.send(write) {
+                    if let Err(rejection) = self.writes.send(write, &self.config) {
                         queue.push_back(Action::Reject(rejection));
                     }
                 }

@@ -5,17 +5,23 @@
 //! replay, the profile encodes them for the session that exists then
 //! (Sparkplug: the new session's seq, aliases of the current birth,
 //! `is_historical`).
+//!
+//! A batch names its device by [`crate::config::Device::key`], a checksum of
+//! its name and its metrics' names and types, not by its position in the
+//! config: a reload or a restart with an edited device map must never pass
+//! one device's stored values off as another's. A batch whose key matches no
+//! device of the map in force is dropped, and counted.
 
 use thiserror::Error;
 
 use crate::value::{DeviceId, Fault, Quality, Sample, Value};
 
-/// Format of the records written by this version.
-const VERSION: u8 = 1;
+/// Format of the records written by this version (1 named devices by position).
+const VERSION: u8 = 2;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unreadable stored samples: {0}")]
+#[error("stored samples unusable: {0}")]
 pub struct Corrupt(&'static str);
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -24,11 +30,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
-/// Encodes samples of one device.
-pub fn encode(device: DeviceId, samples: &[Sample]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + samples.len() * 16);
+/// Encodes samples of the device whose key is `device_key`.
+pub fn encode(device_key: u32, samples: &[Sample]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(7 + samples.len() * 16);
     out.push(VERSION);
-    out.extend_from_slice(&(device as u16).to_le_bytes());
+    out.extend_from_slice(&device_key.to_le_bytes());
     out.extend_from_slice(&(samples.len().min(u16::MAX as usize) as u16).to_le_bytes());
     for s in samples.iter().take(u16::MAX as usize) {
         out.extend_from_slice(&(s.metric as u16).to_le_bytes());
@@ -93,7 +99,7 @@ pub fn encode(device: DeviceId, samples: &[Sample]) -> Vec<u8> {
 /// header (0 for what is not such a record); the buffer's weight.
 pub fn count(bytes: &[u8]) -> u64 {
     match bytes {
-        [VERSION, _, _, lo, hi, ..] => u64::from(u16::from_le_bytes([*lo, *hi])),
+        [VERSION, _, _, _, _, lo, hi, ..] => u64::from(u16::from_le_bytes([*lo, *hi])),
         _ => 0,
     }
 }
@@ -118,13 +124,19 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes a record written by [`encode`].
-pub fn decode(bytes: &[u8]) -> Result<(DeviceId, Vec<Sample>), Corrupt> {
+/// Decodes a record written by [`encode`]; `device_of` finds the device of
+/// the stored key in the map in force.
+pub fn decode(
+    bytes: &[u8],
+    device_of: impl Fn(u32) -> Option<DeviceId>,
+) -> Result<(DeviceId, Vec<Sample>), Corrupt> {
     let mut r = Reader(bytes);
     if r.take::<1>()?[0] != VERSION {
         return Err(Corrupt("unknown format version"));
     }
-    let device = usize::from(u16::from_le_bytes(r.take()?));
+    let device = device_of(u32::from_le_bytes(r.take()?)).ok_or(Corrupt(
+        "its device is no longer in the config, or its metrics changed",
+    ))?;
     let count = u16::from_le_bytes(r.take()?);
     let mut samples = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
@@ -198,9 +210,14 @@ mod tests {
             sample(13, None, Quality::Bad(Fault::Malformed("short".into()))),
             sample(14, None, Quality::Bad(Fault::Offline)),
         ];
-        let bytes = encode(3, &samples);
+        let bytes = encode(0xFEED_0003, &samples);
         assert_eq!(count(&bytes), 15);
-        assert_eq!(decode(&bytes), Ok((3, samples)));
+        let device_of = |key| (key == 0xFEED_0003).then_some(3);
+        assert_eq!(decode(&bytes, device_of), Ok((3, samples)));
+        assert!(
+            decode(&bytes, |_| None).is_err(),
+            "a batch of a device the map no longer has is not passed off as another's"
+        );
     }
 
     #[test]
@@ -226,7 +243,7 @@ mod tests {
             ],
         );
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode(&bytes[..cut], |_| Some(1)).is_err(), "cut at {cut}");
         }
     }
 }

@@ -219,6 +219,21 @@ pub struct Device {
 }
 
 impl Device {
+    /// A checksum of its name and its metrics' names and value types: what
+    /// stored samples name their device by, so that they are never read
+    /// back under a device map they do not fit.
+    pub fn key(&self) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(self.name.as_bytes());
+        for metric in &self.metrics {
+            hasher.update(&[0]);
+            hasher.update(metric.name.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(metric.value_type().name().as_bytes());
+        }
+        hasher.finalize()
+    }
+
     /// The requests of one poll cycle.
     pub fn read_plan(&self) -> ReadPlan {
         ReadPlan::build(

@@ -67,6 +67,19 @@ pub enum DeviceEvent {
         /// `Ok` when the device accepted it.
         outcome: Result<(), Fault>,
     },
+    /// A reload put a new device map in force: events after this one use
+    /// its device and metric ids (sent by the engine, not a bus task).
+    Reconfigured(MapVersion),
+}
+
+/// A device map put in force by a reload; equal only to itself.
+#[derive(Debug, Clone)]
+pub struct MapVersion(pub Arc<Config>);
+
+impl PartialEq for MapVersion {
+    fn eq(&self, other: &MapVersion) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Polling state of one device.

@@ -272,22 +272,71 @@ impl EdgeNode {
                 self.device_birth(*device, cache).into_iter().collect()
             }
             DeviceEvent::Offline { device, .. } if self.device_born(*device) => {
-                if let Some(born) = self
-                    .session
-                    .as_mut()
-                    .and_then(|s| s.devices_born.get_mut(*device))
-                {
-                    *born = false;
-                }
-                let payload = Payload {
-                    timestamp: Some(now_ms()),
-                    seq: Some(self.seq.advance()),
-                    ..Payload::default()
-                };
-                vec![self.publish(self.device_topic(MessageType::DDeath, *device), &payload)]
+                vec![self.device_death(*device)]
             }
             _ => Vec::new(),
         }
+    }
+
+    /// A reload put `config` in force; `cache` is already carried over to it.
+    /// The session goes on: a device whose definition, position or aliases
+    /// changed, or that is gone, gets a DDEATH under its old name; changed
+    /// and new devices get a DBIRTH (now if online, else when they answer);
+    /// devices that are the same keep their birth and hear nothing.
+    pub fn reconfigure(&mut self, config: Arc<Config>, cache: &LastValues) -> Vec<Action> {
+        let aliases = Aliases::new(&config);
+        let same: Vec<bool> = (0..self.config.devices.len())
+            .map(|d| {
+                self.config.devices.get(d) == config.devices.get(d)
+                    && self.aliases.of(d, 0) == aliases.of(d, 0)
+            })
+            .collect();
+        let born: Vec<DeviceId> = (0..self.config.devices.len())
+            .filter(|d| self.device_born(*d))
+            .collect();
+        let mut actions = Vec::new();
+        let mut kept = vec![false; config.devices.len()];
+        for device in born {
+            if same.get(device).copied().unwrap_or(false) {
+                if let Some(k) = kept.get_mut(device) {
+                    *k = true;
+                }
+            } else {
+                actions.push(self.device_death(device));
+            }
+        }
+        self.config = config;
+        self.aliases = aliases;
+        let Some(session) = self.session.as_mut() else {
+            return actions;
+        };
+        session.devices_born = kept;
+        if !session.born {
+            return actions;
+        }
+        for device in 0..self.config.devices.len() {
+            if !self.device_born(device) && cache.is_online(device) {
+                actions.extend(self.device_birth(device, cache));
+            }
+        }
+        actions
+    }
+
+    /// DDEATH for `device`, which is no longer born.
+    fn device_death(&mut self, device: DeviceId) -> Action {
+        if let Some(born) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.devices_born.get_mut(device))
+        {
+            *born = false;
+        }
+        let payload = Payload {
+            timestamp: Some(now_ms()),
+            seq: Some(self.seq.advance()),
+            ..Payload::default()
+        };
+        self.publish(self.device_topic(MessageType::DDeath, device), &payload)
     }
 
     /// Whether the node is born in this session (with a primary host: while it is online).
@@ -640,6 +689,67 @@ type = "u16"
         assert!(
             node.event(&late, &cache).is_empty(),
             "no DDATA after DDEATH"
+        );
+    }
+
+    #[test]
+    fn a_reload_reissues_births_only_for_what_changed_and_keeps_the_session() {
+        let (mut node, mut cache) = node("");
+        online(&mut cache);
+        node.connected(5);
+        node.subscribed(&cache, NodeStats::default());
+        let old = Arc::clone(&node.config);
+
+        let same = Arc::new((*old).clone());
+        let unchanged = crate::reload::unchanged_devices(&old, &same);
+        let carried = cache.carried_over(&same, &unchanged);
+        assert!(
+            node.reconfigure(Arc::clone(&same), &carried).is_empty(),
+            "the same map: no death, no birth"
+        );
+        assert!(node.ready(0));
+
+        let mut edited = (*same).clone();
+        if let Some(metric) = edited.devices[0].metrics.get_mut(1) {
+            metric.unit = Some("%".into());
+        }
+        let edited = Arc::new(edited);
+        let unchanged = crate::reload::unchanged_devices(&same, &edited);
+        let carried = carried.carried_over(&edited, &unchanged);
+        let actions = node.reconfigure(Arc::clone(&edited), &carried);
+        assert_eq!(
+            published(&actions),
+            vec![("spBv1.0/g/DDEATH/n/d".into(), Some(2))],
+            "the changed device dies at once, seq goes on: no NBIRTH, the session stays"
+        );
+        assert!(!node.ready(0), "no DDATA before its new birth");
+        let back = online(&mut cache);
+        let mut carried = carried;
+        carried.apply(&back);
+        let births = node.event(&back, &carried);
+        assert_eq!(
+            published(&births),
+            vec![("spBv1.0/g/DBIRTH/n/d".into(), Some(3))]
+        );
+        let Some(Action::Publish(birth)) = births.first() else {
+            panic!("DBIRTH");
+        };
+        let payload = Payload::decode(birth.payload.as_slice()).unwrap();
+        let unit = payload.metrics[1]
+            .properties
+            .as_ref()
+            .map(|p| p.keys.clone())
+            .unwrap_or_default();
+        assert!(unit.iter().any(|k| k == "engUnit"), "{payload:?}");
+
+        let mut emptied = (*edited).clone();
+        emptied.devices.clear();
+        let emptied = Arc::new(emptied);
+        let actions = node.reconfigure(Arc::clone(&emptied), &LastValues::new(&emptied));
+        assert_eq!(
+            published(&actions),
+            vec![("spBv1.0/g/DDEATH/n/d".into(), Some(4))],
+            "a removed device dies under its old name"
         );
     }
 

@@ -289,10 +289,21 @@ impl Gateway {
 
     /// Runs `fieldmq <args>` with its log in `dir`/`name`.log.
     pub fn spawn(args: &[&std::ffi::OsStr], dir: &Path, name: &str) -> Gateway {
+        Gateway::spawn_with(args, &[], dir, name)
+    }
+
+    /// Runs `fieldmq <args>` with extra environment variables `env`.
+    pub fn spawn_with(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        dir: &Path,
+        name: &str,
+    ) -> Gateway {
         let stderr = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&stderr).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fieldmq"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,fieldmq=debug,tokio_modbus=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -304,13 +315,18 @@ impl Gateway {
 
     /// SIGTERM, as systemd stops it; returns the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        if let Some(pid) = self.child.id() {
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
+        self.signal(libc::SIGTERM);
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("fieldmq exits within 10 s of SIGTERM")
             .expect("wait for fieldmq")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`, as `systemctl reload` does).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            unsafe { libc::kill(pid as i32, signal) };
+        }
     }
 
     /// SIGKILL: a crash or power cut as far as the broker can tell.
