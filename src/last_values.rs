@@ -56,18 +56,20 @@ impl LastValues {
         }
     }
 
-    /// For a reloaded map of `devices` devices: what is known about the
-    /// devices `unchanged` marks carries over, the others start unknown.
-    pub fn carried_over(&self, new: &Config, unchanged: &[bool]) -> LastValues {
+    /// A reload replaced `old` with `new`: what is known about a device that
+    /// is the same in both, at the same position, carries over; the others
+    /// start unknown.
+    pub fn reconfigure(&mut self, old: &Config, new: &Config) {
+        let unchanged = crate::reload::unchanged_devices(old, new);
         let mut next = LastValues::new(new);
         for (id, state) in next.devices.iter_mut().enumerate() {
             if unchanged.get(id).copied().unwrap_or(false)
-                && let Some(old) = self.devices.get(id)
+                && let Some(old) = self.devices.get_mut(id)
             {
-                *state = old.clone();
+                *state = std::mem::take(old);
             }
         }
-        next
+        *self = next;
     }
 
     fn store(&mut self, device: DeviceId, samples: &[Sample]) {

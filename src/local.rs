@@ -17,7 +17,6 @@ use crate::last_values::LastValues;
 use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
 use crate::profile::{Action, NodeProfile, NodeStats};
-use crate::reload;
 use crate::sparkplug::session::BdSeqStore;
 use crate::stats::Stats;
 
@@ -102,8 +101,7 @@ impl LocalFeed {
                 event = events.recv() => match event {
                     Some(DeviceEvent::Reconfigured(map)) => {
                         let config = map.0;
-                        let unchanged = reload::unchanged_devices(&self.config, &config);
-                        self.cache = self.cache.carried_over(&config, &unchanged);
+                        self.cache.reconfigure(&self.config, &config);
                         let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
                         self.config = config;
                         self.execute(actions).await;

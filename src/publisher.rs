@@ -29,7 +29,6 @@ use crate::mqtt::Message;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::profile::{Action, NodeProfile, NodeStats};
-use crate::reload;
 use crate::sparkplug::session::BdSeqStore;
 use crate::stats::Stats;
 
@@ -198,8 +197,7 @@ impl Publisher {
     /// carries over, the profile announces what changed, and stored batches
     /// are read back by the new map's device keys.
     fn reconfigure(&mut self, config: Arc<Config>) {
-        let unchanged = reload::unchanged_devices(&self.config, &config);
-        self.cache = self.cache.carried_over(&config, &unchanged);
+        self.cache.reconfigure(&self.config, &config);
         self.forwarder.remap(DeviceKeys::of(&config));
         let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
         self.config = config;

@@ -701,8 +701,8 @@ type = "u16"
         let old = Arc::clone(&node.config);
 
         let same = Arc::new((*old).clone());
-        let unchanged = crate::reload::unchanged_devices(&old, &same);
-        let carried = cache.carried_over(&same, &unchanged);
+        let mut carried = cache.clone();
+        carried.reconfigure(&old, &same);
         assert!(
             node.reconfigure(Arc::clone(&same), &carried).is_empty(),
             "the same map: no death, no birth"
@@ -714,8 +714,7 @@ type = "u16"
             metric.unit = Some("%".into());
         }
         let edited = Arc::new(edited);
-        let unchanged = crate::reload::unchanged_devices(&same, &edited);
-        let carried = carried.carried_over(&edited, &unchanged);
+        carried.reconfigure(&same, &edited);
         let actions = node.reconfigure(Arc::clone(&edited), &carried);
         assert_eq!(
             published(&actions),
@@ -724,7 +723,6 @@ type = "u16"
         );
         assert!(!node.ready(0), "no DDATA before its new birth");
         let back = online(&mut cache);
-        let mut carried = carried;
         carried.apply(&back);
         let births = node.event(&back, &carried);
         assert_eq!(
