@@ -653,18 +653,8 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let sources = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let mut engine = Engine::start(Arc::clone(&config), &sources);
-    let publisher = match &config.upstream {
-        Some(_) => Some(
-            Publisher::start(
-                Arc::clone(&config),
-                engine.writes.clone(),
-                Arc::clone(&engine.stats),
-                engine.liveness.pulse("uplink"),
-            )
-            .context("cannot start the upstream connection")?,
-        ),
-        None => None,
-    };
+    // The local broker listens before the uplink connects, so an uplink
+    // into that same broker (the demo) succeeds at the first attempt.
     #[cfg(feature = "broker")]
     let local = match config.broker.enabled {
         true => Some(
@@ -686,6 +676,18 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     };
     #[cfg(not(feature = "broker"))]
     let local: Option<std::convert::Infallible> = None;
+    let publisher = match &config.upstream {
+        Some(_) => Some(
+            Publisher::start(
+                Arc::clone(&config),
+                engine.writes.clone(),
+                Arc::clone(&engine.stats),
+                engine.liveness.pulse("uplink"),
+            )
+            .context("cannot start the upstream connection")?,
+        ),
+        None => None,
+    };
     tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), upstream = publisher.is_some(), local_broker = local.is_some(), "fieldmq running");
     let log_values = publisher.is_none();
     let sinks =
