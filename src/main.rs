@@ -330,8 +330,14 @@ async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow
 
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal as _;
+    // tokio-modbus warns once per byte it skips while resyncing an RTU frame:
+    // a wrong baud rate would flood the journal with what our own bus task
+    // already reports once per failed poll. rmqtt's plugin loader warns at
+    // every start that the retainer runs on its defaults, which it should.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tokio_modbus=warn,rmqtt=warn,rmqtt_retainer=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,tokio_modbus=error,rmqtt=warn,rmqtt::plugin=error,rmqtt_retainer=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
