@@ -11,6 +11,7 @@ use std::time::Duration;
 use fieldmq::sparkplug::proto::Payload;
 use fieldmq::sparkplug::proto::payload::{Metric, metric};
 use serde_json::Value;
+use support::http_get;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port, sparkplug_command as command};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -360,7 +361,9 @@ direction = "output"
 "#,
         missing.display()
     );
-    let text = config(dir.path(), port, "", "1s", &pins);
+    let health = free_port();
+    let extra = format!("[health]\nlisten = \"127.0.0.1:{health}\"");
+    let text = config(dir.path(), port, &extra, "1s", &pins);
     let gateway = start(dir.path(), &text, "gw");
     let mut local = peer(port, &["site/gw/+/state", "site/gw/panel/door"]).await;
     let offline = local.next_on("site/gw/relays/state", 5 * SECOND).await;
@@ -370,6 +373,16 @@ direction = "output"
         values_on(&got, "site/gw/panel/door").len() >= 3,
         "the simulated panel goes on: {got:?}"
     );
+    let (_, metrics) = http_get(health, "/metrics").await;
+    for line in [
+        r#"fieldmq_device_up{device="panel"} 1"#,
+        r#"fieldmq_device_up{device="relays"} 0"#,
+    ] {
+        assert!(
+            metrics.contains(line),
+            "no {line:?} in /metrics:\n{metrics}"
+        );
+    }
     let log = gateway.log();
     assert!(
         log.contains("GPIO lines unavailable") && log.contains("gpiochip9"),

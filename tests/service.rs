@@ -12,8 +12,7 @@ use std::time::Duration;
 use fieldmq::modbus::plan::Table;
 use fieldmq::simulator::Simulator;
 use support::mqtt::{Gateway, Mosquitto, Peer, free_port};
-use support::tcp_simulator;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use support::{http_get, tcp_simulator};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -130,33 +129,6 @@ async fn notified_with(socket: &UnixDatagram, what: &str) -> String {
     }
 }
 
-/// GET `path` over HTTP/1.1; the status and the body.
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to [health]");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut response = String::new();
-    tokio::time::timeout(5 * SECOND, stream.read_to_string(&mut response))
-        .await
-        .expect("answer within 5 s")
-        .expect("read answer");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test]
 async fn under_systemd_it_notifies_pings_reloads_and_reports_its_health() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -214,13 +186,13 @@ async fn under_systemd_it_notifies_pings_reloads_and_reports_its_health() {
     };
     assert_eq!(pump_birth.sparkplug().metrics.len(), 1);
 
-    let (status, body) = get(health, "/healthz").await;
+    let (status, body) = http_get(health, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(r#""status":"ok""#) && body.contains(r#""uplink":"up""#),
         "{body}"
     );
-    let (status, metrics) = get(health, "/metrics").await;
+    let (status, metrics) = http_get(health, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
         "fieldmq_poll_duration_seconds_bucket{device=\"meter\",le=\"0.1\"}",

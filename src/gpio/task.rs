@@ -27,6 +27,7 @@ use crate::backoff::Backoff;
 use crate::command::{Write, WriteImage};
 use crate::config::{Config, Device, LinkKind};
 use crate::config::{GpioChip, PinRole};
+use crate::health;
 use crate::modbus::bus::{BusChannels, DeviceEvent};
 use crate::modbus::cycle::{MetricReading, Raw};
 use crate::stats::Stats;
@@ -129,6 +130,7 @@ impl GpioTask {
             if !offline {
                 tracing::warn!(device = %device.name, %error, "GPIO lines unavailable; retrying with backoff");
                 offline = true;
+                metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(0.0);
                 let event = DeviceEvent::Offline {
                     device: self.device,
                     fault: Fault::Link(error.to_string()),
@@ -166,6 +168,7 @@ impl GpioTask {
         if self.events.send(online).await.is_err() {
             return Stop::Done;
         }
+        metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(1.0);
         let mut report = tokio::time::interval_at(now + device.poll, device.poll);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut save_tick =
