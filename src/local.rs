@@ -151,9 +151,15 @@ impl LocalFeed {
                     Stats::bump(&self.stats.commands_rejected);
                     tracing::warn!(%rejection, "local command refused; nothing written");
                 }
-                // Commands are picked out by the broker's ACL hook, and the
-                // local broker has no primary host to leave.
-                Action::Subscribe(_) | Action::LeaveServer => {}
+                // Commands are picked out by the broker's ACL hook: a
+                // subscription (at start, or new /set topics after a reload)
+                // tells it which topics are commands.
+                Action::Subscribe(filters) => {
+                    self.broker
+                        .add_command_filters(filters.into_iter().map(|(f, _)| f));
+                }
+                // The local broker has no primary host to leave.
+                Action::LeaveServer => {}
             }
         }
     }

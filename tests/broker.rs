@@ -445,6 +445,50 @@ subscribe = ["plant/gw/plc/level"]
     gateway.terminate().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_made_writable_by_a_reload_takes_local_commands() {
+    let (dir, gateway, port, sim) = start(OPEN, None).await;
+    sim.set_registers(1, Table::Holding, 1, &[0]);
+    let mut hmi = client(options("hmi", port));
+    assert!(hmi.accepted().await);
+    hmi.subscribe("plant/gw/plc/limit", QoS::AtLeastOnce).await;
+
+    let path = dir.path().join("fieldmq.toml");
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(
+        "\n[[device.metric]]\nname = \"limit\"\ntable = \"holding\"\naddress = 1\ntype = \"u16\"\nwritable = true\n",
+    );
+    std::fs::write(&path, text).expect("rewrite config");
+    gateway.signal(libc::SIGHUP);
+    // The local feed publishes the new metric after it has taken the new
+    // map, its /set topic included.
+    let first = tokio::time::timeout(5 * SECOND, hmi.received.recv()).await;
+    assert!(
+        matches!(first, Ok(Some((ref topic, ..))) if topic == "plant/gw/plc/limit"),
+        "the reloaded metric appears locally: {first:?}\n{}",
+        gateway.log()
+    );
+
+    hmi.client
+        .publish("plant/gw/plc/limit/set", QoS::AtLeastOnce, false, "9")
+        .await
+        .expect("publish");
+    let mut written = false;
+    for _ in 0..30 {
+        if sim.registers(1, Table::Holding, 1, 1) == Some(vec![9]) {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        written,
+        "the new metric's /set reached the device: {}",
+        gateway.log()
+    );
+    gateway.terminate().await;
+}
+
 #[tokio::test]
 async fn an_open_listener_without_authentication_is_refused_at_check() {
     let dir = tempfile::tempdir().expect("tempdir");

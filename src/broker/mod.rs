@@ -19,7 +19,7 @@ pub mod rate;
 pub mod tls;
 
 use std::num::{NonZeroU16, NonZeroU32};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -86,6 +86,8 @@ pub struct LocalBroker {
     expiry: Duration,
     /// Identity of fieldmq's own messages.
     origin: Id,
+    /// What counts as a command; shared with the ACL hook.
+    command_filters: Arc<RwLock<Vec<String>>>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -114,9 +116,10 @@ impl LocalBroker {
             .await
             .map_err(|e| BrokerError::Setup(e.to_string()))?;
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let command_filters = Arc::new(RwLock::new(command_filters));
         let gate = Gate {
             rules: Arc::new(AccessRules::new(settings)),
-            command_filters: Arc::new(command_filters),
+            command_filters: Arc::clone(&command_filters),
             commands: commands_tx,
             stats,
             rate: Arc::new(Mutex::new(PublishRate::new(settings.max_publish_rate))),
@@ -173,6 +176,7 @@ impl LocalBroker {
                 tls,
                 expiry: settings.message_expiry,
                 origin,
+                command_filters,
             },
             commands,
         ))
@@ -204,6 +208,21 @@ impl LocalBroker {
         }
     }
 
+    /// Takes messages on `filters` as commands from now on too (a reload
+    /// made metrics writable). Filters no longer in use stay: the profile
+    /// refuses what names no writable metric.
+    pub fn add_command_filters(&self, filters: impl IntoIterator<Item = String>) {
+        let mut current = self
+            .command_filters
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for filter in filters {
+            if !current.contains(&filter) {
+                current.push(filter);
+            }
+        }
+    }
+
     /// Stops listening, after connected clients had a moment to receive
     /// what was published last (the node's death): rmqtt hands messages to
     /// per-session tasks and offers no flush.
@@ -220,7 +239,7 @@ impl LocalBroker {
 #[derive(Clone)]
 struct Gate {
     rules: Arc<AccessRules>,
-    command_filters: Arc<Vec<String>>,
+    command_filters: Arc<RwLock<Vec<String>>>,
     commands: mpsc::Sender<LocalCommand>,
     stats: Arc<Stats>,
     rate: Arc<Mutex<PublishRate>>,
@@ -287,6 +306,8 @@ impl Handler for Gate {
                 let topic: &str = &publish.topic;
                 let command = self
                     .command_filters
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
                     .iter()
                     .any(|f| access::matches(f, topic));
                 if !self.rules.may_publish(user.as_deref(), topic) {
