@@ -95,6 +95,11 @@ enum Command {
         /// File holding the password for --username.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Ask each edge node whose data arrives before its birth to rebirth
+        /// (an NCMD Node Control/Rebirth, once per node), so its metrics get
+        /// their names; the broker must let this client publish NCMD.
+        #[arg(long)]
+        rebirth: bool,
         /// Topic filters; default all topics.
         filters: Vec<String>,
     },
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             config,
             username,
             password_file,
+            rebirth,
             filters,
         } => {
             let options = match config {
@@ -143,7 +149,7 @@ fn main() -> ExitCode {
                 },
                 None => tail_options(&url, username, password_file.as_deref()),
             };
-            options.and_then(|o| runtime()?.block_on(tail(o, filters)))
+            options.and_then(|o| runtime()?.block_on(tail(o, filters, rebirth)))
         }
     };
     outcome.unwrap_or_else(|e| {
@@ -263,8 +269,14 @@ fn tail_options_from(config: &Config) -> anyhow::Result<rumqttc::MqttOptions> {
     ))
 }
 
-/// Subscribes and prints until Ctrl-C; reconnects (and subscribes again) on its own.
-async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow::Result<ExitCode> {
+/// Subscribes and prints until Ctrl-C; reconnects (and subscribes again) on
+/// its own. With `rebirth`, asks unborn nodes for their births.
+async fn tail(
+    mut options: rumqttc::MqttOptions,
+    filters: Vec<String>,
+    rebirth: bool,
+) -> anyhow::Result<ExitCode> {
+    use prost::Message as _;
     use rumqttc::{Event, Packet, QoS, SubscribeFilter};
     options
         .set_keep_alive(std::time::Duration::from_secs(30))
@@ -299,6 +311,14 @@ async fn tail(mut options: rumqttc::MqttOptions, filters: Vec<String>) -> anyhow
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
                 for line in decoder.lines(&p.topic, &p.payload) {
                     say!("{now} {line}");
+                }
+                if let Some(ncmd) = rebirth.then(|| decoder.rebirth_topic(&p.topic)).flatten() {
+                    let request =
+                        fieldmq::sparkplug::payload::rebirth_request(fieldmq::value::now_ms());
+                    client
+                        .try_publish(&ncmd, QoS::AtLeastOnce, false, request.encode_to_vec())
+                        .context("cannot queue the rebirth request")?;
+                    eprintln!("fieldmq tail: no birth seen yet; asked for one on {ncmd}");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

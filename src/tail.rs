@@ -3,7 +3,7 @@
 //! births seen (data messages carry aliases only); anything else is printed
 //! as its text. Pure: it takes a topic and payload and returns lines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use prost::Message as _;
 
@@ -24,6 +24,8 @@ struct Known {
 pub struct Tail {
     /// By (group, node, device): metrics by alias and by name.
     births: HashMap<(String, String, Option<String>), Births>,
+    /// Nodes (group, node) already asked for a rebirth.
+    asked: HashSet<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +38,24 @@ impl Tail {
     /// A decoder that has seen no birth yet.
     pub fn new() -> Tail {
         Tail::default()
+    }
+
+    /// The NCMD topic to ask for a rebirth when `topic` carries data of an
+    /// edge node whose NBIRTH this tail has not seen (it started later):
+    /// without the births, aliases have no names. Once per node.
+    pub fn rebirth_topic(&mut self, topic: &str) -> Option<String> {
+        let parsed = Topic::parse(topic)?;
+        if !matches!(parsed.message_type, MessageType::NData | MessageType::DData) {
+            return None;
+        }
+        let node = (parsed.group_id, parsed.node_id);
+        let born = self
+            .births
+            .contains_key(&(node.0.clone(), node.1.clone(), None));
+        if born || !self.asked.insert(node.clone()) {
+            return None;
+        }
+        Some(Topic::node(&node.0, MessageType::NCmd, &node.1).to_string())
     }
 
     /// The lines that show one message.
@@ -235,5 +255,25 @@ mod tests {
             tail.lines("spBv1.0/g/DDEATH/n/panel", &death.encode_to_vec()),
             ["DDEATH g/n/panel seq=-"]
         );
+    }
+
+    #[test]
+    fn data_of_an_unborn_node_asks_it_once_for_a_rebirth_and_a_born_one_never() {
+        let mut tail = Tail::new();
+        assert_eq!(
+            tail.rebirth_topic("spBv1.0/g/DDATA/n/panel").as_deref(),
+            Some("spBv1.0/g/NCMD/n")
+        );
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDATA/n"), None, "once");
+        assert_eq!(
+            tail.rebirth_topic("spBv1.0/g/NDATA/other").as_deref(),
+            Some("spBv1.0/g/NCMD/other")
+        );
+        let birth = Payload::default().encode_to_vec();
+        tail.lines("spBv1.0/g/NBIRTH/born", &birth);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/DDATA/born/panel"), None);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/DBIRTH/x/panel"), None);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDEATH/x"), None);
+        assert_eq!(tail.rebirth_topic("site/gw/panel/door"), None);
     }
 }

@@ -278,31 +278,9 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
     assert!(demo.terminate().await.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births() {
-    use support::mqtt::{Gateway, Mosquitto};
-    use tokio::io::AsyncBufReadExt as _;
-    let broker = Mosquitto::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut tail = fieldmq()
-        .args(["tail", "--url", &broker.url(), "spBv1.0/#"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tail");
-    let mut status = tokio::io::BufReader::new(tail.stderr.take().expect("stderr")).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = status.next_line().await {
-            if line.contains("subscribed to spBv1.0/#") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("tail subscribes");
-    // The gateway starts after tail, so tail sees its births.
-    let config = format!(
+/// A gateway publishing a simulated water meter's pulses as Sparkplug to `broker`.
+fn water_meter(dir: &Path, broker: &str) -> String {
+    format!(
         r#"
 [node]
 group_id = "plant"
@@ -310,7 +288,7 @@ node_id = "gw"
 data_dir = "{}"
 
 [upstream]
-url = "{}"
+url = "{broker}"
 
 [broker]
 enabled = false
@@ -328,15 +306,44 @@ debounce = "5ms"
 sim_toggle = "50ms"
 unit = "L"
 "#,
-        dir.path().join("data").display(),
-        broker.url()
-    );
-    let path = write_config(dir.path(), "gw.toml", &config);
-    let gateway = Gateway::run(&path, dir.path(), "gw");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(gateway.terminate().await.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // tail runs until Ctrl-C.
+        dir.join("data").display(),
+    )
+}
+
+/// Starts `fieldmq tail` with `args` and waits until it has subscribed.
+async fn start_tail(args: &[&str]) -> (tokio::process::Child, tokio::task::JoinHandle<String>) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut tail = fieldmq()
+        .arg("tail")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tail");
+    let mut status = tokio::io::BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = status.next_line().await {
+            if line.contains("subscribed to") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("tail subscribes");
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = status.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    (tail, rest)
+}
+
+/// Ctrl-C to `tail`; what it printed.
+async fn stop_tail(tail: tokio::process::Child) -> String {
     if let Some(pid) = tail.id() {
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
     }
@@ -345,7 +352,66 @@ unit = "L"
         .expect("tail stops on SIGINT")
         .expect("tail output");
     assert!(out.status.success());
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_rebirth_asks_a_node_it_joined_late_for_its_births_and_names_its_metrics() {
+    use support::mqtt::{Gateway, Mosquitto};
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "gw.toml",
+        &water_meter(dir.path(), &broker.url()),
+    );
+    let gateway = Gateway::run(&path, dir.path(), "gw");
+    // tail joins after the births went out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (tail, stderr) = start_tail(&["--rebirth", "--url", &broker.url(), "spBv1.0/#"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = stop_tail(tail).await;
+    let stderr = stderr.await.expect("stderr");
+    assert!(
+        stderr.contains("asked for one on spBv1.0/plant/NCMD/gw"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("asked for one").count(),
+        1,
+        "once per node: {stderr}"
+    );
+    let reborn = out
+        .find("NBIRTH plant/gw")
+        .unwrap_or_else(|| panic!("the node was reborn:\n{out}\n{}", gateway.log()));
+    let after = &out[reborn..];
+    assert!(after.contains("DBIRTH plant/gw/panel"), "{out}");
+    assert!(
+        after
+            .lines()
+            .any(|l| l.contains("DDATA  plant/gw/panel") && l.contains("water = ")),
+        "data named after the birth:\n{out}"
+    );
+    assert!(gateway.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births() {
+    use support::mqtt::{Gateway, Mosquitto};
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tail, _) = start_tail(&["--url", &broker.url(), "spBv1.0/#"]).await;
+    // The gateway starts after tail, so tail sees its births.
+    let path = write_config(
+        dir.path(),
+        "gw.toml",
+        &water_meter(dir.path(), &broker.url()),
+    );
+    let gateway = Gateway::run(&path, dir.path(), "gw");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(gateway.terminate().await.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = stop_tail(tail).await;
     for wanted in [
         "NBIRTH plant/gw seq=0  bdSeq = ",
         "DBIRTH plant/gw/panel seq=1  water = 0 L",

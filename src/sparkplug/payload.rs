@@ -228,6 +228,22 @@ pub fn node_death(bd_seq: u64, timestamp_ms: u64) -> Payload {
     }
 }
 
+/// The NCMD a host sends to ask an edge node for a full rebirth
+/// (`Node Control/Rebirth` = true).
+pub fn rebirth_request(timestamp_ms: u64) -> Payload {
+    Payload {
+        timestamp: Some(timestamp_ms),
+        metrics: vec![Metric {
+            name: Some(crate::sparkplug::edge::REBIRTH.to_owned()),
+            timestamp: Some(timestamp_ms),
+            datatype: Some(datatype::BOOLEAN),
+            value: Some(metric::Value::BooleanValue(true)),
+            ..Metric::default()
+        }],
+        ..Payload::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
