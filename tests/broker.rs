@@ -82,6 +82,17 @@ async fn start(
     (dir, gateway, port, sim)
 }
 
+/// Whether holding register `address` of unit 1 reads `value` within 3 s.
+async fn holding_becomes(sim: &Simulator, address: u16, value: u16) -> bool {
+    for _ in 0..30 {
+        if sim.registers(1, Table::Holding, address, 1) == Some(vec![value]) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A raw client: its handle, the task running its event loop, and what it receives.
 struct Client {
     client: AsyncClient,
@@ -429,14 +440,7 @@ subscribe = ["plant/gw/plc/level"]
         .publish("plant/gw/plc/setpoint/set", QoS::AtLeastOnce, false, "42")
         .await
         .expect("publish");
-    let mut written = false;
-    for _ in 0..30 {
-        if sim.registers(1, Table::Holding, 0, 1) == Some(vec![42]) {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = holding_becomes(&sim, 0, 42).await;
     assert!(written, "alice's /set reached the device");
     assert!(
         gateway.log().contains("publish refused"),
@@ -473,14 +477,7 @@ async fn a_metric_made_writable_by_a_reload_takes_local_commands() {
         .publish("plant/gw/plc/limit/set", QoS::AtLeastOnce, false, "9")
         .await
         .expect("publish");
-    let mut written = false;
-    for _ in 0..30 {
-        if sim.registers(1, Table::Holding, 1, 1) == Some(vec![9]) {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = holding_becomes(&sim, 1, 9).await;
     assert!(
         written,
         "the new metric's /set reached the device: {}",
@@ -911,14 +908,7 @@ async fn with_the_sparkplug_profile_a_local_host_gets_births_data_and_may_comman
         false,
     )
     .await;
-    let mut written = false;
-    for _ in 0..30 {
-        if sim.registers(1, Table::Holding, 0, 1) == Some(vec![5]) {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = holding_becomes(&sim, 0, 5).await;
     assert!(written, "the local DCMD reached the register");
 
     let plain = host.collect_for(Duration::from_millis(200)).await;

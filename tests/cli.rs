@@ -279,8 +279,8 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
 }
 
 /// A gateway publishing a simulated water meter's pulses as Sparkplug to `broker`.
-fn water_meter(dir: &Path, broker: &str) -> String {
-    format!(
+fn start_water_meter(dir: &Path, broker: &str) -> support::mqtt::Gateway {
+    let config = format!(
         r#"
 [node]
 group_id = "plant"
@@ -307,7 +307,9 @@ sim_toggle = "50ms"
 unit = "L"
 "#,
         dir.join("data").display(),
-    )
+    );
+    let path = write_config(dir, "gw.toml", &config);
+    support::mqtt::Gateway::run(&path, dir, "gw")
 }
 
 /// Starts `fieldmq tail` with `args` and waits until it has subscribed.
@@ -357,15 +359,10 @@ async fn stop_tail(tail: tokio::process::Child) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_with_rebirth_asks_a_node_it_joined_late_for_its_births_and_names_its_metrics() {
-    use support::mqtt::{Gateway, Mosquitto};
+    use support::mqtt::Mosquitto;
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "gw.toml",
-        &water_meter(dir.path(), &broker.url()),
-    );
-    let gateway = Gateway::run(&path, dir.path(), "gw");
+    let gateway = start_water_meter(dir.path(), &broker.url());
     // tail joins after the births went out.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (tail, stderr) = start_tail(&["--rebirth", "--url", &broker.url(), "spBv1.0/#"]).await;
@@ -397,17 +394,12 @@ async fn tail_with_rebirth_asks_a_node_it_joined_late_for_its_births_and_names_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births() {
-    use support::mqtt::{Gateway, Mosquitto};
+    use support::mqtt::Mosquitto;
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (tail, _) = start_tail(&["--url", &broker.url(), "spBv1.0/#"]).await;
     // The gateway starts after tail, so tail sees its births.
-    let path = write_config(
-        dir.path(),
-        "gw.toml",
-        &water_meter(dir.path(), &broker.url()),
-    );
-    let gateway = Gateway::run(&path, dir.path(), "gw");
+    let gateway = start_water_meter(dir.path(), &broker.url());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(gateway.terminate().await.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
