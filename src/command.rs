@@ -96,6 +96,53 @@ pub enum Rejection {
     /// The command could not be decoded at all.
     #[error("malformed command: {0}")]
     Malformed(String),
+    /// The command came with the retain flag set: a message stored on the
+    /// broker and delivered on subscribing, not an operator's live action.
+    #[error("{0}: retained command (stored on the broker, delivered on subscribe) not applied")]
+    Retained(String),
+    /// The command carries more metrics than its target has.
+    #[error(
+        "{target}: the command carries {carried} metrics, more than the {has} there are; refused whole"
+    )]
+    Oversized {
+        /// The node or device.
+        target: String,
+        /// Metrics in the command.
+        carried: usize,
+        /// Metrics the target has.
+        has: usize,
+    },
+    /// Several metrics of one command were refused.
+    #[error("{count} metrics of one command refused; the first: {first}")]
+    Several {
+        /// How many.
+        count: usize,
+        /// The first refusal.
+        first: Box<Rejection>,
+    },
+}
+
+impl Rejection {
+    /// The metric writes this refusal stands for.
+    pub fn count(&self) -> u64 {
+        match self {
+            Rejection::Several { count, .. } => *count as u64,
+            _ => 1,
+        }
+    }
+
+    /// One refusal for all of `rejections`, so that a command is logged
+    /// and reported once however many metrics it carried.
+    pub fn merged(mut rejections: Vec<Rejection>) -> Option<Rejection> {
+        match rejections.len() {
+            0 => None,
+            1 => rejections.pop(),
+            count => Some(Rejection::Several {
+                count,
+                first: Box::new(rejections.swap_remove(0)),
+            }),
+        }
+    }
 }
 
 /// Checks a write of `value` into metric `metric` of device `device` and

@@ -38,6 +38,12 @@ pub const BUFFER_DROPPED: &str = "fieldmq_buffer_dropped_samples_total";
 pub const UPLINK_UP: &str = "fieldmq_uplink_up";
 /// Counter: messages handed to a server; label `sink` (`upstream`, `local`).
 pub const MESSAGES_PUBLISHED: &str = "fieldmq_messages_published_total";
+/// Counter: what the local broker refused; label `reason` (`login`, `will`,
+/// `session_taken`, `quota`, `anonymous_persistent`, `retained_full`).
+pub const BROKER_REFUSED: &str = "fieldmq_broker_refused_total";
+/// Counter: messages the local broker dropped before delivery; label
+/// `reason` (`queue_full`, `expired`, `other`).
+pub const BROKER_DROPPED: &str = "fieldmq_broker_dropped_messages_total";
 
 /// Bucket bounds of [`POLL_DURATION`]: from a fast TCP device (a few ms) to
 /// a slow RS-485 unit or a timeout (seconds).

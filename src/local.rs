@@ -95,12 +95,18 @@ impl LocalFeed {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(command) = self.commands.recv() => {
-                    let actions = self.profile.message(&command.topic, &command.payload, &self.cache, self.node_stats());
+                    // A local client's command is always live: the broker
+                    // hands over publishes, never stored messages.
+                    let actions = self.profile.message(&command.topic, &command.payload, false, &self.cache, self.node_stats());
                     self.execute(actions).await;
                 }
                 event = events.recv() => match event {
                     Some(DeviceEvent::Reconfigured(map)) => {
                         let config = map.0;
+                        if config.broker != self.config.broker {
+                            self.broker.reload_access(&config.broker).await;
+                            tracing::info!("reload: local broker users and ACLs in force");
+                        }
                         self.cache.reconfigure(&self.config, &config);
                         let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
                         self.config = config;
@@ -148,7 +154,7 @@ impl LocalFeed {
                     }
                 }
                 Action::Reject(rejection) => {
-                    Stats::bump(&self.stats.commands_rejected);
+                    Stats::add(&self.stats.commands_rejected, rejection.count());
                     tracing::warn!(%rejection, "local command refused; nothing written");
                 }
                 // Commands are picked out by the broker's ACL hook: a

@@ -192,11 +192,21 @@ async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let server = tokio::spawn(sim.serve_tcp(listener));
     // State (bdSeq, the buffer, counter totals) and the uplink's password
-    // live in a directory of this run, removed at the end.
-    let data_dir = std::env::temp_dir().join(format!("fieldmq-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&data_dir)
+    // live in a directory of this run, removed at the end. Its name is not
+    // guessable and it is created fresh, owner-only: in a shared /tmp
+    // another user could otherwise read the password or plant the directory.
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).context("the OS random source")?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let data_dir = std::env::temp_dir().join(format!(
+        "fieldmq-demo-{}-{}",
+        std::process::id(),
+        hex(&secret[..4])
+    ));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let password = format!("{:016x}", fastrand::u64(..));
+    let password = hex(&secret[4..]);
     std::fs::write(data_dir.join("uplink.pass"), password)
         .with_context(|| format!("cannot write to {}", data_dir.display()))?;
     let text = fieldmq::demo::config_text(address, broker, &data_dir);
@@ -810,7 +820,7 @@ async fn reload(engine: &mut Engine) {
                 );
             }
             if reload.is_noop() {
-                tracing::info!("reload: the device map is unchanged");
+                tracing::info!("reload: nothing that a reload applies has changed");
             } else {
                 engine.reconfigure(&reload).await;
                 tracing::info!(

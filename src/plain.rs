@@ -223,10 +223,19 @@ impl PlainNode {
     }
 
     /// A `/set` message: a JSON value for a writable metric.
-    pub fn message(&mut self, topic: &str, payload: &[u8], cache: &LastValues) -> Vec<Action> {
+    pub fn message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+        cache: &LastValues,
+    ) -> Vec<Action> {
         let Some(&(device, metric)) = self.set_topics.get(topic) else {
             return vec![Action::Reject(Rejection::UnknownMetric(topic.into()))];
         };
+        if retained {
+            return vec![Action::Reject(Rejection::Retained(topic.into()))];
+        }
         let Some(def) = self
             .config
             .devices

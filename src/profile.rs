@@ -137,13 +137,24 @@ impl NodeProfile {
         &mut self,
         topic: &str,
         payload: &[u8],
+        retained: bool,
         cache: &LastValues,
         stats: NodeStats,
     ) -> Vec<Action> {
-        match self {
-            NodeProfile::Sparkplug(node) => node.message(topic, payload, cache, stats),
-            NodeProfile::Plain(node) => node.message(topic, payload, cache),
-        }
+        let actions = match self {
+            NodeProfile::Sparkplug(node) => node.message(topic, payload, retained, cache, stats),
+            NodeProfile::Plain(node) => node.message(topic, payload, retained, cache),
+        };
+        // One line, and one report, per command however many metrics it held.
+        let (rejections, mut actions): (Vec<_>, Vec<_>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Reject(_)));
+        let rejections = rejections.into_iter().filter_map(|a| match a {
+            Action::Reject(r) => Some(r),
+            _ => None,
+        });
+        actions.extend(Rejection::merged(rejections.collect()).map(Action::Reject));
+        actions
     }
 
     /// A reload put `config` in force; `cache` is already carried over to it.

@@ -322,10 +322,18 @@ impl Publisher {
                 self.execute(actions);
                 self.forwarder.readiness_changed();
             }
-            LinkEvent::Message { topic, payload } => {
-                let actions =
-                    self.profile
-                        .message(&topic, &payload, &self.cache, self.node_stats());
+            LinkEvent::Message {
+                topic,
+                payload,
+                retained,
+            } => {
+                let actions = self.profile.message(
+                    &topic,
+                    &payload,
+                    retained,
+                    &self.cache,
+                    self.node_stats(),
+                );
                 self.execute(actions);
                 self.forwarder.readiness_changed();
                 let actions = self.profile.stats(self.node_stats());
@@ -371,7 +379,7 @@ impl Publisher {
                     }
                 }
                 Action::Reject(rejection) => {
-                    Stats::bump(&self.stats.commands_rejected);
+                    Stats::add(&self.stats.commands_rejected, rejection.count());
                     tracing::warn!(%rejection, "command refused; nothing written");
                 }
                 Action::LeaveServer => {

@@ -1,10 +1,11 @@
 //! SIGHUP: a new device map for a running gateway. Pure: compares the
 //! config in force with what the file says now.
 //!
-//! Only the device map (`[[bus]]` and `[[device]]`) is reloaded. The other
-//! sections shape connections that a reload must not drop (the uplink and
-//! its Sparkplug session, the local broker and its clients, the queue on
-//! disk), so changes to them are reported and wait for a restart.
+//! The device map (`[[bus]]` and `[[device]]`) is reloaded, and so are the
+//! local broker's users and ACLs, which apply at once to connected clients.
+//! The other sections shape connections that a reload must not drop (the
+//! uplink and its Sparkplug session, the local broker's listeners, the
+//! queue on disk), so changes to them are reported and wait for a restart.
 //!
 //! A bus whose settings and devices are all the same keeps its task: its
 //! devices keep their connection, their schedules and, for GPIO, the state
@@ -29,6 +30,8 @@ pub struct Reload {
     pub changed: Vec<String>,
     /// Sections that differ but are not reloaded.
     pub ignored: Vec<&'static str>,
+    /// The local broker's users or ACLs differ.
+    pub access_changed: bool,
 }
 
 impl Reload {
@@ -44,15 +47,18 @@ impl Reload {
         if old.buffer != new.buffer {
             ignored.push("[buffer]");
         }
-        if old.broker != new.broker {
+        let broker = old.broker.with_access_of(&new.broker);
+        if broker != new.broker {
             ignored.push("[broker]");
         }
+        let access_changed = broker != old.broker;
         if old.health != new.health {
             ignored.push("[health]");
         }
         let config = Config {
             buses: new.buses,
             devices: new.devices,
+            broker,
             ..old.clone()
         };
         let kept_buses = (0..config.buses.len())
@@ -88,12 +94,14 @@ impl Reload {
             removed,
             changed,
             ignored,
+            access_changed,
         }
     }
 
     /// Whether the device map is the same as before.
     pub fn is_noop(&self) -> bool {
-        self.added.is_empty()
+        !self.access_changed
+            && self.added.is_empty()
             && self.removed.is_empty()
             && self.changed.is_empty()
             && self.kept_buses.iter().all(|k| *k)

@@ -21,6 +21,9 @@ struct Rights {
 pub struct AccessRules {
     anonymous: Option<Rights>,
     users: HashMap<String, (Secret, Rights)>,
+    /// Checked for an unknown user name, so that it costs the same hashing
+    /// work as a wrong password and does not tell which names exist.
+    decoy: Option<String>,
 }
 
 impl AccessRules {
@@ -42,6 +45,7 @@ impl AccessRules {
                     (u.name.clone(), (u.secret.clone(), rights))
                 })
                 .collect(),
+            decoy: decoy_hash(settings),
         }
     }
 
@@ -49,13 +53,24 @@ impl AccessRules {
     pub fn login(&self, user: Option<&str>, password: Option<&[u8]>) -> bool {
         match user {
             None => self.anonymous.is_some(),
-            Some(name) => self.users.get(name).is_some_and(|(secret, _)| {
-                password.is_some_and(|p| match secret {
+            Some(name) => match self.users.get(name) {
+                Some((secret, _)) => password.is_some_and(|p| match secret {
                     Secret::Hash(hash) => verify_hash(hash, p),
                     Secret::Plain(plain) => constant_time_eq(plain.as_bytes(), p),
-                })
-            }),
+                }),
+                None => {
+                    if let Some(decoy) = &self.decoy {
+                        verify_hash(decoy, password.unwrap_or_default());
+                    }
+                    false
+                }
+            },
         }
+    }
+
+    /// Whether `user` is configured (or, for `None`, anonymous clients are let in).
+    pub fn knows(&self, user: Option<&str>) -> bool {
+        self.rights(user).is_some()
     }
 
     fn rights(&self, user: Option<&str>) -> Option<&Rights> {
@@ -133,6 +148,25 @@ pub fn verify_hash(hash: &str, password: &[u8]) -> bool {
     let mut derived = vec![0u8; expected.len()];
     pbkdf2::pbkdf2_hmac::<Sha512>(password, &salt, iterations, &mut derived);
     constant_time_eq(&derived, &expected)
+}
+
+/// A hash no password matches, with the most iterations any user's hash
+/// has; `None` when no user has a hash (plain passwords cost no hashing).
+fn decoy_hash(settings: &LocalBrokerSettings) -> Option<String> {
+    let iterations = settings
+        .users
+        .iter()
+        .filter_map(|u| match &u.secret {
+            Secret::Hash(h) => h.split('$').nth(2)?.parse::<u32>().ok(),
+            Secret::Plain(_) => None,
+        })
+        .max()?;
+    let mut salt = [0u8; 12];
+    // A fixed salt would do as well: nothing is derived from it.
+    getrandom::fill(&mut salt).ok()?;
+    let salt = STANDARD.encode(salt);
+    let key = STANDARD.encode([0u8; 64]);
+    Some(format!("$7${iterations}${salt}${key}"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -15,33 +15,39 @@
 //! rmqtt runs before each delivery.
 
 pub mod access;
+mod gate;
 pub mod rate;
+pub mod retained;
+pub mod sessions;
+pub mod throttle;
 pub mod tls;
 
-use std::num::{NonZeroU16, NonZeroU32};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use rmqtt::codec::types::{Publish as WirePublish, QoS};
-use rmqtt::codec::v5::{Codec, Packet, PublishAckReason, PublishProperties, SubscribeAckReason};
+use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
-use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
-use rmqtt::net::Builder;
+use rmqtt::hook::Type;
+use rmqtt::net::{Builder, Listener};
+use rmqtt::pending::ExtraLimits;
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{
-    AuthResult, From, Id, Publish, PublishAclResult, PublishResult, SubscribeAclResult,
-};
+use rmqtt::types::{From, Id, Publish, Unsubscribe};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::codec::Encoder;
 
 use crate::config::{LocalBrokerSettings, Qos};
 use crate::mqtt::Message;
 use crate::stats::Stats;
 use access::AccessRules;
-use rate::{Admission, PublishRate};
+use gate::{Gate, TopicLimits, lock};
+use rate::PublishRate;
+use retained::RetainedBudget;
+use sessions::{Quotas, SessionOwners};
+use throttle::LoginThrottle;
 
 /// How long the broker keeps running after fieldmq's last message.
 const STOP_GRACE: Duration = Duration::from_millis(300);
@@ -88,6 +94,10 @@ pub struct LocalBroker {
     origin: Id,
     /// What counts as a command; shared with the ACL hook.
     command_filters: Arc<RwLock<Vec<String>>>,
+    /// Users and ACLs; shared with the hooks, replaced by a reload.
+    rules: Arc<RwLock<Arc<AccessRules>>>,
+    /// Whose each session is; shared with the hooks.
+    owners: Arc<Mutex<SessionOwners<gate::SessionMark>>>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -105,11 +115,31 @@ impl LocalBroker {
         command_filters: Vec<String>,
         stats: Arc<Stats>,
     ) -> Result<(LocalBroker, mpsc::Receiver<LocalCommand>), BrokerError> {
-        // rmqtt's listener `max_connections` only bounds the handshake queue;
-        // the session limit is what caps clients (and persistent sessions
-        // kept for absent ones, each with its queue).
+        let quotas = Quotas {
+            anonymous: settings.max_clients,
+            per_user: settings.max_sessions_per_user,
+        };
+        // Sessions are capped by fieldmq's quotas (the gate); rmqtt's own
+        // cap is their sum, so it never refuses a user within its quota.
+        let capacity = SessionOwners::<gate::SessionMark>::capacity(quotas, settings.users.len());
         let scx = ServerContext::new()
-            .mqtt_max_sessions(settings.max_clients.try_into().unwrap_or(isize::MAX))
+            .mqtt_max_sessions(capacity.try_into().unwrap_or(isize::MAX))
+            .extra_limits(ExtraLimits {
+                max_pending: settings.max_pending,
+                max_pending_per_address: settings.max_pending_per_address,
+                max_queued_bytes: settings.max_queued_bytes,
+                max_queued_bytes_total: settings.max_queued_bytes_total,
+            })
+            // Retained messages without an expiry are kept until replaced;
+            // the gate caps their number and bytes.
+            .plugins_config_map_add(
+                "rmqtt-retainer",
+                format!(
+                    "max_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
+                    settings.max_retained.max(1),
+                    settings.max_packet_size
+                ),
+            )
             .build()
             .await;
         rmqtt_retainer::register(&scx, true, false)
@@ -117,57 +147,64 @@ impl LocalBroker {
             .map_err(|e| BrokerError::Setup(e.to_string()))?;
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let command_filters = Arc::new(RwLock::new(command_filters));
+        let rules = Arc::new(RwLock::new(Arc::new(AccessRules::new(settings))));
+        let owners = Arc::new(Mutex::new(SessionOwners::new(quotas)));
         let gate = Gate {
-            rules: Arc::new(AccessRules::new(settings)),
+            scx: scx.clone(),
+            rules: Arc::clone(&rules),
             command_filters: Arc::clone(&command_filters),
             commands: commands_tx,
             stats,
             rate: Arc::new(Mutex::new(PublishRate::new(settings.max_publish_rate))),
+            owners: Arc::clone(&owners),
+            throttle: Arc::new(Mutex::new(LoginThrottle::default())),
+            retained: Arc::new(Mutex::new(RetainedBudget::new(
+                settings.max_retained,
+                settings.max_retained_bytes,
+            ))),
+            topics: TopicLimits {
+                length: settings.max_topic_length,
+                levels: settings.max_topic_levels,
+            },
         };
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
+            Type::SessionTerminated,
             Type::ClientSubscribeCheckAcl,
             Type::MessagePublishCheckAcl,
+            Type::MessagePublish,
+            Type::MessageDropped,
             Type::MessageExpiryCheck,
             Type::ClientDisconnected,
         ] {
             register.add(typ, Box::new(gate.clone())).await;
         }
         register.start().await;
-        let listen_error = |e: rmqtt::Error| BrokerError::Listen {
-            address: settings.listen,
-            reason: e.to_string(),
+        let plain = listener(settings, settings.listen, capacity, false)?;
+        let mut server = MqttServer::new(scx.clone()).listener(plain);
+        // TLS clients come through fieldmq's relay on a loopback listener of
+        // their own, which learns each client's real address from a PROXY
+        // header: pending-connection caps and login throttling work per
+        // client there too, not on the relay's one loopback address.
+        let tls = match &settings.tls {
+            Some(t) => {
+                let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+                let relayed = listener(settings, loopback, capacity, true)?;
+                let target = relayed
+                    .local_addr()
+                    .map_err(|e| BrokerError::Setup(e.to_string()))?;
+                server = server.listener_by_id(relayed, target.port());
+                Some(tls::start(t, target, settings).await?)
+            }
+            None => None,
         };
-        let listener = Builder::new()
-            .name("fieldmq")
-            .laddr(settings.listen)
-            // Without it a restart (systemd's Restart=, an upgrade) cannot
-            // listen again while the last connections sit in TIME_WAIT.
-            .reuseaddr(Some(true))
-            .allow_anonymous(settings.allow_anonymous)
-            .allow_zero_keepalive(true)
-            .max_connections(settings.max_clients)
-            .max_packet_size(settings.max_packet_size)
-            .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
-            .max_mqueue_len(settings.max_queued)
-            .session_expiry_interval(settings.session_expiry)
-            .max_session_expiry_interval(settings.session_expiry)
-            .message_expiry_interval(settings.message_expiry)
-            .bind()
-            .map_err(listen_error)?
-            .tcp()
-            .map_err(listen_error)?;
-        let server = MqttServer::new(scx.clone()).listener(listener).build();
+        let server = server.build();
         let server = tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!(error = %e, "local broker stopped");
             }
         });
-        let tls = match &settings.tls {
-            Some(t) => Some(tls::start(t, settings.listen, settings.max_clients).await?),
-            None => None,
-        };
         let origin = Id::new(scx.node.id(), 0, None, None, "fieldmq".into(), None);
         Ok((
             LocalBroker {
@@ -177,6 +214,8 @@ impl LocalBroker {
                 expiry: settings.message_expiry,
                 origin,
                 command_filters,
+                rules,
+                owners,
             },
             commands,
         ))
@@ -223,6 +262,70 @@ impl LocalBroker {
         }
     }
 
+    /// Applies reloaded users and ACLs at once: sessions of users no longer
+    /// configured (and of anonymous clients, when they are no longer let
+    /// in) are closed, and subscriptions the new rules do not allow are
+    /// removed from the sessions that hold them. Publishes are checked
+    /// against the rules in force each time, so they need nothing here.
+    pub async fn reload_access(&self, settings: &LocalBrokerSettings) {
+        let rules = Arc::new(AccessRules::new(settings));
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&rules);
+        let sessions: Vec<(String, sessions::Login)> = lock(&self.owners)
+            .all()
+            .map(|(client, login)| (client.to_owned(), login.clone()))
+            .collect();
+        let shared = self.scx.extends.shared().await;
+        for (client, login) in sessions {
+            let id = Id::new(
+                self.scx.node.id(),
+                0,
+                None,
+                None,
+                client.as_str().into(),
+                None,
+            );
+            if !rules.knows(login.as_deref()) {
+                match shared.entry(id).try_lock().await {
+                    Ok(mut entry) => {
+                        if let Err(e) = entry.kick(true, true, true).await {
+                            tracing::warn!(%client, error = %e, "local broker: cannot close the session of a removed login");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%client, error = %e, "local broker: cannot close the session of a removed login");
+                    }
+                }
+                lock(&self.owners).forget(&client);
+                tracing::info!(%client, user = ?login, "local broker: session closed, its login is no longer configured");
+                continue;
+            }
+            let entry = shared.entry(id);
+            let Some(session) = entry.session() else {
+                continue;
+            };
+            let Ok(subscriptions) = session.subscriptions().await else {
+                continue;
+            };
+            let refused: Vec<_> = subscriptions
+                .read()
+                .await
+                .keys()
+                .filter(|filter| !rules.may_subscribe(login.as_deref(), filter))
+                .cloned()
+                .collect();
+            for filter in refused {
+                let unsubscribe = Unsubscribe {
+                    topic_filter: filter.clone(),
+                };
+                if let Err(e) = entry.unsubscribe(&unsubscribe).await {
+                    tracing::warn!(%client, %filter, error = %e, "local broker: cannot remove a subscription the new ACL refuses");
+                } else {
+                    tracing::info!(%client, %filter, "local broker: subscription removed, the new ACL refuses it");
+                }
+            }
+        }
+    }
+
     /// Stops listening, after connected clients had a moment to receive
     /// what was published last (the node's death): rmqtt hands messages to
     /// per-session tasks and offers no flush.
@@ -235,138 +338,39 @@ impl LocalBroker {
     }
 }
 
-/// fieldmq's authentication and ACL hooks (one clone per hook type).
-#[derive(Clone)]
-struct Gate {
-    rules: Arc<AccessRules>,
-    command_filters: Arc<RwLock<Vec<String>>>,
-    commands: mpsc::Sender<LocalCommand>,
-    stats: Arc<Stats>,
-    rate: Arc<Mutex<PublishRate>>,
-}
-
-impl Gate {
-    fn rate(&self) -> std::sync::MutexGuard<'_, PublishRate> {
-        // The lock guards plain arithmetic; a poisoned one is still consistent.
-        self.rate.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl Handler for Gate {
-    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        match param {
-            Parameter::ClientAuthenticate(info) => {
-                let user = info.username().map(|u| u.to_string());
-                let ok = self
-                    .rules
-                    .login(user.as_deref(), info.password().map(|p| &p[..]));
-                if !ok {
-                    tracing::warn!(user = ?user, "local broker: login refused");
-                }
-                let result = if ok {
-                    AuthResult::Allow(false, None)
-                } else {
-                    AuthResult::BadUsernameOrPassword
-                };
-                (false, Some(HookResult::AuthResult(result)))
-            }
-            Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                let user = session.id.username.as_ref().map(|u| u.to_string());
-                if self
-                    .rules
-                    .may_subscribe(user.as_deref(), &subscribe.topic_filter)
-                {
-                    (true, acc)
-                } else {
-                    tracing::warn!(user = ?user, filter = %subscribe.topic_filter, "local broker: subscription refused");
-                    let refused =
-                        SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
-                    (false, Some(HookResult::SubscribeAclResult(refused)))
-                }
-            }
-            Parameter::MessagePublishCheckAcl(session, publish) => {
-                let client: &str = &session.id.client_id;
-                let admission = self.rate().admit(client, Instant::now());
-                if let Admission::Refused { report } = admission {
-                    if let Some(refused) = report {
-                        tracing::warn!(%client, refused, "local broker: client publishes faster than max_publish_rate; messages dropped");
-                    }
-                    let over = PublishResult::reason_code(
-                        PublishAckReason::QuotaExceeded,
-                        Some("max_publish_rate".into()),
-                        false,
-                    );
-                    return (
-                        false,
-                        Some(HookResult::PublishAclResult(PublishAclResult(over))),
-                    );
-                }
-                let user = session.id.username.as_ref().map(|u| u.to_string());
-                let topic: &str = &publish.topic;
-                let command = self
-                    .command_filters
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .any(|f| access::matches(f, topic));
-                if !self.rules.may_publish(user.as_deref(), topic) {
-                    if command {
-                        Stats::bump(&self.stats.commands_rejected);
-                    }
-                    tracing::warn!(user = ?user, %topic, "local broker: publish refused");
-                    let refused = PublishAclResult::rejected(false, None);
-                    return (false, Some(HookResult::PublishAclResult(refused)));
-                }
-                if command {
-                    let sent = self.commands.try_send(LocalCommand {
-                        topic: topic.to_owned(),
-                        payload: publish.payload.to_vec(),
-                    });
-                    if sent.is_err() {
-                        Stats::bump(&self.stats.commands_rejected);
-                        tracing::warn!(%topic, "local command refused: too many waiting");
-                    }
-                }
-                (true, acc)
-            }
-            Parameter::ClientDisconnected(session, _) => {
-                self.rate().forget(&session.id.client_id);
-                (true, acc)
-            }
-            Parameter::MessageExpiryCheck(session, _, publish) => {
-                let limit = match session.connect_info().await {
-                    Ok(info) => info.max_packet_size(),
-                    Err(_) => None,
-                };
-                match limit {
-                    Some(limit) if outgoing_size(publish) > limit.get() as usize => {
-                        tracing::debug!(client = %session.id.client_id, topic = %publish.topic, limit, "local broker: message larger than the client takes, not sent");
-                        (false, Some(HookResult::MessageExpiry))
-                    }
-                    _ => (true, acc),
-                }
-            }
-            _ => (true, acc),
-        }
-    }
-}
-
-/// The size of the PUBLISH packet rmqtt would send for `publish` to an MQTT
-/// 5 client, fixed header included (rmqtt's own check leaves the header out).
-fn outgoing_size(publish: &Publish) -> usize {
-    let mut packet = publish.inner.as_ref().clone();
-    if packet.qos != QoS::AtMostOnce {
-        packet.packet_id = Some(NonZeroU16::MIN);
-    }
-    // rmqtt sets the expiry (a fixed four bytes) where properties exist.
-    if let Some(properties) = &mut packet.properties {
-        properties.message_expiry_interval = Some(NonZeroU32::MAX);
-        properties.topic_alias = None;
-    }
-    let mut bytes = bytes::BytesMut::new();
-    match Codec::new(0, 0).encode(Packet::Publish(Box::new(packet)), &mut bytes) {
-        Ok(()) => bytes.len(),
-        Err(_) => usize::MAX,
-    }
+/// A plain TCP listener at `address` with `[broker]`'s limits; `proxied`
+/// takes the client's address from a PROXY protocol header (the TLS relay).
+fn listener(
+    settings: &LocalBrokerSettings,
+    address: SocketAddr,
+    capacity: usize,
+    proxied: bool,
+) -> Result<Listener, BrokerError> {
+    let listen_error = |e: rmqtt::Error| BrokerError::Listen {
+        address,
+        reason: e.to_string(),
+    };
+    Builder::new()
+        .name(if proxied { "fieldmq-tls" } else { "fieldmq" })
+        .laddr(address)
+        .proxy_protocol(proxied)
+        // Without it a restart (systemd's Restart=, an upgrade) cannot
+        // listen again while the last connections sit in TIME_WAIT.
+        .reuseaddr(Some(true))
+        .allow_anonymous(settings.allow_anonymous)
+        .allow_zero_keepalive(true)
+        .handshake_timeout(settings.connect_timeout)
+        .max_connections(capacity)
+        .max_subscriptions(settings.max_subscriptions)
+        .max_topic_levels(settings.max_topic_levels)
+        .max_packet_size(settings.max_packet_size)
+        .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
+        .max_mqueue_len(settings.max_queued)
+        .session_expiry_interval(settings.session_expiry)
+        .max_session_expiry_interval(settings.session_expiry)
+        .message_expiry_interval(settings.message_expiry)
+        .bind()
+        .map_err(listen_error)?
+        .tcp()
+        .map_err(listen_error)
 }

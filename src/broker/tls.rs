@@ -1,13 +1,12 @@
 //! The local broker's TLS listener (`[broker] tls_listen`).
 //!
 //! fieldmq terminates TLS itself, with the rustls and ring already used for
-//! the uplink, and relays each decrypted connection to the broker's plain
-//! listener over loopback. rmqtt's own TLS would pull in aws-lc-rs: a second
-//! crypto library with a C build for every ARM target. The broker sees TLS
-//! clients as coming from the loopback address; logins and topic ACLs work
-//! on user names, so nothing is lost by that.
+//! the uplink, and relays each decrypted connection to a loopback listener
+//! of the broker's, prefixed with a PROXY protocol header that names the
+//! client's address. rmqtt's own TLS would pull in aws-lc-rs: a second
+//! crypto library with a C build for every ARM target.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +18,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::BrokerTls;
-use crate::mqtt::options::{TlsError, certificates, private_key};
+use rmqtt::pending::{ExtraLimits, PendingConnections};
+use tokio::io::AsyncWriteExt;
 
-/// A client has this long to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::{BrokerTls, LocalBrokerSettings};
+use crate::mqtt::options::{TlsError, certificates, private_key};
 
 /// The TLS listener could not be set up.
 #[derive(Debug, Error)]
@@ -73,25 +72,15 @@ pub fn server_config(tls: &BrokerTls) -> Result<Arc<ServerConfig>, TlsSetupError
     Ok(Arc::new(config))
 }
 
-/// Where the relay reaches the broker's plain listener.
-fn relay_target(plain: SocketAddr) -> SocketAddr {
-    match plain.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), plain.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), plain.port())
-        }
-        _ => plain,
-    }
-}
-
-/// Listens on `tls.listen` and relays each client to the broker at `plain`;
-/// at most `max_clients` connections at once.
+/// Listens on `tls.listen` and relays each client to the broker's relay
+/// listener at `target`, announcing the client's address in a PROXY header.
+/// Handshakes in progress are capped like the broker's own pending
+/// connections (in all and per address); a relayed client takes one of at
+/// most `max_clients` places only once its handshake is done.
 pub async fn start(
     tls: &BrokerTls,
-    plain: SocketAddr,
-    max_clients: usize,
+    target: SocketAddr,
+    settings: &LocalBrokerSettings,
 ) -> Result<JoinHandle<()>, TlsSetupError> {
     let acceptor = TlsAcceptor::from(server_config(tls)?);
     let listener = TcpListener::bind(tls.listen)
@@ -100,8 +89,14 @@ pub async fn start(
             address: tls.listen,
             source,
         })?;
-    let target = relay_target(plain);
-    let slots = Arc::new(Semaphore::new(max_clients));
+    let slots = Arc::new(Semaphore::new(settings.max_clients));
+    let pending = PendingConnections::default();
+    let limits = ExtraLimits {
+        max_pending: settings.max_pending,
+        max_pending_per_address: settings.max_pending_per_address,
+        ..ExtraLimits::default()
+    };
+    let timeout = settings.connect_timeout;
     Ok(tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -112,13 +107,31 @@ pub async fn start(
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "local broker TLS listener: too many clients; connection closed");
+            let Some(place) = pending.admit(peer.ip(), &limits) else {
+                tracing::info!(%peer, "local broker TLS listener: too many handshakes in progress; connection closed");
                 continue;
             };
             let acceptor = acceptor.clone();
+            let slots = Arc::clone(&slots);
             tokio::spawn(async move {
-                if let Err(e) = relay(stream, acceptor, target).await {
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                drop(place);
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "local broker TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "local broker TLS handshake timed out");
+                        return;
+                    }
+                };
+                let Ok(slot) = slots.try_acquire_owned() else {
+                    tracing::warn!(%peer, "local broker TLS listener: too many clients; connection closed");
+                    return;
+                };
+                if let Err(e) = relay(tls, peer, target).await {
                     tracing::info!(%peer, error = %e, "local broker TLS connection ended");
                 }
                 drop(slot);
@@ -128,19 +141,52 @@ pub async fn start(
 }
 
 async fn relay(
-    stream: TcpStream,
-    acceptor: TlsAcceptor,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
     target: SocketAddr,
 ) -> std::io::Result<()> {
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-        })??;
     let mut broker = TcpStream::connect(target).await?;
     broker.set_nodelay(true)?;
+    broker
+        .write_all(proxy_header(peer, target).as_bytes())
+        .await?;
     tokio::io::copy_bidirectional(&mut tls, &mut broker).await?;
     Ok(())
+}
+
+/// A PROXY protocol v1 header naming `peer` as the client.
+fn proxy_header(peer: SocketAddr, target: SocketAddr) -> String {
+    // v1 needs both ends in one family; an IPv6 client reaching the IPv4
+    // loopback relay is announced as unknown rather than mislabelled.
+    match (peer, target) {
+        (SocketAddr::V4(p), SocketAddr::V4(t)) => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            p.ip(),
+            t.ip(),
+            p.port(),
+            t.port()
+        ),
+        (SocketAddr::V6(p), SocketAddr::V6(t)) => format!(
+            "PROXY TCP6 {} {} {} {}\r\n",
+            p.ip(),
+            t.ip(),
+            p.port(),
+            t.port()
+        ),
+        _ => match peer.ip() {
+            std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => format!(
+                    "PROXY TCP4 {} {} {} {}\r\n",
+                    v4,
+                    target.ip(),
+                    peer.port(),
+                    target.port()
+                ),
+                None => "PROXY UNKNOWN\r\n".to_owned(),
+            },
+            std::net::IpAddr::V4(_) => "PROXY UNKNOWN\r\n".to_owned(),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -148,12 +194,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wildcard_listener_is_reached_over_loopback() {
-        let any: SocketAddr = "0.0.0.0:1883".parse().unwrap();
-        assert_eq!(relay_target(any), "127.0.0.1:1883".parse().unwrap());
-        let any6: SocketAddr = "[::]:1883".parse().unwrap();
-        assert_eq!(relay_target(any6), "[::1]:1883".parse().unwrap());
-        let lan: SocketAddr = "192.168.1.5:1883".parse().unwrap();
-        assert_eq!(relay_target(lan), lan);
+    fn the_proxy_header_names_the_client() {
+        let relay: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let v4: SocketAddr = "192.168.1.7:5555".parse().unwrap();
+        assert_eq!(
+            proxy_header(v4, relay),
+            "PROXY TCP4 192.168.1.7 127.0.0.1 5555 40000\r\n"
+        );
+        let mapped: SocketAddr = "[::ffff:10.0.0.9]:6000".parse().unwrap();
+        assert_eq!(
+            proxy_header(mapped, relay),
+            "PROXY TCP4 10.0.0.9 127.0.0.1 6000 40000\r\n"
+        );
+        let v6: SocketAddr = "[2001:db8::1]:7000".parse().unwrap();
+        assert_eq!(proxy_header(v6, relay), "PROXY UNKNOWN\r\n");
     }
 }

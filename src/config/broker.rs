@@ -31,8 +31,31 @@ pub struct LocalBrokerSettings {
     pub anonymous_publish: Vec<String>,
     /// Known users.
     pub users: Vec<BrokerUser>,
-    /// Client sessions at once, counting persistent sessions of absent clients.
+    /// Sessions anonymous clients may hold together, counting persistent
+    /// sessions of absent clients; each user has its own quota on top.
     pub max_clients: usize,
+    /// Sessions, live or persisted, one configured user may hold.
+    pub max_sessions_per_user: usize,
+    /// How long a new connection has to complete CONNECT.
+    pub connect_timeout: Duration,
+    /// Connections that have not completed CONNECT yet, in all.
+    pub max_pending: usize,
+    /// The same, from one client address.
+    pub max_pending_per_address: usize,
+    /// Bytes queued for one client before its oldest messages are dropped.
+    pub max_queued_bytes: usize,
+    /// Bytes queued for all clients together.
+    pub max_queued_bytes_total: usize,
+    /// Topics local clients may leave a retained message on.
+    pub max_retained: usize,
+    /// Bytes those retained messages may hold (payloads and topics).
+    pub max_retained_bytes: usize,
+    /// Subscriptions one client may hold.
+    pub max_subscriptions: usize,
+    /// Longest topic or topic filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic or topic filter.
+    pub max_topic_levels: usize,
     /// Largest packet accepted, in bytes.
     pub max_packet_size: u32,
     /// QoS 1/2 messages in flight to one client.
@@ -95,6 +118,20 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl LocalBrokerSettings {
+    /// These settings with `other`'s users and ACLs: the part of `[broker]`
+    /// a reload applies without restarting the broker.
+    pub fn with_access_of(&self, other: &LocalBrokerSettings) -> LocalBrokerSettings {
+        LocalBrokerSettings {
+            allow_anonymous: other.allow_anonymous,
+            anonymous_subscribe: other.anonymous_subscribe.clone(),
+            anonymous_publish: other.anonymous_publish.clone(),
+            users: other.users.clone(),
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for LocalBrokerSettings {
     fn default() -> LocalBrokerSettings {
         LocalBrokerSettings {
@@ -106,7 +143,18 @@ impl Default for LocalBrokerSettings {
             anonymous_publish: Vec::new(),
             users: Vec::new(),
             max_clients: 64,
-            max_packet_size: 1024 * 1024,
+            max_sessions_per_user: 8,
+            connect_timeout: Duration::from_secs(10),
+            max_pending: 64,
+            max_pending_per_address: 8,
+            max_queued_bytes: 1024 * 1024,
+            max_queued_bytes_total: 16 * 1024 * 1024,
+            max_retained: 10_000,
+            max_retained_bytes: 8 * 1024 * 1024,
+            max_subscriptions: 100,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_packet_size: 256 * 1024,
             max_inflight: 16,
             max_queued: 10_000,
             message_expiry: Duration::from_secs(3600),
@@ -240,6 +288,92 @@ impl Checker<'_> {
                 100_000,
                 d.max_clients as i64,
             ) as usize,
+            max_sessions_per_user: int(
+                self,
+                "max_sessions_per_user",
+                &raw.max_sessions_per_user,
+                1,
+                10_000,
+                d.max_sessions_per_user as i64,
+            ) as usize,
+            connect_timeout: self.duration(
+                ctx,
+                "connect_timeout",
+                raw.connect_timeout.as_ref(),
+                d.connect_timeout,
+            ),
+            max_pending: int(
+                self,
+                "max_pending",
+                &raw.max_pending,
+                1,
+                100_000,
+                d.max_pending as i64,
+            ) as usize,
+            max_pending_per_address: int(
+                self,
+                "max_pending_per_address",
+                &raw.max_pending_per_address,
+                1,
+                100_000,
+                d.max_pending_per_address as i64,
+            ) as usize,
+            max_queued_bytes: int(
+                self,
+                "max_queued_bytes",
+                &raw.max_queued_bytes,
+                1024,
+                1 << 40,
+                d.max_queued_bytes as i64,
+            ) as usize,
+            max_queued_bytes_total: int(
+                self,
+                "max_queued_bytes_total",
+                &raw.max_queued_bytes_total,
+                1024,
+                1 << 40,
+                d.max_queued_bytes_total as i64,
+            ) as usize,
+            max_retained: int(
+                self,
+                "max_retained",
+                &raw.max_retained,
+                0,
+                10_000_000,
+                d.max_retained as i64,
+            ) as usize,
+            max_retained_bytes: int(
+                self,
+                "max_retained_bytes",
+                &raw.max_retained_bytes,
+                0,
+                1 << 40,
+                d.max_retained_bytes as i64,
+            ) as usize,
+            max_subscriptions: int(
+                self,
+                "max_subscriptions",
+                &raw.max_subscriptions,
+                1,
+                1_000_000,
+                d.max_subscriptions as i64,
+            ) as usize,
+            max_topic_length: int(
+                self,
+                "max_topic_length",
+                &raw.max_topic_length,
+                16,
+                65_535,
+                d.max_topic_length as i64,
+            ) as usize,
+            max_topic_levels: int(
+                self,
+                "max_topic_levels",
+                &raw.max_topic_levels,
+                1,
+                1_000,
+                d.max_topic_levels as i64,
+            ) as usize,
             max_packet_size: int(
                 self,
                 "max_packet_size",
@@ -319,10 +453,20 @@ impl Checker<'_> {
                 }
                 Secret::Hash(h.get_ref().clone())
             }
-            (None, Some(f)) => Secret::Plain(
-                self.secret(&ctx, "password_file", f, base)
-                    .unwrap_or_default(),
-            ),
+            (None, Some(f)) => {
+                let password = self.secret(&ctx, "password_file", f, base);
+                if password.as_deref() == Some("") {
+                    self.error(
+                        f.span(),
+                        &ctx,
+                        format!(
+                            "password_file = \"{}\" is empty, expected the user's password (an empty password would let anyone log in as {name})",
+                            f.get_ref()
+                        ),
+                    );
+                }
+                Secret::Plain(password.unwrap_or_default())
+            }
             (Some(h), Some(_)) => {
                 self.error(
                     h.span(),

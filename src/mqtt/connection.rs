@@ -51,6 +51,9 @@ pub enum LinkEvent {
         topic: String,
         /// Its payload.
         payload: Vec<u8>,
+        /// Set on a message the server stored and delivered on subscribing
+        /// (a live message arrives with it clear, whatever its sender set).
+        retained: bool,
     },
     /// The connection is gone. The publisher must publish nothing more
     /// until the next `Connected` and then drop `ack`.
@@ -235,6 +238,7 @@ impl Connection {
             Event::Incoming(Incoming::Publish(publish)) => LinkEvent::Message {
                 topic: publish.topic,
                 payload: publish.payload.to_vec(),
+                retained: publish.retain,
             },
             Event::Outgoing(Outgoing::Disconnect) => {
                 // Only the publisher disconnects: to stop, or to leave this server.

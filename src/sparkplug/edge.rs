@@ -405,6 +405,7 @@ impl EdgeNode {
         &mut self,
         topic: &str,
         payload: &[u8],
+        retained: bool,
         cache: &LastValues,
         stats: NodeStats,
     ) -> Vec<Action> {
@@ -426,6 +427,12 @@ impl EdgeNode {
         else {
             return Vec::new();
         };
+        if !matches!(parsed.message_type, MessageType::NCmd | MessageType::DCmd) {
+            return Vec::new();
+        }
+        if retained {
+            return vec![Action::Reject(Rejection::Retained(topic.into()))];
+        }
         let command = match Payload::decode(payload) {
             Ok(command) => command,
             Err(e) => {
@@ -465,6 +472,15 @@ impl EdgeNode {
         cache: &LastValues,
         stats: NodeStats,
     ) -> Vec<Action> {
+        // Only Rebirth is writable, but a host may echo the whole NBIRTH.
+        let has = 3 + NODE_STATS.len();
+        if command.metrics.len() > has {
+            return vec![Action::Reject(Rejection::Oversized {
+                target: "node".into(),
+                carried: command.metrics.len(),
+                has,
+            })];
+        }
         let mut actions = Vec::new();
         let mut rebirth = false;
         for m in &command.metrics {
@@ -496,6 +512,13 @@ impl EdgeNode {
         let Some((device, def)) = self.config.device_by_name(device_name) else {
             return vec![Action::Reject(Rejection::UnknownDevice(device_name.into()))];
         };
+        if command.metrics.len() > def.metrics.len() {
+            return vec![Action::Reject(Rejection::Oversized {
+                target: def.name.clone(),
+                carried: command.metrics.len(),
+                has: def.metrics.len(),
+            })];
+        }
         let mut actions = Vec::new();
         for m in &command.metrics {
             let metric = match (m.alias, m.name.as_deref()) {
@@ -768,18 +791,26 @@ type = "u16"
             value: Some(value),
             ..Metric::default()
         };
-        let actions = node.message(
-            "spBv1.0/g/DCMD/n/d",
-            &dcmd(vec![
-                by_alias,
-                by_name("status", metric::Value::IntValue(1)),
-                by_name("level", metric::Value::IntValue(101)),
-                by_name("level", metric::Value::LongValue(1)),
-                by_name("nope", metric::Value::IntValue(1)),
-            ]),
-            &cache,
-            NodeStats::default(),
-        );
+        // One metric per command: a command may carry no more metrics
+        // than the device has (two).
+        let actions: Vec<Action> = [
+            by_alias,
+            by_name("status", metric::Value::IntValue(1)),
+            by_name("level", metric::Value::IntValue(101)),
+            by_name("level", metric::Value::LongValue(1)),
+            by_name("nope", metric::Value::IntValue(1)),
+        ]
+        .into_iter()
+        .flat_map(|m| {
+            node.message(
+                "spBv1.0/g/DCMD/n/d",
+                &dcmd(vec![m]),
+                false,
+                &cache,
+                NodeStats::default(),
+            )
+        })
+        .collect();
         assert!(matches!(&actions[0], Action::Write(w) if w.value == Value::U16(42)));
         assert!(matches!(
             &actions[1],
@@ -800,12 +831,77 @@ type = "u16"
         let garbage = node.message(
             "spBv1.0/g/NCMD/n",
             b"\xff\xff",
+            false,
             &cache,
             NodeStats::default(),
         );
         assert!(matches!(
             &garbage[..],
             [Action::Reject(Rejection::Malformed(_))]
+        ));
+    }
+
+    #[test]
+    fn retained_and_oversized_commands_are_refused_whole() {
+        let (mut node, mut cache) = node("");
+        online(&mut cache);
+        node.connected(0);
+        node.subscribed(&cache, NodeStats::default());
+        let write = |v| Metric {
+            name: Some("level".into()),
+            value: Some(metric::Value::IntValue(v)),
+            ..Metric::default()
+        };
+        let stored = node.message(
+            "spBv1.0/g/DCMD/n/d",
+            &dcmd(vec![write(7)]),
+            true,
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(
+            &stored[..],
+            [Action::Reject(Rejection::Retained(_))]
+        ));
+        let live = node.message(
+            "spBv1.0/g/DCMD/n/d",
+            &dcmd(vec![write(7)]),
+            false,
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(&live[..], [Action::Write(_)]));
+        let flood = node.message(
+            "spBv1.0/g/DCMD/n/d",
+            &dcmd((0..100_000).map(write).collect()),
+            false,
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(
+            &flood[..],
+            [Action::Reject(Rejection::Oversized {
+                carried: 100_000,
+                ..
+            })]
+        ));
+        let rebirths = node.message(
+            "spBv1.0/g/NCMD/n",
+            &dcmd(vec![
+                Metric {
+                    name: Some(REBIRTH.into()),
+                    value: Some(metric::Value::BooleanValue(true)),
+                    ..Metric::default()
+                };
+                1000
+            ]),
+            false,
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(matches!(
+            &rebirths[..],
+            [Action::Reject(Rejection::Oversized { .. })]
         ));
     }
 
@@ -822,6 +918,7 @@ type = "u16"
         let on = node.message(
             "spBv1.0/STATE/h",
             br#"{"online":true,"timestamp":10}"#,
+            true,
             &cache,
             stats,
         );
@@ -833,6 +930,7 @@ type = "u16"
         let off = node.message(
             "spBv1.0/STATE/h",
             br#"{"online":false,"timestamp":11}"#,
+            true,
             &cache,
             stats,
         );

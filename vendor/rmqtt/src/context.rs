@@ -105,6 +105,9 @@ pub struct ServerContextBuilder {
     /// Maximum concurrent MQTT sessions (0 = unlimited)
     pub mqtt_max_sessions: isize,
 
+    /// fieldmq patch: pending-connection and queued-byte limits.
+    pub extra_limits: crate::pending::ExtraLimits,
+
     /// plugins config, path or configMap<plugin_name, toml_string>
     #[cfg(feature = "plugin")]
     pub plugins_config: PluginManagerConfig,
@@ -132,6 +135,7 @@ impl ServerContextBuilder {
             busy_check_enable: true,
             busy_handshaking_limit: 0,
             mqtt_max_sessions: 0,
+            extra_limits: crate::pending::ExtraLimits::default(),
             #[cfg(feature = "plugin")]
             plugins_config: PluginManagerConfig::default(),
             circuit_breaker_config: CircuitBreakerConfig::default(),
@@ -183,6 +187,12 @@ impl ServerContextBuilder {
     /// Sets maximum allowed MQTT sessions
     pub fn mqtt_max_sessions(mut self, mqtt_max_sessions: isize) -> Self {
         self.mqtt_max_sessions = mqtt_max_sessions;
+        self
+    }
+
+    /// fieldmq patch: sets the pending-connection and queued-byte limits.
+    pub fn extra_limits(mut self, extra_limits: crate::pending::ExtraLimits) -> Self {
+        self.extra_limits = extra_limits;
         self
     }
 
@@ -246,6 +256,9 @@ impl ServerContextBuilder {
 
                 busy_check_enable: self.busy_check_enable,
                 mqtt_max_sessions: self.mqtt_max_sessions,
+                extra_limits: self.extra_limits,
+                pending: crate::pending::PendingConnections::default(),
+                queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
 
                 handshakings: Counter::new(),
                 connections: Counter::new(),
@@ -297,6 +310,12 @@ pub struct ServerContextInner {
     pub busy_check_enable: bool,
     /// Maximum allowed MQTT sessions
     pub mqtt_max_sessions: isize,
+    /// fieldmq patch: pending-connection and queued-byte limits.
+    pub extra_limits: crate::pending::ExtraLimits,
+    /// fieldmq patch: connections still in their handshake.
+    pub pending: crate::pending::PendingConnections,
+    /// fieldmq patch: bytes queued for all clients together.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 
     /// Active handshake counter
     pub handshakings: Counter,

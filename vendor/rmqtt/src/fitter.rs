@@ -220,6 +220,8 @@ impl Fitter for DefaultFitter {
             .properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval.map(|i| Duration::from_secs(i.get() as u64)))
+            // fieldmq patch: the listener's interval caps a message's own.
+            .map(|i| if self.listen_cfg.message_expiry_interval.is_zero() { i } else { i.min(self.listen_cfg.message_expiry_interval) })
             .unwrap_or_else(|| self.listen_cfg.message_expiry_interval);
         log::debug!("{:?} message_expiry_interval: {:?}", self.conn_info.id(), expiry_interval);
         expiry_interval

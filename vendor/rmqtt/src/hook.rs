@@ -1064,11 +1064,15 @@ impl Hook for DefaultHook {
             return MessageExpiryCheckResult::Expiry;
         }
 
+        // fieldmq patch: only a message that carries an expiry gets one,
+        // capped by the listener's (0.24.0 stamped the listener's on all).
+        let cap = self.s.listen_cfg().message_expiry_interval.as_millis() as i64;
         let expiry_interval = publish
             .properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval.map(|i| i.get() as i64 * 1000))
-            .unwrap_or_else(|| self.s.listen_cfg().message_expiry_interval.as_millis() as i64);
+            .map(|i| if cap > 0 { i.min(cap) } else { i })
+            .unwrap_or(0);
 
         log::debug!("{:?} expiry_interval: {:?}", self.s.id, expiry_interval);
         if expiry_interval == 0 {

@@ -38,6 +38,7 @@
 use std::collections::vec_deque::VecDeque;
 use std::num::NonZeroU32;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -168,6 +169,44 @@ impl<T> Sender<T> {
     pub fn pop(&self) -> Option<T> {
         self.queue.pop()
     }
+
+    /// fieldmq patch: queues `v` within the queue's count and byte limits.
+    /// Over the count limit the policy decides as in `send`; over a byte
+    /// limit the oldest messages make room, and `v` itself is dropped only
+    /// when it cannot fit in an empty queue. Returns everything dropped.
+    pub fn send_evicting(&self, v: T) -> Vec<T> {
+        let mut dropped = Vec::new();
+        let mut v = v;
+        loop {
+            match self.queue.push(v) {
+                Ok(()) => {
+                    // Surplus wake-ups after evictions are skipped by the
+                    // receiver; a missing one would strand a message.
+                    if let Err(e) = self.tx.clone().try_send(()) {
+                        log::debug!("channel is full, {e}");
+                    }
+                    return dropped;
+                }
+                Err(back) => {
+                    let over_count = self.queue.len() >= self.queue.capacity();
+                    if over_count && matches!((self.policy_fn)(&back), Policy::Current) {
+                        dropped.push(back);
+                        return dropped;
+                    }
+                    match self.queue.pop() {
+                        Some(oldest) => {
+                            dropped.push(oldest);
+                            v = back;
+                        }
+                        None => {
+                            dropped.push(back);
+                            return dropped;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Stream adapter that polls the underlying MPSC receiver and
@@ -180,11 +219,18 @@ pub struct ReceiverStream<T> {
 impl<T> Stream for ReceiverStream<T> {
     type Item = Option<T>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let result: Option<_> = futures::ready!(Pin::new(&mut self.rx).poll_next(cx));
-        Poll::Ready(match result {
-            Some(_) => Some(self.queue.pop()),
-            None => None,
-        })
+        // fieldmq patch: a wake-up whose message was evicted is skipped.
+        loop {
+            let result: Option<_> = futures::ready!(Pin::new(&mut self.rx).poll_next(cx));
+            match result {
+                Some(_) => {
+                    if let Some(v) = self.queue.pop() {
+                        return Poll::Ready(Some(Some(v)));
+                    }
+                }
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }
 
@@ -242,19 +288,62 @@ pub struct Queue<T> {
     inner: Mutex<VecDeque<T>>,
     on_push_fn: Option<Arc<dyn OnEventFn>>,
     on_pop_fn: Option<Arc<dyn OnEventFn>>,
+    budget: Option<ByteBudget<T>>,
+}
+
+/// fieldmq patch: how many bytes one queue, and all queues together, may hold.
+pub struct ByteBudget<T> {
+    weigh: fn(&T) -> usize,
+    per_queue: usize,
+    total_cap: usize,
+    total: Arc<AtomicUsize>,
+    used: AtomicUsize,
+}
+
+impl<T> ByteBudget<T> {
+    /// A budget of `per_queue` bytes, within `total_cap` shared through `total`.
+    pub fn new(weigh: fn(&T) -> usize, per_queue: usize, total_cap: usize, total: Arc<AtomicUsize>) -> Self {
+        Self { weigh, per_queue, total_cap, total, used: AtomicUsize::new(0) }
+    }
+
+    fn fits(&self, weight: usize) -> bool {
+        self.used.load(Ordering::Relaxed).saturating_add(weight) <= self.per_queue
+            && self.total.load(Ordering::Relaxed).saturating_add(weight) <= self.total_cap
+    }
+
+    fn add(&self, weight: usize) {
+        self.used.fetch_add(weight, Ordering::Relaxed);
+        self.total.fetch_add(weight, Ordering::Relaxed);
+    }
+
+    fn sub(&self, weight: usize) {
+        self.used.fetch_sub(weight, Ordering::Relaxed);
+        self.total.fetch_sub(weight, Ordering::Relaxed);
+    }
 }
 
 impl<T> Drop for Queue<T> {
     #[inline]
     fn drop(&mut self) {
         log::debug!("Queue Drop ... len: {}", self.len());
+        if let Some(b) = &self.budget {
+            let used = b.used.swap(0, Ordering::Relaxed);
+            b.total.fetch_sub(used, Ordering::Relaxed);
+        }
     }
 }
 
 impl<T> Queue<T> {
     #[inline]
     pub fn new(cap: usize) -> Self {
-        Self { cap, inner: Mutex::new(VecDeque::new()), on_push_fn: None, on_pop_fn: None }
+        Self { cap, inner: Mutex::new(VecDeque::new()), on_push_fn: None, on_pop_fn: None, budget: None }
+    }
+
+    /// fieldmq patch: bounds the bytes the queue holds too.
+    #[inline]
+    pub fn with_budget(mut self, budget: ByteBudget<T>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     #[inline]
@@ -279,6 +368,13 @@ impl<T> Queue<T> {
         if inner.len() >= self.cap {
             return Err(v);
         }
+        if let Some(b) = &self.budget {
+            let weight = (b.weigh)(&v);
+            if !b.fits(weight) {
+                return Err(v);
+            }
+            b.add(weight);
+        }
         if let Some(f) = self.on_push_fn.as_ref() {
             f();
         }
@@ -290,6 +386,9 @@ impl<T> Queue<T> {
     pub fn pop(&self) -> Option<T> {
         let mut inner = self.inner.lock();
         if let Some(v) = inner.pop_front() {
+            if let Some(b) = &self.budget {
+                b.sub((b.weigh)(&v));
+            }
             if let Some(f) = self.on_pop_fn.as_ref() {
                 f();
             }

@@ -226,9 +226,20 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
         match l.accept().await {
             Ok(accept) => {
                 let scx = scx.clone();
+                // fieldmq patch: a connection gets a place among the pending
+                // ones, or is closed at once, and has handshake_timeout from
+                // here to complete CONNECT (0.24.0 waited for the first
+                // packet for ever).
+                let remote_addr = accept.remote_addr;
+                let Some(place) = scx.pending.admit(remote_addr.ip(), &scx.extra_limits) else {
+                    log::info!("too many connections in their handshake, closed: {remote_addr}");
+                    continue;
+                };
+                let admission = crate::pending::Admission {
+                    place,
+                    deadline: std::time::Instant::now() + accept.cfg.handshake_timeout,
+                };
                 tokio::spawn(async move {
-                    // Extract before `accept.tcp()` consumes the acceptor.
-                    let remote_addr = accept.remote_addr;
                     log::debug!("TCP connection from {remote_addr}");
 
                     let stream = match accept.tcp() {
@@ -239,19 +250,22 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
+                    match tokio::time::timeout(admission.remaining(), stream.mqtt()).await {
+                        Ok(Ok(MqttStream::V3(s))) => {
+                            if let Err(e) = v3::process(scx.clone(), s, lid, Some(admission)).await {
                                 log::info!("MQTTv3 processing error: {e}, from: {remote_addr}");
                             }
                         }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
+                        Ok(Ok(MqttStream::V5(s))) => {
+                            if let Err(e) = v5::process(scx.clone(), s, lid, Some(admission)).await {
                                 log::info!("MQTTv5 processing error: {e}, from: {remote_addr}");
                             }
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             log::info!("MQTT version detection failed: {e}, from: {remote_addr}");
+                        }
+                        Err(_) => {
+                            log::info!("no CONNECT within the handshake timeout, closed: {remote_addr}");
                         }
                     }
                 });
@@ -289,12 +303,12 @@ async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
 
                     match stream.mqtt().await {
                         Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v3::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv3/TLS processing error: {e}, from: {remote_addr}");
                             }
                         }
                         Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v5::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv5/TLS processing error: {e}, from: {remote_addr}");
                             }
                         }
@@ -337,12 +351,12 @@ async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
 
                     match stream.mqtt().await {
                         Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v3::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv3/WS processing error: {e}, from: {remote_addr}");
                             }
                         }
                         Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v5::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv5/WS processing error: {e}, from: {remote_addr}");
                             }
                         }
@@ -385,12 +399,12 @@ async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
 
                     match stream.mqtt().await {
                         Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v3::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv3/WSS processing error: {e}, from: {remote_addr}");
                             }
                         }
                         Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v5::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv5/WSS processing error: {e}, from: {remote_addr}");
                             }
                         }
@@ -433,12 +447,12 @@ async fn listen_quic(scx: ServerContext, l: &Listener, lid: ListenerId) {
 
                     match stream.mqtt().await {
                         Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v3::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv3/QUIC processing error: {e}, from: {remote_addr}");
                             }
                         }
                         Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
+                            if let Err(e) = v5::process(scx.clone(), s, lid, None).await {
                                 log::info!("MQTTv5/QUIC processing error: {e}, from: {remote_addr}");
                             }
                         }

@@ -438,7 +438,7 @@ impl SessionState {
                                 //hook, offline_message
                                 self.hook.offline_message(from.clone(), &p).await;
 
-                                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                                for (from, p) in deliver_queue_tx.send_evicting((from, p)) {
                                     log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                                     //hook, message_dropped
                                    self.scx.extends.hook_mgr().message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull).await;
@@ -462,14 +462,17 @@ impl SessionState {
                                         // rule, sys-topic offline counters, audit plugins) do not
                                         // miss the messages drained on kick.
                                         self.hook.offline_message(from.clone(), &p).await;
-                                        if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                                        let dropped = deliver_queue_tx.send_evicting((from, p));
+                                        let queued = dropped.is_empty();
+                                        for (from, p) in dropped {
                                             log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                                             self.scx
                                                 .extends
                                                 .hook_mgr()
                                                 .message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull)
                                                 .await;
-                                        } else {
+                                        }
+                                        if queued {
                                             drained += 1;
                                         }
                                     }
@@ -603,7 +606,7 @@ impl SessionState {
     {
         match msg {
             Message::Forward(from, p) => {
-                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                for (from, p) in deliver_queue_tx.send_evicting((from, p)) {
                     log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                     //hook, message_dropped
                     self.scx
@@ -885,6 +888,13 @@ impl SessionState {
         if let Ok(conn_info) = self.connect_info().await {
             if let Some(lw) = conn_info.last_will() {
                 let p = Publish::try_from(lw)?;
+                // fieldmq patch: a will is a publish, and passes the same
+                // ACL check (0.24.0 delivered wills unchecked).
+                let acl = self.hook.message_publish_check_acl(&p).await;
+                if !acl.is_allow() {
+                    log::info!("{:?} last will refused by the publish ACL, topic: {:?}", self.id, p.topic);
+                    return Ok(());
+                }
                 let from = From::from_lastwill(self.id.clone());
                 //hook, message_publish
                 let p = self.hook.message_publish(from.clone(), &p).await.unwrap_or(p);
@@ -1469,6 +1479,28 @@ impl SessionState {
             self.out_inflight().write().await.advance_next_id(max_id);
         }
 
+        // fieldmq patch: a resumed session keeps only the subscriptions the
+        // ACL still allows, and only messages for those.
+        if !clear_subscriptions && !offline_info.subscriptions.is_empty() {
+            let mut refused = Vec::new();
+            for (tf, opts) in offline_info.subscriptions.iter() {
+                let sub = Subscribe { topic_filter: tf.clone(), opts: opts.clone() };
+                if let Some(res) = self.hook.client_subscribe_check_acl(&sub).await {
+                    if res.failure() {
+                        refused.push(tf.clone());
+                    }
+                }
+            }
+            if !refused.is_empty() {
+                log::info!("{:?} resumed subscriptions no longer allowed, removed: {:?}", self.id, refused);
+                offline_info.subscriptions.retain(|(tf, _)| !refused.contains(tf));
+                let kept: Vec<Topic> =
+                    offline_info.subscriptions.iter().filter_map(|(tf, _)| Topic::from_str(tf).ok()).collect();
+                let allowed = |topic: &str| kept.iter().any(|f| f.matches_str(topic));
+                offline_info.offline_messages.retain(|(_, p)| allowed(&p.topic));
+                offline_info.inflight_messages.retain(|m| allowed(&m.publish.topic));
+            }
+        }
         if !clear_subscriptions && !offline_info.subscriptions.is_empty() {
             for (tf, opts) in offline_info.subscriptions.iter() {
                 let id = self.id.clone();
@@ -2193,6 +2225,17 @@ impl Session {
         let message_expiry_interval = listen_cfg.message_expiry_interval.as_millis() as TimestampMillis;
         #[allow(unused_mut)]
         let mut deliver_queue = MessageQueue::new(max_mqueue_len);
+        // fieldmq patch: queued messages are bounded in bytes too.
+        let limits = scx.extra_limits;
+        if limits.max_queued_bytes > 0 || limits.max_queued_bytes_total > 0 {
+            let cap = |v: usize| if v == 0 { usize::MAX } else { v };
+            deliver_queue = deliver_queue.with_budget(crate::queue::ByteBudget::new(
+                queued_weight,
+                cap(limits.max_queued_bytes),
+                cap(limits.max_queued_bytes_total),
+                scx.queued_bytes.clone(),
+            ));
+        }
 
         #[cfg(feature = "stats")]
         {
@@ -2685,4 +2728,10 @@ impl SessionLike for DefaultSession {
         self.subscriptions.clear(&self.scx).await;
         Ok(())
     }
+}
+
+/// fieldmq patch: the bytes a queued message holds: its payload and topic,
+/// and the fixed cost of the queue entry and its shared message.
+fn queued_weight((_, p): &(From, Publish)) -> usize {
+    p.payload.len() + p.topic.len() + 256
 }

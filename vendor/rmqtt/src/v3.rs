@@ -65,6 +65,7 @@ pub(crate) async fn process<Io>(
     scx: ServerContext,
     mut sink: v3::MqttStream<Io>,
     lid: ListenerId,
+    admission: Option<crate::pending::Admission>,
 ) -> Result<()>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
@@ -75,7 +76,8 @@ where
             scx.handshakings.dec();
         }
 
-        let (state, keep_alive) = match handshake(&scx, &mut sink, lid).await {
+        let timeout = admission.as_ref().map_or(sink.cfg.handshake_timeout, |a| a.remaining());
+        let (state, keep_alive) = match handshake(&scx, &mut sink, lid, timeout).await {
             Ok(c) => c,
             Err((ack_code, e)) => {
                 refused_ack_v3(&scx, &mut sink, None, ack_code, e.to_string()).await?;
@@ -85,6 +87,7 @@ where
                 return Err(e);
             }
         };
+        drop(admission);
         (state, keep_alive)
     };
 
@@ -109,6 +112,7 @@ async fn handshake<Io>(
     scx: &ServerContext,
     sink: &mut v3::MqttStream<Io>,
     lid: ListenerId,
+    timeout: std::time::Duration,
 ) -> std::result::Result<(SessionState, u16), (ConnectAckReason, Error)>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
@@ -120,7 +124,7 @@ where
         ));
     }
 
-    let mut c = sink.recv_connect(sink.cfg.handshake_timeout).await.map_err(|e| {
+    let mut c = sink.recv_connect(timeout).await.map_err(|e| {
         if invalid_client_id(&e) {
             // [MQTT-3.1.3-6] An empty ClientId with CleanSession = 0 must be
             // rejected with CONNACK return code 0x02 (Identifier Rejected).
