@@ -39,7 +39,8 @@ pub const UPLINK_UP: &str = "fieldmq_uplink_up";
 /// Counter: messages handed to a server; label `sink` (`upstream`, `local`).
 pub const MESSAGES_PUBLISHED: &str = "fieldmq_messages_published_total";
 /// Counter: what the local broker refused; label `reason` (`login`, `will`,
-/// `session_taken`, `quota`, `anonymous_persistent`, `retained_full`).
+/// `session_taken`, `quota`, `anonymous_persistent`, `retained_full`,
+/// `publish`, `subscribe`).
 pub const BROKER_REFUSED: &str = "fieldmq_broker_refused_total";
 /// Counter: messages the local broker dropped before delivery; label
 /// `reason` (`queue_full`, `expired`, `other`).

@@ -1118,3 +1118,356 @@ async fn the_tls_listener_serves_verified_clients_the_same_data_and_rules() {
     }
     gateway.terminate().await;
 }
+
+/// The four logins of the trust-boundary scenarios (password "secret"
+/// each), with anonymous clients left read-only.
+fn four_users(extra: &str) -> String {
+    let user = |name: &str, rights: &str| {
+        format!("\n[[broker.user]]\nname = \"{name}\"\npassword_hash = \"{ALICE}\"\n{rights}\n")
+    };
+    format!(
+        "{extra}\n{}{}{}{}",
+        user("historian", "subscribe = [\"#\"]"),
+        user("viewer", "subscribe = [\"plant/gw/plc/level\"]"),
+        user(
+            "operator",
+            "subscribe = [\"plant/gw/#\"]\npublish = [\"plant/gw/plc/setpoint/set\"]"
+        ),
+        user(
+            "writer",
+            "subscribe = [\"scratch/#\"]\npublish = [\"scratch/#\"]"
+        ),
+    )
+}
+
+fn refused_with(code: Option<rumqttc::ConnectReturnCode>) -> bool {
+    matches!(code, Some(rumqttc::ConnectReturnCode::NotAuthorized))
+}
+
+impl Client {
+    async fn connack(&mut self) -> Option<rumqttc::ConnectReturnCode> {
+        tokio::time::timeout(5 * SECOND, self.connacks.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_on_a_topic_its_client_may_not_publish_is_refused_at_connect() {
+    let (_dir, gateway, port, _sim) = start(&four_users(""), None).await;
+    let mut watcher = client(with_login("watch", port, "historian", "secret"));
+    watcher.subscribe("#", QoS::AtLeastOnce).await;
+
+    let mut o = options("forger", port);
+    o.set_last_will(LastWill::new(
+        "plant/gw/plc/level",
+        "666",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let mut forger = client(o);
+    assert!(
+        refused_with(forger.connack().await),
+        "a read-only anonymous client with a will on a data topic is refused (3.1.1 code 5)"
+    );
+    forger.task.abort();
+
+    // A will the client may publish still works.
+    let mut o = with_login("scribe", port, "writer", "secret");
+    o.set_last_will(LastWill::new(
+        "scratch/will",
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let mut scribe = client(o);
+    assert!(scribe.accepted().await);
+    scribe.task.abort();
+    drop(scribe);
+
+    let got = watcher.collect(3 * SECOND).await;
+    assert!(
+        got.iter().all(|m| m.1 != b"666"),
+        "the forged value was never delivered: {got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.0 == "scratch/will" && m.1 == b"gone"),
+        "an allowed will goes out on an abrupt drop: {got:?}"
+    );
+    let mut late = client(options("late", port));
+    late.subscribe("plant/gw/plc/level", QoS::AtLeastOnce).await;
+    let retained = late.collect(SECOND).await;
+    assert!(
+        retained.iter().all(|m| m.1 != b"666"),
+        "the forged value was never retained: {retained:?}"
+    );
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_stays_with_the_user_whose_session_it_is() {
+    let (_dir, gateway, port, sim) = start(&four_users(""), None).await;
+    let mut o = with_login("hist", port, "historian", "secret");
+    o.set_clean_session(false);
+    let mut historian = client(o);
+    assert!(historian.accepted().await);
+    historian.subscribe("#", QoS::AtLeastOnce).await;
+
+    let mut o = with_login("hist", port, "viewer", "secret");
+    o.set_clean_session(false);
+    let mut viewer = client(o);
+    assert!(
+        refused_with(viewer.connack().await),
+        "another user cannot take over the historian's session"
+    );
+    viewer.task.abort();
+    let mut o = options("hist", port);
+    o.set_clean_session(true);
+    let mut anonymous = client(o);
+    assert!(
+        refused_with(anonymous.connack().await),
+        "nor can an anonymous client"
+    );
+    anonymous.task.abort();
+
+    historian.collect(Duration::from_millis(200)).await;
+    sim.set_registers(1, Table::Input, 0, &[8]);
+    let still = historian.collect(2 * SECOND).await;
+    assert!(
+        still.iter().any(|m| m.0.starts_with("plant/gw/")),
+        "the historian was not kicked off and keeps receiving"
+    );
+    assert!(!historian.task.is_finished());
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_connect_are_capped_and_closed() {
+    let extra = "connect_timeout = \"1s\"\nmax_pending_per_address = 8\nmax_pending = 64";
+    let (_dir, gateway, port, _sim) = start(extra, None).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    let closed = |streams: &mut Vec<tokio::net::TcpStream>| {
+        streams
+            .iter_mut()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                matches!(s.try_read(&mut byte), Ok(0) | Err(_))
+                    && !matches!(s.try_read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_once = closed(&mut idle);
+    assert!(
+        at_once >= 12,
+        "beyond 8 pending connections from one address, the rest are closed at once ({at_once} of 20)"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        closed(&mut idle),
+        20,
+        "connections without CONNECT are closed after connect_timeout"
+    );
+    let mut fine = client(options("fine", port));
+    assert!(fine.accepted().await, "a real client still gets in");
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_cannot_lock_out_a_configured_user() {
+    let (_dir, gateway, port, _sim) = start(&four_users("max_clients = 4"), None).await;
+    let mut o = options("sticky", port);
+    o.set_clean_session(false);
+    let mut sticky = client(o);
+    assert!(
+        refused_with(sticky.connack().await),
+        "anonymous clients get no persistent session where users are configured"
+    );
+    sticky.task.abort();
+    let mut crowd = Vec::new();
+    let mut accepted = 0;
+    for i in 0..10 {
+        let mut c = client(options(&format!("crowd{i}"), port));
+        if c.accepted().await {
+            accepted += 1;
+        }
+        crowd.push(c);
+    }
+    assert_eq!(accepted, 4, "anonymous clients share max_clients sessions");
+    let mut historian = client(with_login("hist", port, "historian", "secret"));
+    assert!(
+        historian.accepted().await,
+        "the historian gets in with every anonymous place taken"
+    );
+    let mut operator = client(with_login("op", port, "operator", "secret"));
+    assert!(operator.accepted().await, "and so does the operator");
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_subscriptions_queued_bytes_and_idle_sockets_stay_within_64_mb() {
+    let (_dir, gateway, port, _sim) = start(&four_users(""), None).await;
+    // The historian's persistent session, then gone: its queue fills.
+    let mut o = with_login("hist", port, "historian", "secret");
+    o.set_clean_session(false);
+    let mut historian = client(o);
+    assert!(historian.accepted().await);
+    historian.subscribe("scratch/#", QoS::AtLeastOnce).await;
+    historian.client.disconnect().await.expect("disconnect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    historian.task.abort();
+    tokio::time::sleep(SECOND).await;
+    let before = gateway.rss_kib();
+
+    // One anonymous client asks for 50 000 subscriptions.
+    let mut o = options("subscriber", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (subscriber, mut events) = AsyncClient::new(o, 256);
+    let driver = tokio::spawn(async move {
+        let mut refused = 0usize;
+        let mut granted = 0usize;
+        loop {
+            let event = match events.poll().await {
+                Ok(event) => event,
+                Err(e) => panic!("the subscriber's connection failed: {e}"),
+            };
+            if let Event::Incoming(Incoming::SubAck(ack)) = event {
+                for code in ack.return_codes {
+                    match code {
+                        rumqttc::SubscribeReasonCode::Failure => refused += 1,
+                        _ => granted += 1,
+                    }
+                }
+                if refused + granted == 50_000 {
+                    break;
+                }
+            }
+        }
+        (granted, refused)
+    });
+    for chunk in 0..500 {
+        let filters = (0..100).map(|i| {
+            rumqttc::SubscribeFilter::new(format!("flood/{chunk}/{i}/+/x"), QoS::AtMostOnce)
+        });
+        subscriber.subscribe_many(filters).await.expect("subscribe");
+    }
+    let (granted, refused) = tokio::time::timeout(60 * SECOND, driver)
+        .await
+        .expect("all SUBACKs within 60 s")
+        .expect("driver");
+    assert_eq!((granted, refused), (100, 49_900), "max_subscriptions = 100");
+
+    // 400 messages of 250 KiB for the absent historian (four writers, each
+    // within max_publish_rate).
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut o = with_login(&format!("w{w}"), port, "writer", "secret");
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        writers.push(client(o));
+    }
+    for writer in &mut writers {
+        assert!(writer.accepted().await);
+    }
+    for n in 0..100 {
+        for writer in &writers {
+            writer
+                .client
+                .publish(
+                    format!("scratch/{n}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    vec![b'x'; 250 * 1024],
+                )
+                .await
+                .expect("publish");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 300 sockets that never send CONNECT, from one address (they also
+    // keep other clients of this address out until connect_timeout).
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            idle.push(s);
+        }
+    }
+    tokio::time::sleep(3 * SECOND).await;
+    let after = gateway.rss_kib();
+    eprintln!("hostile floods: gateway RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 64 * 1024,
+        "the floods grew the gateway by {} KiB, more than 64 MB",
+        after - before
+    );
+
+    // The historian comes back to at most max_queued_bytes of the newest.
+    drop(idle);
+    tokio::time::sleep(SECOND).await;
+    let mut o = with_login("hist", port, "historian", "secret");
+    o.set_clean_session(false);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let mut back = client(o);
+    assert!(back.accepted().await);
+    let queued = back.collect(3 * SECOND).await;
+    let bytes: usize = queued.iter().map(|m| m.1.len()).sum();
+    assert!(
+        !queued.is_empty() && bytes <= 1024 * 1024,
+        "{} messages, {bytes} bytes queued",
+        queued.len()
+    );
+    assert!(
+        queued.iter().any(|m| m.0 == "scratch/99"),
+        "the oldest were dropped, not the newest"
+    );
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_removed_users_and_narrows_acls_at_once() {
+    let (dir, gateway, port, _sim) = start(&four_users(""), None).await;
+    let mut viewer = client(with_login("v", port, "viewer", "secret"));
+    assert!(viewer.accepted().await);
+    viewer
+        .subscribe("plant/gw/plc/level", QoS::AtMostOnce)
+        .await;
+    let mut op = client(with_login("op", port, "operator", "secret"));
+    assert!(op.accepted().await);
+    op.subscribe("plant/gw/#", QoS::AtMostOnce).await;
+    assert!(!op.collect(2 * SECOND).await.is_empty());
+
+    let config = dir.path().join("fieldmq.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let narrowed = text
+        .replace(
+            "[[broker.user]]\nname = \"viewer\"",
+            "[[broker.user]]\nname = \"viewer-gone\"",
+        )
+        .replace(
+            "subscribe = [\"plant/gw/#\"]\npublish",
+            "subscribe = [\"plant/gw/plc/setpoint\"]\npublish",
+        );
+    assert_ne!(narrowed, text);
+    std::fs::write(&config, narrowed).expect("config");
+    gateway.signal(libc::SIGHUP);
+    tokio::time::sleep(2 * SECOND).await;
+    assert!(
+        viewer.task.is_finished(),
+        "the removed user's session is closed"
+    );
+    op.collect(Duration::from_millis(300)).await;
+    let after = op.collect(2 * SECOND).await;
+    assert!(
+        after.iter().all(|m| m.0 == "plant/gw/plc/setpoint"),
+        "the narrowed ACL applies to the live subscription: {:?}",
+        after.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    gateway.terminate().await;
+}

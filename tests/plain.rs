@@ -287,3 +287,44 @@ async fn a_persistent_session_receives_set_commands_sent_while_the_gateway_was_a
     gw.terminate().await;
     s.server.abort();
 }
+
+#[tokio::test]
+async fn a_retained_set_left_on_the_broker_is_never_applied_and_a_live_one_once() {
+    let s = Setup::new().await;
+    let client = Peer::connect(s.broker.port, "hmi", &[]).await;
+    // Left retained before the gateway subscribes: the broker delivers it
+    // with the retain flag at every (re)subscribe.
+    client
+        .publish("site/gw/boiler/setpoint/set", b"33".to_vec(), true)
+        .await;
+    let mut watcher = Peer::connect(s.broker.port, "watch", &["site/gw/state"]).await;
+    let gw = s.start("", "gw");
+    watcher
+        .next_where(10 * SECOND, "ONLINE", |m| m.text() == "ONLINE")
+        .await;
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(s.writes(), 0, "the stored /set was not written");
+    assert!(
+        gw.log().contains("retained command"),
+        "the refusal is logged:\n{}",
+        gw.log()
+    );
+
+    // A live publish whose sender set retain arrives without the flag
+    // (MQTT-3.3.1-9) and is carried out, once.
+    client
+        .publish("site/gw/boiler/setpoint/set", b"44".to_vec(), true)
+        .await;
+    let deadline = tokio::time::Instant::now() + 5 * SECOND;
+    while s.sim.registers(1, Table::Holding, 0, 1) != Some(vec![44]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live /set not applied"
+        );
+        tokio::time::sleep(SECOND / 10).await;
+    }
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(s.writes(), 1, "applied once");
+    gw.terminate().await;
+    s.server.abort();
+}

@@ -63,6 +63,12 @@ pub(super) struct Gate {
     pub throttle: Arc<Mutex<LoginThrottle>>,
     pub retained: Arc<Mutex<RetainedBudget>>,
     pub topics: TopicLimits,
+    /// Anonymous clients may keep sessions across disconnects.
+    pub anonymous_persistent: Arc<std::sync::atomic::AtomicBool>,
+    /// Connected clients already told of in the log for a refused
+    /// subscription or publish: one warning per connection, not one per
+    /// message, so a hostile client cannot flood the log (and the SD card).
+    pub warned: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Locks `m`; every lock here guards plain bookkeeping that a panic
@@ -97,6 +103,11 @@ fn will_topic(info: &ConnectInfo) -> Option<String> {
 impl Gate {
     fn rules(&self) -> Arc<AccessRules> {
         Arc::clone(&self.rules.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether this is the first refusal of `client`'s connection.
+    fn first_refusal(&self, client: &str) -> bool {
+        lock(&self.warned).insert(client.to_owned())
     }
 
     /// Checks a login off the async workers (PBKDF2 takes milliseconds),
@@ -165,14 +176,19 @@ impl Gate {
             refused("login");
             return AuthResult::BadUsernameOrPassword;
         }
-        if let Some(topic) = will_topic(info) {
-            if !self.topics.allow(&topic) || !self.rules().may_publish(user.as_deref(), &topic) {
-                tracing::warn!(user = ?user, %topic, "local broker: connection refused, its will is on a topic it may not publish");
-                refused("will");
-                return AuthResult::NotAuthorized;
-            }
+        if let Some(topic) = will_topic(info)
+            && (!self.topics.allow(&topic) || !self.rules().may_publish(user.as_deref(), &topic))
+        {
+            tracing::warn!(user = ?user, %topic, "local broker: connection refused, its will is on a topic it may not publish");
+            refused("will");
+            return AuthResult::NotAuthorized;
         }
-        if user.is_none() && persistent(info) {
+        if user.is_none()
+            && persistent(info)
+            && !self
+                .anonymous_persistent
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(client = %info.id().client_id, "local broker: connection refused, anonymous clients get no persistent session");
             refused("anonymous_persistent");
             return AuthResult::NotAuthorized;
@@ -221,7 +237,10 @@ impl Gate {
             if command {
                 Stats::bump(&self.stats.commands_rejected);
             }
-            tracing::warn!(user = ?user, %topic, "local broker: publish refused");
+            refused("publish");
+            if self.first_refusal(client) {
+                tracing::warn!(user = ?user, %client, %topic, "local broker: publish refused (further refusals of this connection are counted in fieldmq_broker_refused_total, not logged)");
+            }
             let refused = PublishAclResult::rejected(false, None);
             return (false, Some(HookResult::PublishAclResult(refused)));
         }
@@ -259,7 +278,11 @@ impl Handler for Gate {
                 {
                     (true, acc)
                 } else {
-                    tracing::warn!(user = ?user, %filter, "local broker: subscription refused");
+                    refused("subscribe");
+                    let client: &str = &session.id.client_id;
+                    if self.first_refusal(client) {
+                        tracing::warn!(user = ?user, %client, %filter, "local broker: subscription refused (further refusals of this connection are counted in fieldmq_broker_refused_total, not logged)");
+                    }
                     let refused =
                         SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
                     (false, Some(HookResult::SubscribeAclResult(refused)))
@@ -296,6 +319,7 @@ impl Handler for Gate {
             }
             Parameter::ClientDisconnected(session, _) => {
                 lock(&self.rate).forget(&session.id.client_id);
+                lock(&self.warned).remove(&*session.id.client_id);
                 (true, acc)
             }
             Parameter::MessageExpiryCheck(session, _, publish) => {

@@ -24,6 +24,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ use throttle::LoginThrottle;
 
 /// How long the broker keeps running after fieldmq's last message.
 const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// MQTT 5 topic aliases per client and direction.
+const TOPIC_ALIASES: u16 = 32;
 
 /// Commands from local clients waiting for fieldmq; beyond this they are refused.
 const COMMAND_QUEUE: usize = 64;
@@ -98,6 +102,8 @@ pub struct LocalBroker {
     rules: Arc<RwLock<Arc<AccessRules>>>,
     /// Whose each session is; shared with the hooks.
     owners: Arc<Mutex<SessionOwners<gate::SessionMark>>>,
+    /// `[broker] anonymous_persistent`; shared with the hooks.
+    anonymous_persistent: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -149,6 +155,7 @@ impl LocalBroker {
         let command_filters = Arc::new(RwLock::new(command_filters));
         let rules = Arc::new(RwLock::new(Arc::new(AccessRules::new(settings))));
         let owners = Arc::new(Mutex::new(SessionOwners::new(quotas)));
+        let anonymous_persistent = Arc::new(AtomicBool::new(settings.anonymous_persistent));
         let gate = Gate {
             scx: scx.clone(),
             rules: Arc::clone(&rules),
@@ -166,6 +173,8 @@ impl LocalBroker {
                 length: settings.max_topic_length,
                 levels: settings.max_topic_levels,
             },
+            anonymous_persistent: Arc::clone(&anonymous_persistent),
+            warned: Arc::default(),
         };
         let register = scx.extends.hook_mgr().register();
         for typ in [
@@ -216,6 +225,7 @@ impl LocalBroker {
                 command_filters,
                 rules,
                 owners,
+                anonymous_persistent,
             },
             commands,
         ))
@@ -270,6 +280,8 @@ impl LocalBroker {
     pub async fn reload_access(&self, settings: &LocalBrokerSettings) {
         let rules = Arc::new(AccessRules::new(settings));
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&rules);
+        self.anonymous_persistent
+            .store(settings.anonymous_persistent, Ordering::Relaxed);
         let sessions: Vec<(String, sessions::Login)> = lock(&self.owners)
             .all()
             .map(|(client, login)| (client.to_owned(), login.clone()))
@@ -309,13 +321,14 @@ impl LocalBroker {
             let refused: Vec<_> = subscriptions
                 .read()
                 .await
-                .keys()
-                .filter(|filter| !rules.may_subscribe(login.as_deref(), filter))
-                .cloned()
+                .iter()
+                .filter(|(filter, _)| !rules.may_subscribe(login.as_deref(), filter))
+                .map(|(filter, opts)| (filter.clone(), opts.shared_group().cloned()))
                 .collect();
-            for filter in refused {
+            for (filter, shared_group) in refused {
                 let unsubscribe = Unsubscribe {
                     topic_filter: filter.clone(),
+                    shared_group,
                 };
                 if let Err(e) = entry.unsubscribe(&unsubscribe).await {
                     tracing::warn!(%client, %filter, error = %e, "local broker: cannot remove a subscription the new ACL refuses");
@@ -357,12 +370,16 @@ fn listener(
         // Without it a restart (systemd's Restart=, an upgrade) cannot
         // listen again while the last connections sit in TIME_WAIT.
         .reuseaddr(Some(true))
-        .allow_anonymous(settings.allow_anonymous)
+        // rmqtt lets anonymous clients in without asking the hooks; the
+        // gate decides for them too (wills, client ids, quotas).
+        .allow_anonymous(false)
         .allow_zero_keepalive(true)
         .handshake_timeout(settings.connect_timeout)
         .max_connections(capacity)
         .max_subscriptions(settings.max_subscriptions)
         .max_topic_levels(settings.max_topic_levels)
+        // MQTT 5 topic aliases both ways, a bounded table per client.
+        .max_topic_aliases(TOPIC_ALIASES)
         .max_packet_size(settings.max_packet_size)
         .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
         .max_mqueue_len(settings.max_queued)

@@ -36,6 +36,10 @@ pub struct LocalBrokerSettings {
     pub max_clients: usize,
     /// Sessions, live or persisted, one configured user may hold.
     pub max_sessions_per_user: usize,
+    /// Anonymous clients may keep a session across disconnects; by default
+    /// only where no users are configured (anonymous clients are then the
+    /// only kind there is, and cannot hold sessions users need).
+    pub anonymous_persistent: bool,
     /// How long a new connection has to complete CONNECT.
     pub connect_timeout: Duration,
     /// Connections that have not completed CONNECT yet, in all.
@@ -124,6 +128,7 @@ impl LocalBrokerSettings {
     pub fn with_access_of(&self, other: &LocalBrokerSettings) -> LocalBrokerSettings {
         LocalBrokerSettings {
             allow_anonymous: other.allow_anonymous,
+            anonymous_persistent: other.anonymous_persistent,
             anonymous_subscribe: other.anonymous_subscribe.clone(),
             anonymous_publish: other.anonymous_publish.clone(),
             users: other.users.clone(),
@@ -144,6 +149,7 @@ impl Default for LocalBrokerSettings {
             users: Vec::new(),
             max_clients: 64,
             max_sessions_per_user: 8,
+            anonymous_persistent: true,
             connect_timeout: Duration::from_secs(10),
             max_pending: 64,
             max_pending_per_address: 8,
@@ -288,6 +294,10 @@ impl Checker<'_> {
                 100_000,
                 d.max_clients as i64,
             ) as usize,
+            anonymous_persistent: raw
+                .anonymous_persistent
+                .as_ref()
+                .map_or(raw.user.is_empty(), |a| *a.get_ref()),
             max_sessions_per_user: int(
                 self,
                 "max_sessions_per_user",

@@ -92,6 +92,7 @@ pub struct RawBroker {
     pub max_pending: Option<Spanned<i64>>,
     pub max_pending_per_address: Option<Spanned<i64>>,
     pub max_sessions_per_user: Option<Spanned<i64>>,
+    pub anonymous_persistent: Option<Spanned<bool>>,
     pub max_queued_bytes: Option<Spanned<i64>>,
     pub max_queued_bytes_total: Option<Spanned<i64>>,
     pub max_retained: Option<Spanned<i64>>,

@@ -1172,7 +1172,8 @@ impl SessionState {
                     }
                 }
                 Err(e) => {
-                    log::warn!("{:?} Subscribe failed, {:?}", self.id, e);
+                    // fieldmq patch: debug, not warn: a client can fail thousands of these.
+                    log::debug!("{:?} Subscribe failed, {:?}", self.id, e);
                     acks.push(v3::SubscribeReturnCode::Failure)
                 }
             }
@@ -1227,7 +1228,8 @@ impl SessionState {
                     status.push(sub_ret.into_inner());
                 }
                 Err(e) => {
-                    log::warn!("{:?} Subscribe failed, {:?}", self.id, e);
+                    // fieldmq patch: debug, not warn: a client can fail thousands of these.
+                    log::debug!("{:?} Subscribe failed, {:?}", self.id, e);
                     status.push(SubscribeAckReason::UnspecifiedError);
                 }
             }
