@@ -100,7 +100,22 @@ impl Forwarder {
         keys: DeviceKeys,
     ) -> Result<Forwarder, BufferError> {
         let buffer = Buffer::open(dir, policy.max_size, policy.overflow, sample::count)?;
-        Ok(Forwarder {
+        Ok(Forwarder::with(buffer, window, keys))
+    }
+
+    /// A forwarder without a queue, for when [`Forwarder::open`] failed:
+    /// what cannot go out now is dropped and counted.
+    pub fn unavailable(window: Duration, keys: DeviceKeys) -> Forwarder {
+        Forwarder::with(Buffer::unavailable(sample::count), window, keys)
+    }
+
+    /// Whether this forwarder runs without a queue.
+    pub fn is_unavailable(&self) -> bool {
+        self.buffer.is_unavailable()
+    }
+
+    fn with(buffer: Buffer, window: Duration, keys: DeviceKeys) -> Forwarder {
+        Forwarder {
             read: buffer.head(),
             buffer,
             keys,
@@ -113,7 +128,7 @@ impl Forwarder {
             progressed: false,
             stalled: false,
             lost: 0,
-        })
+        }
     }
 
     /// The device map changed (a reload): batches are read back by the new keys.

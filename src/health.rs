@@ -34,6 +34,9 @@ pub const DEVICE_UP: &str = "fieldmq_device_up";
 pub const BUFFER_SAMPLES: &str = "fieldmq_buffer_samples";
 /// Counter: samples the store-and-forward queue had to drop (full, or unreadable).
 pub const BUFFER_DROPPED: &str = "fieldmq_buffer_dropped_samples_total";
+/// Gauge: 1 while the store-and-forward queue is usable, 0 when it could
+/// not be opened and the gateway runs without it.
+pub const BUFFER_UP: &str = "fieldmq_buffer_up";
 /// Gauge: 1 while the uplink is connected (and, for Sparkplug, born).
 pub const UPLINK_UP: &str = "fieldmq_uplink_up";
 /// Counter: messages handed to a server; label `sink` (`upstream`, `local`).
@@ -133,10 +136,23 @@ impl Probe {
             Some(rx) if *rx.borrow() => "up",
             Some(_) => "down",
         };
+        let queue = match &self.uplink {
+            None => "none",
+            Some(_)
+                if self
+                    .stats
+                    .queue_unavailable
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                "unavailable"
+            }
+            Some(_) => "ok",
+        };
         let body = serde_json::json!({
             "status": if stuck.is_empty() { "ok" } else { "stuck" },
             "stuck": stuck,
             "uplink": uplink,
+            "store_and_forward": queue,
         });
         Answer {
             status: if stuck.is_empty() { 200 } else { 503 },
@@ -183,22 +199,30 @@ impl Probe {
             let probe = self.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<_>| {
-                    let answer = probe.answer(request.method(), request.uri().path());
-                    async move { Ok::<_, Infallible>(response(answer)) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    served = connection => if let Err(e) = served {
-                        tracing::debug!(error = %e, "health endpoint: connection ended");
-                    }
-                }
+                serve_connection(probe, stream, stop).await;
                 drop(slot);
             });
+        }
+    }
+}
+
+/// Answers the HTTP/1 requests of one connection until it ends or `stop`.
+pub async fn serve_connection<IO>(probe: Probe, io: IO, stop: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<_>| {
+        let answer = probe.answer(request.method(), request.uri().path());
+        async move { Ok::<_, Infallible>(response(answer)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        served = connection => if let Err(e) = served {
+            tracing::debug!(error = %e, "health endpoint: connection ended");
         }
     }
 }

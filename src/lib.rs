@@ -35,11 +35,16 @@
 //! - [`demo`]: the simulated meter and GPIO panel behind `fieldmq demo`.
 //! - [`tail`]: `fieldmq tail`'s decoding of Sparkplug B (names from births) into readable lines; pure.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`blocking`]: disk work from async tasks without stalling the other tasks.
+//! - [`atomic_file`]: crash-safe replacement of small state files (bdSeq, counter totals, queue cursor).
 //! - [`liveness`]: whether the long-running tasks keep their promises to come back (watchdog, `/healthz`).
 //! - [`health`]: the `[health]` endpoint: `/healthz` and Prometheus `/metrics`.
 //! - [`systemd`]: readiness, reload and watchdog notifications to systemd.
+//! - [`fuzz`]: arbitrary bytes into each input path, for `fuzz/` and the corpus replay test.
 
+pub mod atomic_file;
 pub mod backoff;
+pub mod blocking;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod buffer;
@@ -49,6 +54,7 @@ pub mod demo;
 pub mod engine;
 pub mod exception;
 pub mod forward;
+pub mod fuzz;
 pub mod gpio;
 pub mod health;
 pub mod last_values;

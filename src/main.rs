@@ -313,9 +313,11 @@ async fn tail(
                 let subs = filters
                     .iter()
                     .map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
-                client
-                    .try_subscribe_many(subs)
-                    .context("cannot queue the subscription")?;
+                if let Err(e) = client.try_subscribe_many(subs) {
+                    eprintln!(
+                        "fieldmq tail: cannot subscribe now ({e}); retrying on the next connection"
+                    );
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
@@ -325,10 +327,17 @@ async fn tail(
                 if let Some(ncmd) = rebirth.then(|| decoder.rebirth_topic(&p.topic)).flatten() {
                     let request =
                         fieldmq::sparkplug::payload::rebirth_request(fieldmq::value::now_ms());
-                    client
-                        .try_publish(&ncmd, QoS::AtLeastOnce, false, request.encode_to_vec())
-                        .context("cannot queue the rebirth request")?;
-                    eprintln!("fieldmq tail: no birth seen yet; asked for one on {ncmd}");
+                    match client.try_publish(
+                        &ncmd,
+                        QoS::AtLeastOnce,
+                        false,
+                        request.encode_to_vec(),
+                    ) {
+                        Ok(()) => eprintln!(
+                            "fieldmq tail: no birth seen yet; asking for one on {ncmd} (a server that refuses the request sends nothing back)"
+                        ),
+                        Err(e) => eprintln!("fieldmq tail: cannot ask for a rebirth now ({e})"),
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

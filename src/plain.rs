@@ -24,7 +24,7 @@ pub const ONLINE: &str = "ONLINE";
 pub const OFFLINE: &str = "OFFLINE";
 
 /// The plain-profile publisher's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PlainNode {
     config: Arc<Config>,
     connected: bool,

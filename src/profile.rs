@@ -44,7 +44,7 @@ pub struct NodeStats {
 }
 
 /// The profile in use.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum NodeProfile {
     /// Sparkplug B edge node.
     Sparkplug(EdgeNode),

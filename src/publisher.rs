@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::BufferError;
 use crate::config::Config;
 use crate::engine::WriteRouter;
 use crate::forward::{DeviceKeys, Forwarder};
@@ -50,9 +49,6 @@ pub enum StartError {
     /// The TLS files could not be used.
     #[error("[upstream] TLS: {0}")]
     Tls(#[from] TlsError),
-    /// The store-and-forward queue could not be opened.
-    #[error("store-and-forward queue under [node] data_dir: {0}")]
-    Buffer(#[from] BufferError),
 }
 
 /// The publisher and its connection task.
@@ -102,12 +98,23 @@ impl Publisher {
         };
         // A dead link is noticed after up to two keep-alive periods without an answer.
         let window = upstream.keep_alive * 2 + WINDOW_MARGIN;
-        let forwarder = Forwarder::open(
-            &config.node.data_dir.join("buffer"),
-            &config.buffer,
-            window,
-            DeviceKeys::of(&config),
-        )?;
+        let dir = config.node.data_dir.join("buffer");
+        let opened = crate::blocking::file_work(|| {
+            Forwarder::open(&dir, &config.buffer, window, DeviceKeys::of(&config))
+        });
+        let forwarder = match opened {
+            Ok(forwarder) => forwarder,
+            Err(e) => {
+                // Polling and the local broker matter more than the backlog.
+                tracing::error!(error = %e, "store-and-forward queue cannot be opened; running without it: values that cannot go out now are dropped and counted");
+                Forwarder::unavailable(window, DeviceKeys::of(&config))
+            }
+        };
+        stats.queue_unavailable.store(
+            forwarder.is_unavailable(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        metrics::gauge!(health::BUFFER_UP).set(if forwarder.is_unavailable() { 0.0 } else { 1.0 });
         if forwarder.backlog() > 0 {
             tracing::info!(
                 samples = forwarder.backlog(),
@@ -183,7 +190,7 @@ impl Publisher {
                 }
                 _ = drain_tick.tick() => self.drain(),
                 _ = sync_tick.tick() => {
-                    self.forwarder.sync();
+                    crate::blocking::file_work(|| self.forwarder.sync());
                     self.log_drops();
                     metrics::gauge!(health::BUFFER_SAMPLES).set(self.forwarder.backlog() as f64);
                     metrics::counter!(health::BUFFER_DROPPED).absolute(self.forwarder.dropped());
@@ -238,7 +245,9 @@ impl Publisher {
             .collect();
         let (profile, client, stats) = (&mut self.profile, &self.client, &self.stats);
         let max_packet_size = self.max_packet_size;
-        self.forwarder.drain(
+        let forwarder = &mut self.forwarder;
+        crate::blocking::file_work(|| {
+            forwarder.drain(
             per_tick as usize,
             now,
             |device| ready.get(device).copied().unwrap_or(false),
@@ -257,7 +266,8 @@ impl Publisher {
                 }
                 true
             },
-        );
+        )
+        });
     }
 
     fn log_drops(&mut self) {
@@ -273,7 +283,7 @@ impl Publisher {
     }
 
     async fn farewell(mut self) {
-        self.forwarder.sync();
+        crate::blocking::file_work(|| self.forwarder.sync());
         self.stop_connection.cancel();
         if self.connected {
             let actions = self.profile.farewell();

@@ -20,6 +20,8 @@ pub struct Stats {
     pub commands_rejected: AtomicU64,
     /// Messages that could not be handed to the MQTT client (queue full or too large).
     pub messages_dropped: AtomicU64,
+    /// The store-and-forward queue could not be opened; the gateway runs without it.
+    pub queue_unavailable: std::sync::atomic::AtomicBool,
 }
 
 /// The counters at one instant.

@@ -2,6 +2,11 @@
 //! payloads are decoded, one line per metric, with names resolved from the
 //! births seen (data messages carry aliases only); anything else is printed
 //! as its text. Pure: it takes a topic and payload and returns lines.
+//!
+//! Whatever a publisher sends is shown, so it is made harmless first:
+//! control characters (a terminal's escape sequences among them) are printed
+//! escaped, and the births remembered are bounded, so a hostile publisher
+//! can neither drive the engineer's terminal nor fill tail's memory.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,6 +22,25 @@ struct Known {
     name: String,
     datatype: Option<u32>,
     unit: Option<String>,
+}
+
+/// Births (node or device) remembered at most; beyond this one is forgotten
+/// to make room, and its data shows aliases until its next birth.
+const MAX_BIRTHS: usize = 10_000;
+/// Metrics remembered per birth at most.
+const MAX_METRICS_PER_BIRTH: usize = 10_000;
+
+/// `text` with control characters escaped (`\u{1b}`), everything else as is.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The metrics each edge node and device announced in its last birth.
@@ -52,7 +76,7 @@ impl Tail {
         let born = self
             .births
             .contains_key(&(node.0.clone(), node.1.clone(), None));
-        if born || !self.asked.insert(node.clone()) {
+        if born || self.asked.len() >= MAX_BIRTHS || !self.asked.insert(node.clone()) {
             return None;
         }
         Some(Topic::node(&node.0, MessageType::NCmd, &node.1).to_string())
@@ -61,13 +85,17 @@ impl Tail {
     /// The lines that show one message.
     pub fn lines(&mut self, topic: &str, payload: &[u8]) -> Vec<String> {
         let Some(parsed) = Topic::parse(topic) else {
-            return vec![format!("{topic}  {}", String::from_utf8_lossy(payload))];
+            return vec![format!(
+                "{}  {}",
+                printable(topic),
+                printable(&String::from_utf8_lossy(payload))
+            )];
         };
         let kind = parsed.message_type.token();
-        let source = match &parsed.device_id {
+        let source = printable(&match &parsed.device_id {
             Some(device) => format!("{}/{}/{device}", parsed.group_id, parsed.node_id),
             None => format!("{}/{}", parsed.group_id, parsed.node_id),
-        };
+        });
         let decoded = match Payload::decode(payload) {
             Ok(p) => p,
             Err(e) => {
@@ -82,9 +110,15 @@ impl Tail {
             parsed.message_type,
             MessageType::NBirth | MessageType::DBirth
         ) {
+            if self.births.len() >= MAX_BIRTHS && !self.births.contains_key(&key) {
+                let forgotten = self.births.keys().next().cloned();
+                if let Some(forgotten) = forgotten {
+                    self.births.remove(&forgotten);
+                }
+            }
             let births = self.births.entry(key.clone()).or_default();
             *births = Births::default();
-            for m in &decoded.metrics {
+            for m in decoded.metrics.iter().take(MAX_METRICS_PER_BIRTH) {
                 births.learn(m);
             }
         }
@@ -153,7 +187,12 @@ fn describe(m: &Metric, births: Option<&Births>) -> String {
     } else {
         ""
     };
-    format!("{name} = {value}{unit}{historical}")
+    format!(
+        "{} = {}{}{historical}",
+        printable(&name),
+        printable(&value),
+        printable(&unit)
+    )
 }
 
 /// A value as its datatype says to read it: small signed integers travel as
@@ -188,6 +227,27 @@ mod tests {
             value: Some(value),
             ..Metric::default()
         }
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_births_are_bounded() {
+        let mut tail = Tail::new();
+        let lines = tail.lines("plain/\x1b[2Jtopic", b"\x1b]0;owned\x07value");
+        assert_eq!(lines, ["plain/\\u{1b}[2Jtopic  \\u{1b}]0;owned\\u{7}value"]);
+        let birth = Payload {
+            metrics: vec![metric(Some("a\rb"), 1, metric::Value::IntValue(1))],
+            ..Payload::default()
+        }
+        .encode_to_vec();
+        let lines = tail.lines("spBv1.0/g/NBIRTH/n\x1b", &birth);
+        assert!(
+            lines.iter().all(|l| !l.chars().any(char::is_control)),
+            "{lines:?}"
+        );
+        for i in 0..(MAX_BIRTHS + 50) {
+            tail.lines(&format!("spBv1.0/g/NBIRTH/n{i}"), &birth);
+        }
+        assert!(tail.births.len() <= MAX_BIRTHS);
     }
 
     #[test]

@@ -370,11 +370,11 @@ async fn tail_with_rebirth_asks_a_node_it_joined_late_for_its_births_and_names_i
     let out = stop_tail(tail).await;
     let stderr = stderr.await.expect("stderr");
     assert!(
-        stderr.contains("asked for one on spBv1.0/plant/NCMD/gw"),
+        stderr.contains("asking for one on spBv1.0/plant/NCMD/gw"),
         "{stderr}"
     );
     assert_eq!(
-        stderr.matches("asked for one").count(),
+        stderr.matches("asking for one").count(),
         1,
         "once per node: {stderr}"
     );

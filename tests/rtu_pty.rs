@@ -5,6 +5,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldmq::modbus::bus::DeviceEvent;
@@ -184,6 +185,97 @@ async fn a_late_reply_is_never_taken_for_the_answer_to_a_later_request() {
         sim.served_count(3) >= 5,
         "the slow unit was asked repeatedly"
     );
+    run.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_writes_to_one_unit_leaves_the_others_their_poll_rate() {
+    let pty = pty_pair().await;
+    let sim = Simulator::new();
+    for unit in [1u8, 2, 3] {
+        sim.set_registers(unit, Table::Input, 0, &[0x4366, 0x8000]);
+        sim.set_registers(unit, Table::Holding, 0, &[0]);
+    }
+    // A drive that takes 8 ms per answer: 100 writes a second with their
+    // read-backs would need more than the whole bus.
+    sim.set_delay(1, Duration::from_millis(8));
+    let server = serve(&sim, &pty.device_end);
+    let writable = r#"
+[[device.metric]]
+name = "setpoint"
+table = "holding"
+address = 0
+type = "u16"
+writable = true
+"#;
+    let devices = [
+        device("drive", 1, ""),
+        writable.to_owned(),
+        device("meter2", 2, ""),
+        device("meter3", 3, ""),
+    ]
+    .concat();
+    let mut run = Running::start(config(&line_config(&pty.gateway_end, &devices)));
+    for _ in 0..3 {
+        run.until(Duration::from_secs(5), "all three online", |e| {
+            matches!(e, DeviceEvent::Online { .. }).then_some(())
+        })
+        .await;
+    }
+    let events = run.engine.take_events();
+    let drain = tokio::spawn(async move {
+        let mut events = events;
+        while events.recv().await.is_some() {}
+    });
+    let window = Duration::from_secs(3);
+    let rate = |before: [u64; 2]| {
+        [
+            sim.served_count(2) - before[0],
+            sim.served_count(3) - before[1],
+        ]
+    };
+
+    let before = [sim.served_count(2), sim.served_count(3)];
+    tokio::time::sleep(window).await;
+    let quiet = rate(before);
+
+    // 100 writes a second at the drive, for as long again.
+    let (writes, config) = (run.engine.writes.clone(), Arc::clone(&run.config));
+    let setpoint = run.metric(0, "setpoint");
+    let before = [sim.served_count(2), sim.served_count(3)];
+    let writes_before = support::writes(&sim).len();
+    let flood = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let (mut queued, mut busy) = (0u32, 0u32);
+        let until = tokio::time::Instant::now() + window;
+        let mut n = 0u16;
+        while tokio::time::Instant::now() < until {
+            tick.tick().await;
+            n = n.wrapping_add(1);
+            let write = fieldmq::command::prepare(&config, 0, setpoint, Value::U16(n))
+                .expect("a valid write");
+            match writes.send(write, &config) {
+                Ok(()) => queued += 1,
+                Err(_) => busy += 1,
+            }
+        }
+        (queued, busy)
+    });
+    let (queued, busy) = flood.await.expect("writer");
+    let flooded = rate(before);
+    let written = support::writes(&sim).len() - writes_before;
+    eprintln!(
+        "polls of units 2 and 3 in {window:?}: {quiet:?} quiet, {flooded:?} under {queued} queued writes ({busy} refused as busy, {written} carried out)"
+    );
+    assert!(written > 20, "the writes got a share of the bus: {written}");
+    for (quiet, flooded) in quiet.into_iter().zip(flooded) {
+        assert!(
+            flooded * 10 >= quiet * 8,
+            "a unit kept {flooded} of {quiet} polls next to the write flood (at least 80 % expected)"
+        );
+    }
+    drain.abort();
     run.stop().await;
     server.abort();
 }

@@ -241,7 +241,13 @@ impl Gate {
             if self.first_refusal(client) {
                 tracing::warn!(user = ?user, %client, %topic, "local broker: publish refused (further refusals of this connection are counted in fieldmq_broker_refused_total, not logged)");
             }
-            let refused = PublishAclResult::rejected(false, None);
+            // The reason code says it all; a reason string too would be a
+            // PUBACK longer than some MQTT 5 clients parse.
+            let refused = PublishAclResult(PublishResult::reason_code(
+                PublishAckReason::NotAuthorized,
+                None,
+                false,
+            ));
             return (false, Some(HookResult::PublishAclResult(refused)));
         }
         if command {

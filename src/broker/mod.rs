@@ -19,6 +19,7 @@ mod gate;
 pub mod rate;
 pub mod retained;
 pub mod sessions;
+pub mod shared;
 pub mod throttle;
 pub mod tls;
 
@@ -151,6 +152,7 @@ impl LocalBroker {
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|e| BrokerError::Setup(e.to_string()))?;
+        *scx.extends.shared_subscription_mut().await = Box::new(shared::RoundRobin::default());
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let command_filters = Arc::new(RwLock::new(command_filters));
         let rules = Arc::new(RwLock::new(Arc::new(AccessRules::new(settings))));

@@ -10,12 +10,22 @@
 //! first record not yet acknowledged by the server) is kept in `cursor`.
 //!
 //! Durability: an append is a `write(2)`, so it survives `kill -9` at once;
-//! [`Buffer::sync`] (called every `[buffer] sync`) fsyncs the segment, so a
-//! power cut loses at most that window. On open, a torn or corrupt tail is
-//! cut off. The cursor is rewritten on sync but not fsynced: after a power
-//! cut it may lag, and records are then sent twice (flagged historical),
-//! never lost. Whole segments are deleted once acknowledged, or when the
-//! queue is full and the oldest data is sacrificed (counted).
+//! [`Buffer::sync`] (called every `[buffer] sync`) fsyncs the segment and
+//! replaces the cursor atomically ([`crate::atomic_file`]), so a power cut
+//! loses at most that window. A new segment's directory entry is fsynced
+//! when it is created. On open, a torn or corrupt tail is cut off. Whole
+//! segments are deleted once acknowledged, or when the queue is full and the
+//! oldest data is sacrificed (counted).
+//!
+//! A write that fails (a full disk, an I/O error) may leave part of a record
+//! behind: the segment is cut back to its last whole record, or, if even that
+//! fails, left as it is and writing goes on in a new segment (its torn tail
+//! is cut off when it is next opened). The record is reported lost; what was
+//! written before stays readable, now and after a restart.
+//!
+//! A queue that cannot be opened at all (a read-only or broken file system)
+//! is [`Buffer::unavailable`]: it keeps nothing and counts every record as
+//! dropped, so the gateway goes on without store-and-forward.
 
 pub mod record;
 pub mod sample;
@@ -98,6 +108,8 @@ pub struct Buffer {
     unsynced: bool,
     cursor_moved: bool,
     dropped: u64,
+    /// No directory behind it: nothing is kept.
+    unavailable: bool,
 }
 
 fn err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
@@ -143,6 +155,7 @@ impl Buffer {
             unsynced: false,
             cursor_moved: false,
             dropped: 0,
+            unavailable: false,
         };
         for id in ids {
             let path = buffer.segment_path(id);
@@ -154,7 +167,7 @@ impl Buffer {
             if id == cursor.map_or(u64::MAX, |c| c.segment) {
                 buffer.head = Position {
                     segment: id,
-                    offset: cursor.map_or(0, |c| c.offset).min(found.bytes),
+                    offset: found.head_offset,
                 };
                 buffer.head_index = found.records_before;
                 buffer.head_weight = found.weight_before;
@@ -191,6 +204,41 @@ impl Buffer {
             }
         }
         Ok(buffer)
+    }
+
+    /// A queue that keeps nothing, for when the real one cannot be opened:
+    /// every record appended is counted as dropped.
+    pub fn unavailable(weigh: Weigh) -> Buffer {
+        Buffer {
+            dir: PathBuf::new(),
+            max_size: 0,
+            segment_size: 0,
+            overflow: Overflow::DropNewest,
+            segments: VecDeque::from([Segment {
+                id: 1,
+                bytes: 0,
+                records: 0,
+                weight: 0,
+            }]),
+            writer: None,
+            head: Position {
+                segment: 1,
+                offset: 0,
+            },
+            head_index: 0,
+            head_weight: 0,
+            handed: Position::default(),
+            weigh,
+            unsynced: false,
+            cursor_moved: false,
+            dropped: 0,
+            unavailable: true,
+        }
+    }
+
+    /// Whether this is an [`unavailable`](Buffer::unavailable) queue.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     fn segment_path(&self, id: u64) -> PathBuf {
@@ -230,6 +278,10 @@ impl Buffer {
         record::encode(payload, &mut bytes);
         let size = bytes.len() as u64;
         let weight = (self.weigh)(payload);
+        if self.unavailable {
+            self.dropped += weight;
+            return Ok(());
+        }
         while self.size() + size > self.max_size {
             match self.overflow {
                 Overflow::DropNewest => {
@@ -259,10 +311,30 @@ impl Buffer {
                 .append(true)
                 .open(&path)
                 .map_err(err(&path))?;
+            if last.bytes == 0 {
+                // A new segment: its directory entry must survive a power cut too.
+                crate::atomic_file::sync_dir(&self.dir).map_err(err(&self.dir))?;
+            }
             self.writer = Some(file);
         }
-        if let Some(file) = &mut self.writer {
-            file.write_all(&bytes).map_err(err(&path))?;
+        if let Some(file) = &mut self.writer
+            && let Err(e) = file.write_all(&bytes)
+        {
+            // Part of the record may be on disk: cut it off, or seal the
+            // segment and go on in a new one if even that fails.
+            let whole = last.bytes;
+            if file.set_len(whole).is_err() {
+                tracing::warn!(segment = %path.display(), "cannot cut a failed write back; going on in a new segment");
+                self.writer = None;
+                let next = id + 1;
+                self.segments.push_back(Segment {
+                    id: next,
+                    bytes: 0,
+                    records: 0,
+                    weight: 0,
+                });
+            }
+            return Err(err(&path)(e));
         }
         last.bytes += size;
         last.records += 1;
@@ -364,6 +436,9 @@ impl Buffer {
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
         let mut out = Vec::new();
+        if self.unavailable {
+            return Ok(out);
+        }
         let mut at = from.max(self.head);
         let segments: Vec<Segment> = self.segments.iter().cloned().collect();
         let first = at.segment;
@@ -518,13 +593,14 @@ impl Buffer {
     /// Makes appended records durable against power loss and records the
     /// read position; call every `[buffer] sync`.
     pub fn sync(&mut self) -> Result<(), BufferError> {
+        if self.unavailable {
+            return Ok(());
+        }
         self.sync_segment()?;
         if self.cursor_moved {
             let path = self.dir.join("cursor");
-            let tmp = self.dir.join("cursor.tmp");
             let text = format!("{} {}\n", self.head.segment, self.head.offset);
-            fs::write(&tmp, text).map_err(err(&tmp))?;
-            fs::rename(&tmp, &path).map_err(err(&path))?;
+            crate::atomic_file::replace(&path, text.as_bytes()).map_err(err(&path))?;
             self.cursor_moved = false;
         }
         Ok(())
@@ -548,6 +624,10 @@ struct Recovered {
     /// Records before the cursor, when it points into this segment.
     records_before: u64,
     weight_before: u64,
+    /// Where the first of the others starts: the cursor, or the start of
+    /// the record it points into when it is not on a record boundary (a
+    /// damaged cursor re-sends that record rather than losing the rest).
+    head_offset: u64,
 }
 
 /// Scans a segment, cutting off a torn tail.
@@ -564,14 +644,17 @@ fn recover_segment(
         weight: 0,
         records_before: 0,
         weight_before: 0,
+        head_offset: 0,
     };
     while let record::Decoded::Record { payload, size } = record::decode(rest) {
         let weight = weigh(payload);
-        if cursor.is_some_and(|c| found.bytes < c.offset) {
+        let end = found.bytes + size as u64;
+        if cursor.is_some_and(|c| end <= c.offset) {
             found.records_before += 1;
             found.weight_before += weight;
+            found.head_offset = end;
         }
-        found.bytes += size as u64;
+        found.bytes = end;
         found.records += 1;
         found.weight += weight;
         rest = &rest[size..];
@@ -684,6 +767,24 @@ mod tests {
         let start = out.first().copied().unwrap_or(0);
         assert!(start <= 60, "nothing after the last synced cursor is lost");
         assert_eq!(out, (start..100).collect::<Vec<_>>(), "in order, no gaps");
+    }
+
+    #[test]
+    fn a_cursor_into_the_middle_of_a_record_resends_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        for i in 0..3 {
+            buffer.append(&payload(i)).unwrap();
+        }
+        buffer.sync().unwrap();
+        let first = buffer.peek(1).unwrap()[0].1;
+        drop(buffer);
+        // Found by fuzzing: a damaged cursor left the queue unable to drain.
+        let text = format!("{} {}\n", first.segment, first.offset + 3);
+        fs::write(dir.path().join("cursor"), text).unwrap();
+        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        assert_eq!(buffer.len(), 2);
+        assert_eq!(drain(&mut buffer, 10), [1, 2]);
     }
 
     #[test]

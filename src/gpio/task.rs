@@ -290,7 +290,7 @@ async fn sleep_opt(at: Option<Instant>) {
 
 fn save(store: &CounterStore, panel: &mut Panel, device: &Device) {
     if let Some(totals) = panel.unsaved_totals()
-        && let Err(e) = store.save(&totals)
+        && let Err(e) = crate::blocking::file_work(|| store.save(&totals))
     {
         tracing::error!(device = %device.name, error = %e, "cannot save counter totals");
     }

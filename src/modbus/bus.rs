@@ -105,7 +105,23 @@ pub struct BusTask {
     pulse: Pulse,
     timeout: Duration,
     shutdown: CancellationToken,
+    /// Writes served since a poll fell due and polling fell behind; see
+    /// [`WRITES_PER_DUE_POLL`].
+    writes_while_due: usize,
 }
+
+/// Writes a bus serves while polls are due, before it has caught up with
+/// them. Writes go first while no poll is due, so an operator's burst goes
+/// out at once; but a write with its read-back costs two transactions, and
+/// commands arriving faster than the bus can serve them would otherwise
+/// postpone every poll for as long as they keep coming. With one, the polls
+/// that fell due wait for at most one write (two transactions, plus the one
+/// under way when they fell due) however fast commands come, so devices
+/// keep their poll rate; and a bus that polling alone keeps busy still
+/// serves a write each time it falls behind, so commands are never shut out.
+/// What the bus cannot serve waits in its write queue, and beyond that is
+/// refused as busy.
+pub const WRITES_PER_DUE_POLL: usize = 1;
 
 /// The channels a bus task is connected to.
 #[derive(Debug)]
@@ -158,6 +174,7 @@ impl BusTask {
             pulse: channels.pulse,
             timeout,
             shutdown,
+            writes_while_due: 0,
         })
     }
 
@@ -167,10 +184,19 @@ impl BusTask {
         while let Some(index) = self.next_slot() {
             let due = self.slots[index].next_due;
             self.pulse.by(due);
+            let poll_due = due <= Instant::now();
+            if !poll_due {
+                // The bus has caught up with its polls.
+                self.writes_while_due = 0;
+            }
+            let may_write = self.writes_while_due < WRITES_PER_DUE_POLL;
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
-                Some(write) = self.writes.recv() => {
+                Some(write) = self.writes.recv(), if may_write => {
+                    if poll_due {
+                        self.writes_while_due += 1;
+                    }
                     // The write, and reading the metric back.
                     self.pulse.within(self.timeout * 2);
                     if !self.write(write).await {

@@ -203,7 +203,7 @@ impl Connection {
         let Some(store) = &self.greeting.epochs else {
             return 0;
         };
-        let epoch = match store.next_for_connect() {
+        let epoch = match crate::blocking::file_work(|| store.next_for_connect()) {
             Ok(epoch) => epoch,
             Err(e) => {
                 // Keep publishing: a bdSeq that hosts may see repeated after

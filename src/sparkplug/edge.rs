@@ -70,7 +70,7 @@ fn data_message(topic: String, payload: &Payload) -> Message {
 }
 
 /// State of one MQTT connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Session {
     bd_seq: u64,
     /// NBIRTH sent in this connection.
@@ -80,7 +80,7 @@ struct Session {
 }
 
 /// The edge node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EdgeNode {
     config: Arc<Config>,
     aliases: Aliases,

@@ -10,7 +10,7 @@
 //! noted in sparkplug-edge.md §7).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -87,17 +87,10 @@ impl BdSeqStore {
         }
     }
 
-    /// Write-to-temp, fsync, rename, fsync the directory: the file holds either
-    /// the old or the new number after a power cut, never a torn one.
+    /// The file holds either the old or the new number after a power cut,
+    /// never a torn one.
     fn write(&self, value: u8) -> io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
-        let tmp = self.path.with_extension("tmp");
-        let mut file = fs::File::create(&tmp)?;
-        writeln!(file, "{value}")?;
-        file.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        fs::File::open(dir)?.sync_all()
+        crate::atomic_file::replace(&self.path, format!("{value}\n").as_bytes())
     }
 }
 

@@ -189,8 +189,11 @@ macro_rules! matches {
         for rhs in $levels {
             match lhs.next() {
                 Some(&Level::SingleWildcard) => {
+                    // fieldmq patch: a level `+` cannot match is a mismatch
+                    // (0.24.0 stopped comparing there and reported a match,
+                    // so `+` matched `$SYS`; found by fuzzing).
                     if !rhs.match_level(&Level::SingleWildcard) {
-                        break;
+                        return false;
                     }
                 }
                 Some(&Level::MultiWildcard) => {
