@@ -1471,3 +1471,141 @@ async fn a_reload_closes_removed_users_and_narrows_acls_at_once() {
     );
     gateway.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_messages_that_carry_an_expiry_get_one_and_the_cap_shortens_it() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let (_dir, gateway, port, _sim) =
+        start(&format!("{OPEN}\nmessage_expiry = \"60s\""), None).await;
+    let mut reader = client5(options5("reader", port));
+    reader.connack().await;
+    reader.subscribe("e/#", QoS5::AtLeastOnce).await;
+    let mut writer = client5(options5("writer", port));
+    writer.connack().await;
+    writer
+        .client
+        .publish("e/none", QoS5::AtLeastOnce, false, "plain")
+        .await
+        .expect("publish");
+    let long = PublishProperties {
+        message_expiry_interval: Some(7200),
+        ..PublishProperties::default()
+    };
+    writer
+        .client
+        .publish_with_properties("e/long", QoS5::AtLeastOnce, false, "expiring", long)
+        .await
+        .expect("publish");
+    let got = reader.collect(2 * SECOND).await;
+    let expiry = |topic: &str| {
+        got.iter()
+            .find(|p| p.topic == topic.as_bytes())
+            .unwrap_or_else(|| panic!("no {topic} in {got:?}"))
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+    };
+    assert_eq!(
+        expiry("e/none"),
+        None,
+        "no expiry is stamped on a message without one"
+    );
+    let capped = expiry("e/long").expect("an expiry");
+    assert!(
+        (55..=60).contains(&capped),
+        "message_expiry caps the message's own: {capped}"
+    );
+    gateway.terminate().await;
+}
+
+/// A raw MQTT 3.1.1 CONNECT from `source` (a loopback address of the test's
+/// choosing); the CONNACK return code, and how long it took.
+async fn raw_login(source: &str, port: u16, user: &str, password: &str) -> (u8, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind the source address");
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    let string = |s: &str| {
+        [
+            (s.len() as u16).to_be_bytes().to_vec(),
+            s.as_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    let body = [
+        string("MQTT"),
+        vec![4, 0xC2, 0, 30],
+        string(&format!("login-{source}-{password}")),
+        string(user),
+        string(password),
+    ]
+    .concat();
+    let packet = [vec![0x10, body.len() as u8], body].concat();
+    let started = tokio::time::Instant::now();
+    stream.write_all(&packet).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(10 * SECOND, stream.read_exact(&mut connack))
+        .await
+        .expect("a CONNACK within 10 s")
+        .expect("CONNACK");
+    (connack[3], started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_slow_down_their_own_address_only() {
+    let (_dir, gateway, port, _sim) = start(&four_users(""), None).await;
+    for _ in 0..6 {
+        let (code, _) = raw_login("127.0.0.1", port, "historian", "guess").await;
+        assert_eq!(code, 4, "bad user name or password");
+    }
+    let (code, waited) = raw_login("127.0.0.1", port, "historian", "secret").await;
+    assert_eq!(code, 0);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the guessing address waits before its next login is checked: {waited:?}"
+    );
+    let (code, waited) = raw_login("127.0.0.2", port, "historian", "secret").await;
+    assert_eq!(code, 0);
+    assert!(
+        waited < Duration::from_millis(500),
+        "another address is not slowed: {waited:?}"
+    );
+    let (code, _) = raw_login("127.0.0.2", port, "nobody", "secret").await;
+    assert_eq!(code, 4, "an unknown user is refused like a wrong password");
+    gateway.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_local_set_is_applied_once_and_never_again_on_subscribe() {
+    let (_dir, gateway, port, sim) = start(&four_users(""), None).await;
+    let operator = client(with_login("op", port, "operator", "secret"));
+    operator
+        .client
+        .publish("plant/gw/plc/setpoint/set", QoS::AtLeastOnce, true, "5")
+        .await
+        .expect("publish");
+    assert!(
+        holding_becomes(&sim, 0, 5).await,
+        "the live /set is applied"
+    );
+    sim.set_registers(1, Table::Holding, 0, &[0]);
+    let before = writes(&sim).len();
+    for i in 0..3 {
+        let mut late = client(with_login(&format!("late{i}"), port, "historian", "secret"));
+        late.subscribe("plant/gw/#", QoS::AtLeastOnce).await;
+    }
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(
+        writes(&sim).len(),
+        before,
+        "the retained copy delivered to later subscribers is not a command"
+    );
+    assert_eq!(sim.registers(1, Table::Holding, 0, 1), Some(vec![0]));
+    gateway.terminate().await;
+}

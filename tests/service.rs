@@ -297,3 +297,52 @@ async fn under_systemd_it_notifies_pings_reloads_and_reports_its_health() {
     meter_server.abort();
     pump_server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_queue_leaves_the_gateway_polling_without_store_and_forward() {
+    let broker = Mosquitto::start().await;
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
+    let (meter, _server) = tcp_simulator(&sim).await;
+    let (pump, _pump_server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // Where the queue's directory should be, there is a file.
+    std::fs::write(data.join("buffer"), "not a directory").expect("blocker");
+    let health = free_port();
+    let path = dir.path().join("fieldmq.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), broker.port, health, meter, pump, SPEED),
+    )
+    .expect("config");
+    let mut host = Peer::connect(broker.port, "host", &["spBv1.0/#"]).await;
+    let gateway = Gateway::run(&path, dir.path(), "gateway");
+    host.next_on("spBv1.0/plant/DBIRTH/gw1/meter", 10 * SECOND)
+        .await;
+    let (status, body) = http_get(health, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""store_and_forward":"unavailable""#),
+        "{body}"
+    );
+    let (_, metrics) = http_get(health, "/metrics").await;
+    assert!(metrics.contains("fieldmq_buffer_up 0"), "{metrics}");
+    let polls = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("fieldmq_polls_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(SECOND).await;
+    let (_, later) = http_get(health, "/metrics").await;
+    assert!(polls(&later) > polls(&metrics), "polling goes on");
+    assert!(
+        gateway.log().contains("running without it"),
+        "the log says so:\n{}",
+        gateway.log()
+    );
+    gateway.terminate().await;
+    broker.stop().await;
+}

@@ -770,6 +770,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_loses_only_its_record_and_writing_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        buffer.append(&payload(0)).unwrap();
+        buffer.roll().unwrap();
+        // The next segment is a device that is always full: every write
+        // fails with ENOSPC and cannot be cut back either.
+        let full = buffer.segment_path(buffer.segments.back().unwrap().id);
+        std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+        let failed = buffer.append(&payload(1)).unwrap_err();
+        assert_eq!(failed.source.raw_os_error(), Some(libc::ENOSPC));
+        buffer.append(&payload(2)).unwrap();
+        buffer.append(&payload(3)).unwrap();
+        buffer.sync().unwrap();
+        assert_eq!(buffer.len(), 3);
+        fs::remove_file(&full).unwrap();
+        drop(buffer);
+        let mut reopened = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        assert_eq!(drain(&mut reopened, 10), [0, 2, 3]);
+    }
+
+    #[test]
     fn a_cursor_into_the_middle_of_a_record_resends_that_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();

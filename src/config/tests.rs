@@ -505,6 +505,44 @@ fn a_buffer_section_is_checked_and_defaults_apply_without_it() {
 }
 
 #[test]
+fn broker_limits_default_safely_and_an_empty_password_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("empty"), "\n").expect("write");
+    let text = GOOD.replace(
+        "[[bus]]\nname = \"rs485-1\"",
+        "[broker]\nconnect_timeout = \"3s\"\n\n[[broker.user]]\nname = \"hmi\"\npassword_file = \"empty\"\n\n[[bus]]\nname = \"rs485-1\"",
+    );
+    let errors = match Config::from_toml(&dir.path().join("gw.toml"), &text) {
+        Ok(_) => panic!("an empty password file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        errors.contains("password_file = \"empty\" is empty"),
+        "{errors}"
+    );
+    let defaults = Config::from_toml(Path::new("gw.toml"), GOOD)
+        .expect("valid")
+        .broker;
+    assert_eq!(defaults.max_packet_size, 256 * 1024);
+    assert_eq!(defaults.connect_timeout, Duration::from_secs(10));
+    assert!(
+        defaults.anonymous_persistent,
+        "without users, anonymous clients are the only kind"
+    );
+    let with_user = GOOD.replace(
+        "[[bus]]\nname = \"rs485-1\"",
+        "[[broker.user]]\nname = \"hmi\"\npassword_hash = \"$7$101$ZE3ynDDujAAWdLJ8$FJs5vlTv16jzQFAhLcDDZdKGWStcbeXo/2TJgnhCjArhaohuu0m4Z4cylhBNl7y6HLn5kot2DSlN4PYmWBxBAQ==\"\n\n[[bus]]\nname = \"rs485-1\"",
+    );
+    let broker = Config::from_toml(Path::new("gw.toml"), &with_user)
+        .expect("valid")
+        .broker;
+    assert!(
+        !broker.anonymous_persistent,
+        "next to users, anonymous clients get no persistent session"
+    );
+}
+
+#[test]
 fn broker_tls_keys_go_together_and_an_open_tls_listener_needs_a_decision() {
     let broker = |section: &str| {
         GOOD.replace(
