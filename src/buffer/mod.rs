@@ -140,23 +140,7 @@ impl Buffer {
             .collect();
         ids.sort_unstable();
         let cursor = read_cursor(&dir.join("cursor"));
-        let mut buffer = Buffer {
-            dir: dir.to_owned(),
-            max_size,
-            segment_size: SEGMENT_SIZE.min((max_size / 4).max(64 * 1024)),
-            overflow,
-            segments: VecDeque::new(),
-            writer: None,
-            head: Position::default(),
-            head_index: 0,
-            head_weight: 0,
-            handed: Position::default(),
-            weigh,
-            unsynced: false,
-            cursor_moved: false,
-            dropped: 0,
-            unavailable: false,
-        };
+        let mut buffer = Buffer::empty(dir, max_size, overflow, weigh);
         for id in ids {
             let path = buffer.segment_path(id);
             if cursor.is_some_and(|c| id < c.segment) {
@@ -210,21 +194,21 @@ impl Buffer {
     /// every record appended is counted as dropped.
     pub fn unavailable(weigh: Weigh) -> Buffer {
         Buffer {
-            dir: PathBuf::new(),
-            max_size: 0,
-            segment_size: 0,
-            overflow: Overflow::DropNewest,
-            segments: VecDeque::from([Segment {
-                id: 1,
-                bytes: 0,
-                records: 0,
-                weight: 0,
-            }]),
+            unavailable: true,
+            ..Buffer::empty(Path::new(""), 0, Overflow::DropNewest, weigh)
+        }
+    }
+
+    /// A queue in `dir` with no segment yet.
+    fn empty(dir: &Path, max_size: u64, overflow: Overflow, weigh: Weigh) -> Buffer {
+        Buffer {
+            dir: dir.to_owned(),
+            max_size,
+            segment_size: SEGMENT_SIZE.min((max_size / 4).max(64 * 1024)),
+            overflow,
+            segments: VecDeque::new(),
             writer: None,
-            head: Position {
-                segment: 1,
-                offset: 0,
-            },
+            head: Position::default(),
             head_index: 0,
             head_weight: 0,
             handed: Position::default(),
@@ -232,7 +216,7 @@ impl Buffer {
             unsynced: false,
             cursor_moved: false,
             dropped: 0,
-            unavailable: true,
+            unavailable: false,
         }
     }
 
