@@ -75,10 +75,23 @@ pub struct Forwarder {
     pass_end: Option<Position>,
     /// Whether this pass sent anything.
     progressed: bool,
-    /// A whole pass sent nothing: wait for [`Forwarder::readiness_changed`].
-    stalled: bool,
+    /// A whole pass sent nothing: see [`Stall`].
+    stalled: Option<Stall>,
     /// Samples lost to unreadable records or disk errors.
     lost: u64,
+}
+
+/// Why the drain waits after a pass that sent nothing. Another pass could
+/// only move the same batches to the back again, rewriting them on disk; so
+/// it waits until one of the devices it waited for is ready, new records
+/// arrive, or [`Forwarder::readiness_changed`] says everything may differ.
+/// A device that stays dead therefore costs no writes, however long.
+#[derive(Debug)]
+struct Stall {
+    /// The devices whose batches the pass moved.
+    on: HashSet<DeviceId>,
+    /// The end of the queue when the drain stalled.
+    tail: Position,
 }
 
 /// What one drain step did.
@@ -126,7 +139,7 @@ impl Forwarder {
             deferred: HashSet::new(),
             pass_end: None,
             progressed: false,
-            stalled: false,
+            stalled: None,
             lost: 0,
         }
     }
@@ -214,12 +227,19 @@ impl Forwarder {
         self.read = self.buffer.head();
         self.buffer.handed_out(self.read);
         self.end_pass();
-        self.stalled = false;
+        self.stalled = None;
     }
 
-    /// A device became ready (born) or the link came back: a stalled drain may go on.
+    /// Any device's readiness may have changed (a new connection, a new
+    /// device map): a stalled drain goes on. The drain notices a device it
+    /// waited for becoming ready by itself.
     pub fn readiness_changed(&mut self) {
-        self.stalled = false;
+        self.stalled = None;
+    }
+
+    /// Whether the drain waits for a device or new records (see [`Stall`]).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
     }
 
     fn end_pass(&mut self) {
@@ -241,8 +261,11 @@ impl Forwarder {
     ) -> Drained {
         let mut done = Drained::default();
         self.expire(now);
-        if self.stalled {
-            return done;
+        if let Some(stall) = &self.stalled {
+            if self.buffer.tail() == stall.tail && !stall.on.iter().any(|&d| ready(d)) {
+                return done;
+            }
+            self.stalled = None;
         }
         let records = match self.buffer.peek_from(self.read, max) {
             Ok(records) => records,
@@ -254,11 +277,12 @@ impl Forwarder {
         // Moved batches are appended after the loop: an append may make room
         // by dropping the segment the records being looked at come from.
         let mut moved = Vec::new();
+        let mut stall = None;
         for (record, after) in records {
             if self.pass_end.is_some_and(|end| self.read >= end) {
                 // A pass ends with this call, so the batches it moved are
                 // behind it before the next pass looks at them.
-                self.stalled = !self.progressed;
+                stall = (!self.progressed).then(|| self.deferred.clone());
                 self.end_pass();
                 break;
             }
@@ -292,6 +316,12 @@ impl Forwarder {
         for record in moved {
             self.append(&record);
         }
+        if let Some(on) = stall {
+            self.stalled = Some(Stall {
+                on,
+                tail: self.buffer.tail(),
+            });
+        }
         done
     }
 
@@ -315,7 +345,12 @@ impl Forwarder {
 
     /// Whether the drain has something to send.
     pub fn has_backlog(&self) -> bool {
-        !self.stalled && self.read < self.buffer.tail()
+        self.stalled.is_none() && self.read < self.buffer.tail()
+    }
+
+    /// Bytes written to the queue since open.
+    pub fn written(&self) -> u64 {
+        self.buffer.written()
     }
 
     /// Samples lost since open: dropped by the size limit, or unreadable or unwritable.
@@ -468,6 +503,47 @@ mod tests {
             (1..30).step_by(2).map(|n| (1, n)).collect::<Vec<_>>(),
             "device 1's batches follow, in their order"
         );
+    }
+
+    #[test]
+    fn a_device_that_stays_dead_costs_no_rewriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
+        let t0 = Instant::now();
+        for n in 0..30 {
+            let device = n as usize % 2;
+            f.store(device, &batch(device, n));
+        }
+        let sent = drain_all(&mut f, t0, |d| d == 0);
+        assert_eq!(sent.len(), 15);
+        let after_stall = f.written();
+        // Ten minutes of drain ticks with device 1 still dead: not a byte.
+        for tick in 0..6000u64 {
+            let now = t0 + Duration::from_millis(100 * tick);
+            f.drain(100, now, |d| d == 0, |_, _| true);
+        }
+        assert_eq!(f.written(), after_stall, "stored batches were rewritten");
+        // Device 1 comes back: its batches go out, in order, with no call
+        // to readiness_changed needed.
+        let mut late = Vec::new();
+        for _ in 0..10 {
+            f.drain(
+                100,
+                t0,
+                |_| true,
+                |d, s| {
+                    late.push((d, number(s)));
+                    true
+                },
+            );
+        }
+        assert_eq!(late, (1..30).step_by(2).map(|n| (1, n)).collect::<Vec<_>>());
+        // New records wake a stalled drain too.
+        let mut g = Forwarder::open(&dir.path().join("g"), &policy(), WINDOW, keys()).unwrap();
+        g.store(1, &batch(1, 1));
+        drain_all(&mut g, t0, |d| d == 0);
+        g.store(0, &batch(0, 2));
+        assert_eq!(drain_all(&mut g, t0, |d| d == 0), vec![(0, 2)]);
     }
 
     #[test]

@@ -220,9 +220,6 @@ impl Publisher {
         else {
             return;
         };
-        if matches!(event, DeviceEvent::Online { .. }) {
-            self.forwarder.readiness_changed();
-        }
         if published && self.connected && self.profile.ready(*device) {
             let now = tokio::time::Instant::now().into_std();
             self.forwarder.sent_live(*device, samples, now);
@@ -235,7 +232,7 @@ impl Publisher {
     fn drain(&mut self) {
         let now = tokio::time::Instant::now().into_std();
         self.forwarder.expire(now);
-        if !self.connected || !self.forwarder.has_backlog() {
+        if !self.connected || !(self.forwarder.has_backlog() || self.forwarder.is_stalled()) {
             return;
         }
         let per_tick =
@@ -345,7 +342,6 @@ impl Publisher {
                     self.node_stats(),
                 );
                 self.execute(actions);
-                self.forwarder.readiness_changed();
                 let actions = self.profile.stats(self.node_stats());
                 self.execute(actions);
             }

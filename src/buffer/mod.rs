@@ -108,6 +108,8 @@ pub struct Buffer {
     unsynced: bool,
     cursor_moved: bool,
     dropped: u64,
+    /// Bytes appended since open (what the SD card has to take).
+    written: u64,
     /// No directory behind it: nothing is kept.
     unavailable: bool,
 }
@@ -216,6 +218,7 @@ impl Buffer {
             unsynced: false,
             cursor_moved: false,
             dropped: 0,
+            written: 0,
             unavailable: false,
         }
     }
@@ -247,6 +250,11 @@ impl Buffer {
     /// Bytes on disk.
     pub fn size(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Bytes appended since open.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Weight of the records sacrificed to the size limit since open.
@@ -320,6 +328,7 @@ impl Buffer {
             }
             return Err(err(&path)(e));
         }
+        self.written += size;
         last.bytes += size;
         last.records += 1;
         last.weight += weight;
