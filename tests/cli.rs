@@ -275,6 +275,29 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
         .next_on("demo/fieldmq-demo/panel/relay", Duration::from_secs(5))
         .await;
     assert!(relay.text().contains("\"value\":true"), "{}", relay.text());
+    // Its state, the uplink's password among it, is the owner's alone, in a
+    // directory nobody could have made for it beforehand.
+    let pid = demo.pid().expect("demo running");
+    let state: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("fieldmq-demo-{pid}-"))
+        })
+        .collect();
+    assert_eq!(
+        state.len(),
+        1,
+        "one state directory, named with a random part"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &state[0].metadata().expect("metadata").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    let password = std::fs::read_to_string(state[0].path().join("uplink.pass")).expect("password");
+    assert_eq!(password.len(), 24, "96 random bits, hex");
     assert!(demo.terminate().await.success());
 }
 

@@ -68,7 +68,7 @@ pub(super) struct Gate {
     /// Connected clients already told of in the log for a refused
     /// subscription or publish: one warning per connection, not one per
     /// message, so a hostile client cannot flood the log (and the SD card).
-    pub warned: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub warned: Arc<Mutex<std::collections::HashSet<(String, &'static str)>>>,
 }
 
 /// Locks `m`; every lock here guards plain bookkeeping that a panic
@@ -105,9 +105,9 @@ impl Gate {
         Arc::clone(&self.rules.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Whether this is the first refusal of `client`'s connection.
-    fn first_refusal(&self, client: &str) -> bool {
-        lock(&self.warned).insert(client.to_owned())
+    /// Whether this is the first refusal of this `kind` on `client`'s connection.
+    fn first_refusal(&self, client: &str, kind: &'static str) -> bool {
+        lock(&self.warned).insert((client.to_owned(), kind))
     }
 
     /// Checks a login off the async workers (PBKDF2 takes milliseconds),
@@ -238,7 +238,7 @@ impl Gate {
                 Stats::bump(&self.stats.commands_rejected);
             }
             refused("publish");
-            if self.first_refusal(client) {
+            if self.first_refusal(client, "publish") {
                 tracing::warn!(user = ?user, %client, %topic, "local broker: publish refused (further refusals of this connection are counted in fieldmq_broker_refused_total, not logged)");
             }
             // The reason code says it all; a reason string too would be a
@@ -286,7 +286,7 @@ impl Handler for Gate {
                 } else {
                     refused("subscribe");
                     let client: &str = &session.id.client_id;
-                    if self.first_refusal(client) {
+                    if self.first_refusal(client, "subscribe") {
                         tracing::warn!(user = ?user, %client, %filter, "local broker: subscription refused (further refusals of this connection are counted in fieldmq_broker_refused_total, not logged)");
                     }
                     let refused =
@@ -325,7 +325,7 @@ impl Handler for Gate {
             }
             Parameter::ClientDisconnected(session, _) => {
                 lock(&self.rate).forget(&session.id.client_id);
-                lock(&self.warned).remove(&*session.id.client_id);
+                lock(&self.warned).retain(|(c, _)| *c != *session.id.client_id);
                 (true, acc)
             }
             Parameter::MessageExpiryCheck(session, _, publish) => {
