@@ -1609,3 +1609,39 @@ async fn a_retained_local_set_is_applied_once_and_never_again_on_subscribe() {
     assert_eq!(sim.registers(1, Table::Holding, 0, 1), Some(vec![0]));
     gateway.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_store_is_capped_and_messages_over_it_are_still_delivered() {
+    let (_dir, gateway, port, _sim) = start(&four_users("max_retained = 3"), None).await;
+    let mut live = client(with_login("live", port, "writer", "secret"));
+    live.subscribe("scratch/#", QoS::AtLeastOnce).await;
+    let writer = client(with_login("w", port, "writer", "secret"));
+    for n in 0..5 {
+        writer
+            .client
+            .publish(
+                format!("scratch/{n}"),
+                QoS::AtLeastOnce,
+                true,
+                format!("{n}"),
+            )
+            .await
+            .expect("publish");
+    }
+    let delivered = live.collect(SECOND).await;
+    assert_eq!(delivered.len(), 5, "every message is delivered live");
+    let mut late = client(with_login("late", port, "writer", "secret"));
+    late.subscribe("scratch/#", QoS::AtLeastOnce).await;
+    let retained: Vec<_> = late
+        .collect(SECOND)
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(
+        retained.len(),
+        3,
+        "max_retained topics are kept: {retained:?}"
+    );
+    gateway.terminate().await;
+}

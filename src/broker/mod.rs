@@ -137,13 +137,14 @@ impl LocalBroker {
                 max_queued_bytes: settings.max_queued_bytes,
                 max_queued_bytes_total: settings.max_queued_bytes_total,
             })
-            // Retained messages without an expiry are kept until replaced;
-            // the gate caps their number and bytes.
+            // Retained messages without an expiry are kept until replaced.
+            // The gate caps what local clients retain, in topics and bytes;
+            // fieldmq's own retained topics are bounded by the device map,
+            // so the retainer itself counts nothing (0: no cap of its own).
             .plugins_config_map_add(
                 "rmqtt-retainer",
                 format!(
-                    "max_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
-                    settings.max_retained.max(1),
+                    "max_retained_messages = 0\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
                     settings.max_packet_size
                 ),
             )
