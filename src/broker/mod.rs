@@ -131,6 +131,12 @@ impl LocalBroker {
         let capacity = SessionOwners::<gate::SessionMark>::capacity(quotas, settings.users.len());
         let scx = ServerContext::new()
             .mqtt_max_sessions(capacity.try_into().unwrap_or(isize::MAX))
+            // rmqtt refuses every new connection ("server unavailable")
+            // while the machine's load average or CPU load is high: a busy
+            // board, or a client generating load, would lock out configured
+            // users. fieldmq's own caps (pending connections, quotas) bound
+            // the broker's work instead.
+            .busy_check_enable(false)
             .extra_limits(ExtraLimits {
                 max_pending: settings.max_pending,
                 max_pending_per_address: settings.max_pending_per_address,
