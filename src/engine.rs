@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{Rejection, Write};
 use crate::config::{Config, LinkKind};
 use crate::gpio::GpioTask;
-use crate::liveness::Liveness;
 use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent, MapVersion};
+use crate::ops::liveness::Liveness;
+use crate::ops::stats::Stats;
 use crate::reload::Reload;
-use crate::stats::Stats;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
 /// A slow consumer thus shows up as poll overrun, never as unbounded memory.

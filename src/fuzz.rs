@@ -435,17 +435,17 @@ fn valid_filter(filter: &str) -> bool {
 
 /// Raw bytes as an HTTP/1 connection to the health endpoint.
 pub fn health_request(data: &[u8]) {
-    static PROBE: std::sync::OnceLock<crate::health::Probe> = std::sync::OnceLock::new();
+    static PROBE: std::sync::OnceLock<crate::ops::health::Probe> = std::sync::OnceLock::new();
     let probe = PROBE
         .get_or_init(|| {
             let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            crate::health::Probe::new(Arc::default(), Arc::default(), None, recorder.handle())
+            crate::ops::health::Probe::new(Arc::default(), Arc::default(), None, recorder.handle())
         })
         .clone();
     block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (ours, mut theirs) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(crate::health::serve_connection(
+        let served = tokio::spawn(crate::ops::health::serve_connection(
             probe,
             ours,
             tokio_util::sync::CancellationToken::new(),

@@ -42,9 +42,6 @@
 //! - [`systemd`]: readiness, reload and watchdog notifications to systemd.
 //! - [`fuzz`]: arbitrary bytes into each input path, for `fuzz/` and the corpus replay test.
 
-pub mod atomic_file;
-pub mod backoff;
-pub mod blocking;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod buffer;
@@ -56,20 +53,17 @@ pub mod exception;
 pub mod forward;
 pub mod fuzz;
 pub mod gpio;
-pub mod health;
 pub mod last_values;
-pub mod liveness;
 #[cfg(feature = "broker")]
 pub mod local;
 pub mod modbus;
 pub mod mqtt;
+pub mod ops;
 pub mod plain;
 pub mod profile;
 pub mod publisher;
 pub mod reload;
 pub mod simulator;
 pub mod sparkplug;
-pub mod stats;
-pub mod systemd;
 pub mod tail;
 pub mod value;

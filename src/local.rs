@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
 use crate::engine::WriteRouter;
-use crate::health;
 use crate::last_values::LastValues;
-use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
+use crate::ops::health;
+use crate::ops::liveness::Pulse;
+use crate::ops::stats::Stats;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::session::BdSeqStore;
-use crate::stats::Stats;
 
 /// The feed and the broker it publishes into.
 #[derive(Debug)]

@@ -689,9 +689,9 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     // before the goodbye.
     let health = match config.health {
         Some(address) => {
-            let listener = fieldmq::health::bind(address).await?;
+            let listener = fieldmq::ops::health::bind(address).await?;
             tracing::info!(%address, "health endpoint: /healthz and /metrics");
-            Some((listener, fieldmq::health::install_recorder()?))
+            Some((listener, fieldmq::ops::health::install_recorder()?))
         }
         None => None,
     };
@@ -759,7 +759,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             .upstream
             .as_ref()
             .map(|_| engine.writes.uplink_state());
-        let probe = fieldmq::health::Probe::new(
+        let probe = fieldmq::ops::health::Probe::new(
             Arc::clone(&engine.liveness),
             Arc::clone(&engine.stats),
             uplink,
@@ -767,7 +767,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
         tokio::spawn(probe.serve(listener, shutdown.clone()));
     }
-    tokio::spawn(fieldmq::systemd::watchdog(
+    tokio::spawn(fieldmq::ops::systemd::watchdog(
         Arc::clone(&engine.liveness),
         shutdown.clone(),
     ));
@@ -787,7 +787,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             Some(()) = hangup.recv() => reload(&mut engine).await,
         }
     }
-    fieldmq::systemd::stopping();
+    fieldmq::ops::systemd::stopping();
     engine.stop();
     let drained = tokio::time::timeout(SINK_GRACE, async {
         while let Some(done) = tasks.join_next().await {
@@ -814,7 +814,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
 /// SIGHUP: reads the config file again and puts its device map in force;
 /// an invalid file changes nothing.
 async fn reload(engine: &mut Engine) {
-    fieldmq::systemd::reloading();
+    fieldmq::ops::systemd::reloading();
     let current = engine.config();
     match Config::load(&current.path) {
         Err(e) => {
@@ -846,7 +846,7 @@ async fn reload(engine: &mut Engine) {
 
 /// Tells systemd that start-up (or a reload) is complete.
 fn announce_ready(config: &Config) {
-    fieldmq::systemd::ready(&format!(
+    fieldmq::ops::systemd::ready(&format!(
         "polling {} devices on {} buses",
         config.devices.len(),
         config.buses.len()

@@ -10,9 +10,9 @@ use crate::config::{Config, Profile, Qos};
 use crate::last_values::LastValues;
 use crate::modbus::bus::DeviceEvent;
 use crate::mqtt::Message;
+use crate::ops::stats::StatsSnapshot;
 use crate::plain::PlainNode;
 use crate::sparkplug::edge::EdgeNode;
-use crate::stats::StatsSnapshot;
 use crate::value::{DeviceId, Sample};
 
 /// Something the publisher must do on a profile's behalf.

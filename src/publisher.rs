@@ -20,16 +20,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::WriteRouter;
 use crate::forward::{DeviceKeys, Forwarder};
-use crate::health;
 use crate::last_values::LastValues;
-use crate::liveness::Pulse;
 use crate::modbus::bus::DeviceEvent;
 use crate::mqtt::Message;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
+use crate::ops::health;
+use crate::ops::liveness::Pulse;
+use crate::ops::stats::Stats;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::session::BdSeqStore;
-use crate::stats::Stats;
 
 /// Link events waiting for the publisher.
 const LINK_QUEUE: usize = 64;
@@ -99,7 +99,7 @@ impl Publisher {
         // A dead link is noticed after up to two keep-alive periods without an answer.
         let window = upstream.keep_alive * 2 + WINDOW_MARGIN;
         let dir = config.node.data_dir.join("buffer");
-        let opened = crate::blocking::file_work(|| {
+        let opened = crate::ops::blocking::file_work(|| {
             Forwarder::open(&dir, &config.buffer, window, DeviceKeys::of(&config))
         });
         let forwarder = match opened {
@@ -190,7 +190,7 @@ impl Publisher {
                 }
                 _ = drain_tick.tick() => self.drain(),
                 _ = sync_tick.tick() => {
-                    crate::blocking::file_work(|| self.forwarder.sync());
+                    crate::ops::blocking::file_work(|| self.forwarder.sync());
                     self.log_drops();
                     metrics::gauge!(health::BUFFER_SAMPLES).set(self.forwarder.backlog() as f64);
                     metrics::counter!(health::BUFFER_DROPPED).absolute(self.forwarder.dropped());
@@ -243,7 +243,7 @@ impl Publisher {
         let (profile, client, stats) = (&mut self.profile, &self.client, &self.stats);
         let max_packet_size = self.max_packet_size;
         let forwarder = &mut self.forwarder;
-        crate::blocking::file_work(|| {
+        crate::ops::blocking::file_work(|| {
             forwarder.drain(
             per_tick as usize,
             now,
@@ -280,7 +280,7 @@ impl Publisher {
     }
 
     async fn farewell(mut self) {
-        crate::blocking::file_work(|| self.forwarder.sync());
+        crate::ops::blocking::file_work(|| self.forwarder.sync());
         self.stop_connection.cancel();
         if self.connected {
             let actions = self.profile.farewell();

@@ -28,8 +28,8 @@ use super::rate::{Admission, PublishRate};
 use super::retained::RetainedBudget;
 use super::sessions::{Login, Refusal, SessionOwners};
 use super::throttle::LoginThrottle;
-use crate::health;
-use crate::stats::Stats;
+use crate::ops::health;
+use crate::ops::stats::Stats;
 
 /// What tells one session under a client id from the next: when it was
 /// made and from where.

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{LocalBrokerSettings, Qos};
 use crate::mqtt::Message;
-use crate::stats::Stats;
+use crate::ops::stats::Stats;
 use access::AccessRules;
 use gate::{Gate, TopicLimits, lock};
 use rate::PublishRate;

@@ -11,7 +11,7 @@
 //!
 //! Durability: an append is a `write(2)`, so it survives `kill -9` at once;
 //! [`Buffer::sync`] (called every `[buffer] sync`) fsyncs the segment and
-//! replaces the cursor atomically ([`crate::atomic_file`]), so a power cut
+//! replaces the cursor atomically ([`crate::ops::atomic_file`]), so a power cut
 //! loses at most that window. A new segment's directory entry is fsynced
 //! when it is created. On open, a torn or corrupt tail is cut off. Whole
 //! segments are deleted once acknowledged, or when the queue is full and the
@@ -305,7 +305,7 @@ impl Buffer {
                 .map_err(err(&path))?;
             if last.bytes == 0 {
                 // A new segment: its directory entry must survive a power cut too.
-                crate::atomic_file::sync_dir(&self.dir).map_err(err(&self.dir))?;
+                crate::ops::atomic_file::sync_dir(&self.dir).map_err(err(&self.dir))?;
             }
             self.writer = Some(file);
         }
@@ -593,7 +593,7 @@ impl Buffer {
         if self.cursor_moved {
             let path = self.dir.join("cursor");
             let text = format!("{} {}\n", self.head.segment, self.head.offset);
-            crate::atomic_file::replace(&path, text.as_bytes()).map_err(err(&path))?;
+            crate::ops::atomic_file::replace(&path, text.as_bytes()).map_err(err(&path))?;
             self.cursor_moved = false;
         }
         Ok(())

@@ -2,7 +2,7 @@
 //!
 //! Flow and energy meters give one pulse per litre or watt-hour; the total is
 //! the reading, so losing it at a restart would be losing the meter. Totals
-//! are written to `data_dir/gpio/<device>.json` ([`crate::atomic_file`], so
+//! are written to `data_dir/gpio/<device>.json` ([`crate::ops::atomic_file`], so
 //! a crash leaves the old or the new file, never half of one) at most once
 //! per save period and at shutdown; a power cut costs at
 //! most the pulses of one period.
@@ -49,7 +49,7 @@ impl CounterStore {
     /// Replaces the saved totals.
     pub fn save(&self, totals: &BTreeMap<String, u64>) -> Result<(), CounterStoreError> {
         let text = serde_json::to_string_pretty(totals).map_err(|e| self.error(e))?;
-        crate::atomic_file::replace(&self.path, text.as_bytes()).map_err(|e| self.error(e))
+        crate::ops::atomic_file::replace(&self.path, text.as_bytes()).map_err(|e| self.error(e))
     }
 
     fn error(&self, e: impl ToString) -> CounterStoreError {

@@ -23,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 use super::counter::{CounterStore, RateMeter};
 use super::debounce::Debouncer;
 use super::lines::{Edge, GpioError, LineKind, LineRequest, Lines};
-use crate::backoff::Backoff;
 use crate::command::{Write, WriteImage};
 use crate::config::{Config, Device, LinkKind};
 use crate::config::{GpioChip, PinRole};
-use crate::health;
 use crate::modbus::bus::{BusChannels, DeviceEvent};
 use crate::modbus::cycle::{MetricReading, Raw};
-use crate::stats::Stats;
+use crate::ops::backoff::Backoff;
+use crate::ops::health;
+use crate::ops::stats::Stats;
 use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value, now_ms};
 
 /// How often changed counter totals are written to disk. A power cut loses
@@ -50,7 +50,7 @@ pub struct GpioTask {
     events: mpsc::Sender<DeviceEvent>,
     writes: mpsc::Receiver<Write>,
     stats: Arc<Stats>,
-    pulse: crate::liveness::Pulse,
+    pulse: crate::ops::liveness::Pulse,
     uplink: watch::Receiver<bool>,
     shutdown: CancellationToken,
 }
@@ -290,7 +290,7 @@ async fn sleep_opt(at: Option<Instant>) {
 
 fn save(store: &CounterStore, panel: &mut Panel, device: &Device) {
     if let Some(totals) = panel.unsaved_totals()
-        && let Err(e) = crate::blocking::file_work(|| store.save(&totals))
+        && let Err(e) = crate::ops::blocking::file_work(|| store.save(&totals))
     {
         tracing::error!(device = %device.name, error = %e, "cannot save counter totals");
     }

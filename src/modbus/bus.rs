@@ -15,16 +15,16 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::command::Write;
 use crate::config::{Config, Device};
 use crate::exception::ChangeFilter;
-use crate::health;
-use crate::liveness::Pulse;
 use crate::modbus::cycle::{self, Cycle};
 use crate::modbus::link::Link;
 use crate::modbus::plan::ReadPlan;
-use crate::stats::Stats;
+use crate::ops::backoff::Backoff;
+use crate::ops::health;
+use crate::ops::liveness::Pulse;
+use crate::ops::stats::Stats;
 use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value};
 
 /// The shortest wait before retrying an offline device. Starting the backoff
@@ -132,7 +132,7 @@ pub struct BusChannels {
     pub writes: mpsc::Receiver<Write>,
     /// Counters it adds to.
     pub stats: Arc<Stats>,
-    /// Its promise to come back ([`crate::liveness`]).
+    /// Its promise to come back ([`crate::ops::liveness`]).
     pub pulse: Pulse,
 }
 

@@ -19,10 +19,10 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
-use crate::backoff::Backoff;
 use crate::command::WriteImage;
 use crate::config::{Bus, LinkKind, Parity, SerialLine};
 use crate::modbus::plan::Table;
+use crate::ops::backoff::Backoff;
 use crate::value::Fault;
 
 /// The data of a successful read.

@@ -23,9 +23,9 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::Qos;
 use crate::mqtt::Message;
+use crate::ops::backoff::Backoff;
 use crate::sparkplug::session::BdSeqStore;
 
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
@@ -203,7 +203,7 @@ impl Connection {
         let Some(store) = &self.greeting.epochs else {
             return 0;
         };
-        let epoch = match crate::blocking::file_work(|| store.next_for_connect()) {
+        let epoch = match crate::ops::blocking::file_work(|| store.next_for_connect()) {
             Ok(epoch) => epoch,
             Err(e) => {
                 // Keep publishing: a bdSeq that hosts may see repeated after

@@ -90,7 +90,7 @@ impl BdSeqStore {
     /// The file holds either the old or the new number after a power cut,
     /// never a torn one.
     fn write(&self, value: u8) -> io::Result<()> {
-        crate::atomic_file::replace(&self.path, format!("{value}\n").as_bytes())
+        crate::ops::atomic_file::replace(&self.path, format!("{value}\n").as_bytes())
     }
 }
 

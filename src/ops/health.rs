@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::liveness::Liveness;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::ops::liveness::Liveness;
+use crate::ops::stats::{Stats, StatsSnapshot};
 
 /// Histogram: seconds one poll cycle of a device took; label `device`.
 pub const POLL_DURATION: &str = "fieldmq_poll_duration_seconds";

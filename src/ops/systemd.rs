@@ -1,13 +1,13 @@
 //! Notifications to systemd for `Type=notify`: ready, reloading, stopping,
 //! and the watchdog, which is pinged only while every task keeps its promises
-//! ([`crate::liveness`]). Outside systemd (no `NOTIFY_SOCKET`) each call does nothing.
+//! ([`crate::ops::liveness`]). Outside systemd (no `NOTIFY_SOCKET`) each call does nothing.
 
 use std::sync::Arc;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::liveness::Liveness;
+use crate::ops::liveness::Liveness;
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {

@@ -1,0 +1,11 @@
+//! What keeps the gateway observable and durable, used by every layer above:
+//! its counters, liveness, the health endpoint, systemd, backoff, and careful
+//! disk work.
+
+pub mod atomic_file;
+pub mod backoff;
+pub mod blocking;
+pub mod health;
+pub mod liveness;
+pub mod stats;
+pub mod systemd;
