@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldmq::config::Config;
+use fieldmq::core::layout::Table;
 use fieldmq::engine::Engine;
-use fieldmq::modbus::plan::Table;
 use fieldmq::simulator::Simulator;
 use tokio_util::sync::CancellationToken;
 

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldmq::config::Config;
+use fieldmq::core::event::DeviceEvent;
+use fieldmq::core::layout::Table;
+use fieldmq::core::value::{Quality, Sample, Value};
 use fieldmq::engine::Engine;
 use fieldmq::last_values::LastValues;
-use fieldmq::modbus::bus::DeviceEvent;
-use fieldmq::modbus::plan::Table;
 use fieldmq::profile::{Action, NodeStats};
 use fieldmq::publisher::Publisher;
 use fieldmq::simulator::Simulator;
 use fieldmq::sparkplug::edge::EdgeNode;
 use fieldmq::sparkplug::proto::Payload;
 use fieldmq::sparkplug::proto::payload::metric;
-use fieldmq::value::{Quality, Sample, Value};
 use prost::Message as _;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ async fn latency() {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    let _ = tx.send((Instant::now(), fieldmq::value::now_ms(), p.payload));
+                    let _ = tx.send((Instant::now(), fieldmq::core::value::now_ms(), p.payload));
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use fieldmq::config::{BufferPolicy, DEFAULT_DRAIN_RATE};
+use fieldmq::core::value::{Quality, Sample, Value};
 use fieldmq::forward::{DeviceKeys, Forwarder};
-use fieldmq::value::{Quality, Sample, Value};
 
 const DEVICES: usize = 3;
 const METRICS: usize = 10;

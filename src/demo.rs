@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::modbus::plan::Table;
+use crate::core::layout::Table;
 use crate::simulator::Simulator;
 
 /// The demo meter's unit id.

@@ -8,10 +8,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{Rejection, Write};
 use crate::config::{Config, LinkKind};
+use crate::core::event::{DeviceEvent, MapVersion};
+use crate::core::write::{Rejection, Write};
 use crate::gpio::GpioTask;
-use crate::modbus::bus::{BusChannels, BusTask, DeviceEvent, MapVersion};
+use crate::modbus::bus::{BusChannels, BusTask};
 use crate::ops::liveness::Liveness;
 use crate::ops::stats::Stats;
 use crate::reload::Reload;
@@ -30,7 +31,7 @@ const WRITE_QUEUE: usize = 16;
 #[derive(Debug)]
 pub struct Engine {
     /// Samples and device state changes, from all buses.
-    pub events: mpsc::Receiver<DeviceEvent>,
+    pub events: mpsc::Receiver<DeviceEvent<Config>>,
     /// Where writes for the devices go.
     pub writes: WriteRouter,
     /// Counters shared with the bus tasks.
@@ -41,7 +42,7 @@ pub struct Engine {
     sources: CancellationToken,
     /// What the tasks send on; kept for reloads, dropped by [`Engine::stop`]
     /// so that the stream ends once the tasks have.
-    feed: Option<mpsc::Sender<DeviceEvent>>,
+    feed: Option<mpsc::Sender<DeviceEvent<Config>>>,
     /// Per bus of the map in force, its task.
     buses: Vec<BusRun>,
 }
@@ -208,7 +209,7 @@ impl Engine {
 
     /// Hands the event stream to another consumer (the publisher). The bus
     /// tasks stop once that consumer drops it.
-    pub fn take_events(&mut self) -> mpsc::Receiver<DeviceEvent> {
+    pub fn take_events(&mut self) -> mpsc::Receiver<DeviceEvent<Config>> {
         let (_, closed) = mpsc::channel(1);
         std::mem::replace(&mut self.events, closed)
     }
@@ -249,7 +250,10 @@ async fn join_all(tasks: Vec<JoinHandle<()>>) {
 
 /// Copies every event of `events` to `n` receivers (the uplink, the local
 /// broker, the log); ends when the source ends or every receiver is gone.
-pub fn tee(mut events: mpsc::Receiver<DeviceEvent>, n: usize) -> Vec<mpsc::Receiver<DeviceEvent>> {
+pub fn tee(
+    mut events: mpsc::Receiver<DeviceEvent<Config>>,
+    n: usize,
+) -> Vec<mpsc::Receiver<DeviceEvent<Config>>> {
     if n <= 1 {
         return vec![events];
     }

@@ -5,7 +5,7 @@
 //! with the last reported value, not the last read one, stops a slow drift
 //! from hiding under the deadband forever).
 
-use crate::value::{Quality, Sample, Value};
+use crate::core::value::{Quality, Sample, Value};
 
 /// The last reported state of every metric of one device.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ fn moved(before: Option<&Value>, now: Option<&Value>, deadband: Option<f64>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Fault;
+    use crate::core::value::Fault;
 
     fn sample(metric: usize, value: Option<Value>, quality: Quality) -> Sample {
         Sample {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::{self, Buffer, BufferError, Position, sample};
 use crate::config::{BufferPolicy, Config};
-use crate::value::{DeviceId, Sample};
+use crate::core::value::{DeviceId, Sample};
 
 /// Memory the replay window may use; beyond it the oldest entries are
 /// forgotten (they were sent; only a link death right now could lose them).
@@ -363,7 +363,7 @@ impl Forwarder {
 mod tests {
     use super::*;
     use crate::buffer::Overflow;
-    use crate::value::{Quality, Value};
+    use crate::core::value::{Quality, Value};
 
     const WINDOW: Duration = Duration::from_secs(10);
 

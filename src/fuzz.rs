@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buffer::{Buffer, Overflow, record, sample};
-use crate::command::WriteImage;
 use crate::config::Config;
+use crate::core::event::DeviceEvent;
+use crate::core::value::{Quality, Sample, Value};
+use crate::core::write::WriteImage;
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
 use crate::modbus::cycle;
 use crate::modbus::link::Link;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::host::PrimaryHost;
-use crate::value::{Quality, Sample, Value};
 
 /// The device map every harness uses: a holding, an input, a coil and a
 /// float metric, two of them writable with limits.
@@ -200,7 +200,7 @@ fn prepare(profile: &str) -> Option<(NodeProfile, LastValues, Arc<Config>)> {
             device: 0,
             metric,
             value: None,
-            quality: Quality::Bad(crate::value::Fault::Timeout),
+            quality: Quality::Bad(crate::core::value::Fault::Timeout),
             timestamp_ms: 1,
         })
         .collect();

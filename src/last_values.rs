@@ -2,8 +2,8 @@
 //! certificate, a reconnect or a new subscriber needs to start from.
 
 use crate::config::Config;
-use crate::modbus::bus::DeviceEvent;
-use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, now_ms};
+use crate::core::event::DeviceEvent;
+use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, now_ms};
 
 /// One device's last known state.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +36,7 @@ impl LastValues {
     }
 
     /// Takes in what a bus task reported.
-    pub fn apply(&mut self, event: &DeviceEvent) {
+    pub fn apply(&mut self, event: &DeviceEvent<Config>) {
         match event {
             DeviceEvent::Samples { device, samples } => self.store(*device, samples),
             DeviceEvent::Online { device, samples } => {

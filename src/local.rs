@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
+use crate::core::event::DeviceEvent;
 use crate::engine::WriteRouter;
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
 use crate::ops::health;
 use crate::ops::liveness::Pulse;
 use crate::ops::stats::Stats;
@@ -83,7 +83,7 @@ impl LocalFeed {
     /// Runs until `shutdown` or until the bus tasks are gone.
     pub async fn run(
         mut self,
-        mut events: mpsc::Receiver<DeviceEvent>,
+        mut events: mpsc::Receiver<DeviceEvent<Config>>,
         shutdown: CancellationToken,
     ) {
         let period = self.config.node.stats_interval.max(Duration::from_secs(1));

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use fieldmq::config::{Config, ConfigError, LinkKind, Profile};
+use fieldmq::core::event::DeviceEvent;
 use fieldmq::engine::Engine;
-use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::modbus::cycle::{self, Raw};
 use fieldmq::modbus::link::Link;
 use fieldmq::publisher::Publisher;
@@ -325,8 +325,9 @@ async fn tail(
                     say!("{now} {line}");
                 }
                 if let Some(ncmd) = rebirth.then(|| decoder.rebirth_topic(&p.topic)).flatten() {
-                    let request =
-                        fieldmq::sparkplug::payload::rebirth_request(fieldmq::value::now_ms());
+                    let request = fieldmq::sparkplug::payload::rebirth_request(
+                        fieldmq::core::value::now_ms(),
+                    );
                     match client.try_publish(
                         &ncmd,
                         QoS::AtLeastOnce,
@@ -855,7 +856,7 @@ fn announce_ready(config: &Config) {
 
 async fn log_events(
     mut config: Arc<Config>,
-    mut events: tokio::sync::mpsc::Receiver<DeviceEvent>,
+    mut events: tokio::sync::mpsc::Receiver<DeviceEvent<Config>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -880,7 +881,7 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     })
 }
 
-fn log_event(config: &Config, event: &DeviceEvent) {
+fn log_event(config: &Config, event: &DeviceEvent<Config>) {
     let device_name = |id: usize| config.devices.get(id).map_or("?", |d| d.name.as_str());
     match event {
         DeviceEvent::Samples { device, samples } => {

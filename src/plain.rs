@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::command::{self, Rejection};
-use crate::config::{Config, Qos, TopicTemplate};
+use crate::command::{self};
+use crate::config::{Config, TopicTemplate};
+use crate::core::event::DeviceEvent;
+use crate::core::message::Message;
+use crate::core::message::Qos;
+use crate::core::value::{DeviceId, MetricId, Quality, Sample};
+use crate::core::write::Rejection;
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
-use crate::mqtt::Message;
 use crate::profile::Action;
-use crate::value::{DeviceId, MetricId, Quality, Sample};
 
 /// Node and device state payloads.
 pub const ONLINE: &str = "ONLINE";
@@ -166,7 +168,7 @@ impl PlainNode {
     }
 
     /// Device events become value and state messages.
-    pub fn event(&mut self, event: &DeviceEvent) -> Vec<Action> {
+    pub fn event(&mut self, event: &DeviceEvent<Config>) -> Vec<Action> {
         if !self.connected {
             return Vec::new();
         }

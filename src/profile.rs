@@ -5,15 +5,16 @@
 
 use std::sync::Arc;
 
-use crate::command::{Rejection, Write};
-use crate::config::{Config, Profile, Qos};
+use crate::config::{Config, Profile};
+use crate::core::event::DeviceEvent;
+use crate::core::message::Message;
+use crate::core::message::Qos;
+use crate::core::value::{DeviceId, Sample};
+use crate::core::write::{Rejection, Write};
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
-use crate::mqtt::Message;
 use crate::ops::stats::StatsSnapshot;
 use crate::plain::PlainNode;
 use crate::sparkplug::edge::EdgeNode;
-use crate::value::{DeviceId, Sample};
 
 /// Something the publisher must do on a profile's behalf.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +126,7 @@ impl NodeProfile {
     }
 
     /// A bus task reported `event`; `cache` already includes it.
-    pub fn event(&mut self, event: &DeviceEvent, cache: &LastValues) -> Vec<Action> {
+    pub fn event(&mut self, event: &DeviceEvent<Config>, cache: &LastValues) -> Vec<Action> {
         match self {
             NodeProfile::Sparkplug(node) => node.event(event, cache),
             NodeProfile::Plain(node) => node.event(event),

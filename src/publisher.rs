@@ -18,11 +18,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::core::event::DeviceEvent;
+use crate::core::message::Message;
 use crate::engine::WriteRouter;
 use crate::forward::{DeviceKeys, Forwarder};
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
-use crate::mqtt::Message;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::ops::health;
@@ -153,7 +153,7 @@ impl Publisher {
     /// goodbye (NDEATH or OFFLINE) and disconnects.
     pub async fn run(
         mut self,
-        mut events: mpsc::Receiver<DeviceEvent>,
+        mut events: mpsc::Receiver<DeviceEvent<Config>>,
         shutdown: CancellationToken,
     ) {
         let mut stats_tick = tokio::time::interval(self.config.node.stats_interval);
@@ -214,7 +214,7 @@ impl Publisher {
 
     /// Samples of `event` that went out are kept for a replay; those that
     /// did not (not ready, or the uplink queue was full) wait on disk.
-    fn keep(&mut self, event: &DeviceEvent, published: bool) {
+    fn keep(&mut self, event: &DeviceEvent<Config>, published: bool) {
         let (DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples }) =
             event
         else {

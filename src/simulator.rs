@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_modbus::server::Service;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
-use crate::modbus::plan::Table;
+use crate::core::layout::Table;
 
 /// How many served requests the log keeps (oldest dropped first).
 const LOG_CAPACITY: usize = 10_000;

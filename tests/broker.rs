@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, QoS};
 use support::mqtt::{Gateway, free_port};

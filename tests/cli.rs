@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use support::tcp_simulator;
 use tokio::process::Command;

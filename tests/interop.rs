@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use serde_json::{Value, json};
 use support::mqtt::{Gateway, Mosquitto};

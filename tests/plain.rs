@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use rumqttc::QoS;
 use serde_json::{Value, json};

@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldmq::modbus::bus::DeviceEvent;
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::event::DeviceEvent;
+use fieldmq::core::layout::Table;
+use fieldmq::core::value::{Quality, Value};
 use fieldmq::simulator::Simulator;
-use fieldmq::value::{Quality, Value};
 use support::{Running, config, good_value, samples_in};
 use tokio::process::{Child, Command};
 use tokio_serial::SerialPortBuilderExt;

@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use fieldmq::sparkplug::proto::Payload;
 use fieldmq::sparkplug::proto::payload::{Metric, metric};
@@ -216,7 +216,7 @@ fn bd_seq(payload: &Payload) -> u64 {
 
 fn command(metrics: Vec<Metric>) -> Vec<u8> {
     Payload {
-        timestamp: Some(fieldmq::value::now_ms()),
+        timestamp: Some(fieldmq::core::value::now_ms()),
         metrics,
         ..Payload::default()
     }

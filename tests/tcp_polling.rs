@@ -4,10 +4,10 @@ mod support;
 
 use std::time::Duration;
 
-use fieldmq::modbus::bus::DeviceEvent;
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::event::DeviceEvent;
+use fieldmq::core::layout::Table;
+use fieldmq::core::value::{Fault, Quality, Value};
 use fieldmq::simulator::{Served, Simulator};
-use fieldmq::value::{Fault, Quality, Value};
 use support::{Running, config, good_value, samples_in, tcp_simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use fieldmq::modbus::plan::Table;
+use fieldmq::core::layout::Table;
 use fieldmq::simulator::Simulator;
 use support::mqtt::{Certificates, Gateway, Mosquitto, Peer, free_port};
 use support::tcp_simulator;

@@ -41,8 +41,9 @@ use rmqtt::types::{From, Id, Publish, Unsubscribe};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{LocalBrokerSettings, Qos};
-use crate::mqtt::Message;
+use crate::config::LocalBrokerSettings;
+use crate::core::message::Message;
+use crate::core::message::Qos;
 use crate::ops::stats::Stats;
 use access::AccessRules;
 use gate::{Gate, TopicLimits, lock};

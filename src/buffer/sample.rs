@@ -14,7 +14,7 @@
 
 use thiserror::Error;
 
-use crate::value::{DeviceId, Fault, Quality, Sample, Value};
+use crate::core::value::{DeviceId, Fault, Quality, Sample, Value};
 
 /// Format of the records written by this version (1 named devices by position).
 const VERSION: u8 = 2;

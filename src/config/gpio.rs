@@ -13,9 +13,9 @@ use toml::Spanned;
 
 use super::raw::{RawDevice, RawMetric};
 use super::{Checker, Device, Metric, Publishing};
-use crate::modbus::codec::{ByteOrder, RegisterLayout, WordOrder};
-use crate::modbus::plan::{Limits, Table};
-use crate::value::DataType;
+use crate::core::layout::{ByteOrder, RegisterLayout, WordOrder};
+use crate::core::layout::{Limits, Table};
+use crate::core::value::DataType;
 
 /// Where a GPIO device's lines are.
 #[derive(Debug, Clone, PartialEq, Eq)]

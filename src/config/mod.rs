@@ -22,16 +22,18 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-use crate::modbus::codec::{ByteOrder, RegisterLayout, Scaling, WordOrder};
-use crate::modbus::plan::{Limits, ReadPlan, Span, Table};
-use crate::value::DataType;
+use crate::core::message::Qos;
+
+use crate::core::layout::{ByteOrder, RegisterLayout, Scaling, WordOrder};
+use crate::core::layout::{Limits, Span, Table};
+use crate::core::value::DataType;
+use crate::modbus::plan::ReadPlan;
 pub use broker::{BrokerTls, BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
 pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
 pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{
-    ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Qos, Server, TopicTemplate, Upstream,
-    parse_url,
+    ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Server, TopicTemplate, Upstream, parse_url,
 };
 
 /// Why a config was refused: every problem found, each with its position.

@@ -9,29 +9,6 @@ use toml::Spanned;
 use super::raw::RawUpstream;
 use super::{Checker, Device, Node};
 
-/// MQTT quality of service of a publish or subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum Qos {
-    /// At most once: fire and forget.
-    #[default]
-    AtMostOnce,
-    /// At least once: acknowledged, may be duplicated.
-    AtLeastOnce,
-    /// Exactly once: four-way handshake.
-    ExactlyOnce,
-}
-
-impl Qos {
-    /// The level as on the wire.
-    pub fn level(self) -> u8 {
-        match self {
-            Qos::AtMostOnce => 0,
-            Qos::AtLeastOnce => 1,
-            Qos::ExactlyOnce => 2,
-        }
-    }
-}
-
 /// What the gateway publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {

@@ -23,15 +23,16 @@ use tokio_util::sync::CancellationToken;
 use super::counter::{CounterStore, RateMeter};
 use super::debounce::Debouncer;
 use super::lines::{Edge, GpioError, LineKind, LineRequest, Lines};
-use crate::command::{Write, WriteImage};
 use crate::config::{Config, Device, LinkKind};
 use crate::config::{GpioChip, PinRole};
-use crate::modbus::bus::{BusChannels, DeviceEvent};
+use crate::core::event::DeviceEvent;
+use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, Value, now_ms};
+use crate::core::write::{Write, WriteImage};
+use crate::modbus::bus::BusChannels;
 use crate::modbus::cycle::{MetricReading, Raw};
 use crate::ops::backoff::Backoff;
 use crate::ops::health;
 use crate::ops::stats::Stats;
-use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value, now_ms};
 
 /// How often changed counter totals are written to disk. A power cut loses
 /// at most the pulses of this period; an SD card sees one small file
@@ -47,7 +48,7 @@ pub struct GpioTask {
     config: Arc<Config>,
     device: DeviceId,
     chip: GpioChip,
-    events: mpsc::Sender<DeviceEvent>,
+    events: mpsc::Sender<DeviceEvent<Config>>,
     writes: mpsc::Receiver<Write>,
     stats: Arc<Stats>,
     pulse: crate::ops::liveness::Pulse,
@@ -240,7 +241,7 @@ impl GpioTask {
         }
     }
 
-    fn samples(&self, samples: Vec<Sample>) -> DeviceEvent {
+    fn samples(&self, samples: Vec<Sample>) -> DeviceEvent<Config> {
         DeviceEvent::Samples {
             device: self.device,
             samples,
@@ -248,7 +249,12 @@ impl GpioTask {
     }
 
     /// Drives an output as commanded; reports the outcome and the new level.
-    fn write(&self, lines: &mut Lines, panel: &mut Panel, write: Write) -> Vec<DeviceEvent> {
+    fn write(
+        &self,
+        lines: &mut Lines,
+        panel: &mut Panel,
+        write: Write,
+    ) -> Vec<DeviceEvent<Config>> {
         Stats::bump(&self.stats.writes);
         let outcome = match write.image {
             WriteImage::Coil(on) => panel.drive(lines, write.metric, on),

@@ -8,6 +8,7 @@
 //! exponential backoff, so a dead unit costs its line one timeout per backoff
 //! period and the live units keep their rate.
 
+use crate::core::event::DeviceEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::command::Write;
 use crate::config::{Config, Device};
+use crate::core::value::{DeviceId, Fault, Quality, Sample};
+use crate::core::write::Write;
 use crate::exception::ChangeFilter;
 use crate::modbus::cycle::{self, Cycle};
 use crate::modbus::link::Link;
@@ -25,62 +27,11 @@ use crate::ops::backoff::Backoff;
 use crate::ops::health;
 use crate::ops::liveness::Pulse;
 use crate::ops::stats::Stats;
-use crate::value::{DeviceId, Fault, MetricId, Quality, Sample, Value};
 
 /// The shortest wait before retrying an offline device. Starting the backoff
 /// at a fast poll period would let a dead unit take most of its line's time
 /// in the first seconds after it died.
 const OFFLINE_FIRST_RETRY: Duration = Duration::from_secs(1);
-
-/// What the bus tasks tell the rest of the gateway.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceEvent {
-    /// Samples that are news (report by exception), in metric order.
-    Samples {
-        /// The device polled.
-        device: DeviceId,
-        /// The changed samples.
-        samples: Vec<Sample>,
-    },
-    /// The device stopped answering and is now retried with backoff.
-    Offline {
-        /// The device.
-        device: DeviceId,
-        /// The failure that took it offline.
-        fault: Fault,
-    },
-    /// The device answered, for the first time or after being offline.
-    Online {
-        /// The device.
-        device: DeviceId,
-        /// Every metric as read in that cycle, so consumers start from a complete picture.
-        samples: Vec<Sample>,
-    },
-    /// A write asked for by a command was carried out, or failed at the device.
-    Written {
-        /// The device.
-        device: DeviceId,
-        /// The metric written.
-        metric: MetricId,
-        /// The value asked for.
-        value: Value,
-        /// `Ok` when the device accepted it.
-        outcome: Result<(), Fault>,
-    },
-    /// A reload put a new device map in force: events after this one use
-    /// its device and metric ids (sent by the engine, not a bus task).
-    Reconfigured(MapVersion),
-}
-
-/// A device map put in force by a reload; equal only to itself.
-#[derive(Debug, Clone)]
-pub struct MapVersion(pub Arc<Config>);
-
-impl PartialEq for MapVersion {
-    fn eq(&self, other: &MapVersion) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
 
 /// Polling state of one device.
 struct Slot {
@@ -99,7 +50,7 @@ pub struct BusTask {
     config: Arc<Config>,
     link: Link,
     slots: Vec<Slot>,
-    events: mpsc::Sender<DeviceEvent>,
+    events: mpsc::Sender<DeviceEvent<Config>>,
     writes: mpsc::Receiver<Write>,
     stats: Arc<Stats>,
     pulse: Pulse,
@@ -127,7 +78,7 @@ pub const WRITES_PER_DUE_POLL: usize = 1;
 #[derive(Debug)]
 pub struct BusChannels {
     /// Where it reports.
-    pub events: mpsc::Sender<DeviceEvent>,
+    pub events: mpsc::Sender<DeviceEvent<Config>>,
     /// Writes for its devices, carried out between poll cycles.
     pub writes: mpsc::Receiver<Write>,
     /// Counters it adds to.
@@ -355,7 +306,7 @@ fn first_fault(cycle: &Cycle) -> Fault {
 }
 
 /// Hands events on; `false` when nobody listens any more.
-async fn send(to: &mpsc::Sender<DeviceEvent>, events: Vec<DeviceEvent>) -> bool {
+async fn send(to: &mpsc::Sender<DeviceEvent<Config>>, events: Vec<DeviceEvent<Config>>) -> bool {
     for event in events {
         if to.send(event).await.is_err() {
             return false;

@@ -5,57 +5,10 @@
 //! the order of the registers of a multi-register value. Big/big is the
 //! Modbus convention ("ABCD"); big/little is the common "CDAB" of many meters.
 
+use crate::core::layout::{ByteOrder, EncodeError, RegisterLayout, WordOrder};
 use thiserror::Error;
 
-use crate::value::{DataType, Value};
-
-/// Order of the two bytes inside one register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ByteOrder {
-    /// High byte first, as the Modbus specification sends it.
-    #[default]
-    Big,
-    /// Low byte first.
-    Little,
-}
-
-/// Order of the registers of a value spanning several registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WordOrder {
-    /// Most significant register at the lowest address.
-    #[default]
-    Big,
-    /// Least significant register at the lowest address.
-    Little,
-}
-
-/// How a metric's value is laid out in one or more registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegisterLayout {
-    /// The declared type.
-    pub data_type: DataType,
-    /// Byte order within each register.
-    pub byte_order: ByteOrder,
-    /// Register order of multi-register values (ignored for strings, whose
-    /// characters always run from the lowest address up).
-    pub word_order: WordOrder,
-    /// For a bool held in a register: the bit (0 = least significant).
-    pub bit: Option<u8>,
-    /// Registers a string occupies; ignored for other types.
-    pub length: u16,
-}
-
-impl RegisterLayout {
-    /// How many registers the value occupies.
-    pub fn register_count(&self) -> u16 {
-        match self.data_type {
-            DataType::Bool | DataType::U16 | DataType::I16 => 1,
-            DataType::U32 | DataType::I32 | DataType::F32 => 2,
-            DataType::U64 | DataType::I64 | DataType::F64 => 4,
-            DataType::String => self.length,
-        }
-    }
-}
+use crate::core::value::{DataType, Value};
 
 /// A register image that does not fit the layout it is decoded with.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -130,38 +83,6 @@ fn decode_string(regs: &[u16], bo: ByteOrder) -> String {
     String::from_utf8_lossy(&bytes)
         .trim_end_matches(' ')
         .to_owned()
-}
-
-/// A value that cannot be put into a metric's registers.
-#[derive(Debug, Clone, PartialEq, Error)]
-pub enum EncodeError {
-    /// The value is of another kind than the layout holds (text into a number, ...).
-    #[error("a {got} value cannot be written to a {expected} metric")]
-    WrongType {
-        /// The layout's type.
-        expected: DataType,
-        /// What was offered.
-        got: &'static str,
-    },
-    /// The number does not fit the register type (after reverse scaling).
-    #[error("{value} does not fit a {data_type} register")]
-    OutOfRange {
-        /// The raw value that was computed.
-        value: f64,
-        /// The layout's type.
-        data_type: DataType,
-    },
-    /// The text is longer than the registers the string occupies, or not ASCII.
-    #[error("text of {bytes} bytes does not fit {registers} registers of ASCII")]
-    TextTooLong {
-        /// UTF-8 bytes offered.
-        bytes: usize,
-        /// Registers available.
-        registers: u16,
-    },
-    /// A bool inside a register is written by read-modify-write, not encoded whole.
-    #[error("a bit inside a register is not a whole-register value")]
-    BitInRegister,
 }
 
 /// Encodes `value` into the registers of `layout`, the exact inverse of
@@ -274,38 +195,10 @@ where
     })
 }
 
-/// Linear conversion from the raw value to engineering units: `raw * scale + offset`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scaling {
-    /// Multiplier applied to the raw value.
-    pub scale: f64,
-    /// Added after scaling.
-    pub offset: f64,
-}
-
-impl Scaling {
-    /// Applies the conversion; a scaled value is always a double.
-    pub fn apply(&self, raw: Value) -> Value {
-        match raw.as_f64() {
-            Some(x) => Value::F64(x * self.scale + self.offset),
-            None => raw,
-        }
-    }
-
-    /// The raw number that [`Scaling::apply`] turns into `engineering`,
-    /// rounded to the nearest whole number when the raw type is an integer.
-    pub fn reverse(&self, engineering: f64, raw_type: DataType) -> f64 {
-        let raw = (engineering - self.offset) / self.scale;
-        match raw_type {
-            DataType::F32 | DataType::F64 => raw,
-            _ => raw.round(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::layout::Scaling;
 
     fn layout(data_type: DataType, byte_order: ByteOrder, word_order: WordOrder) -> RegisterLayout {
         RegisterLayout {

@@ -2,10 +2,10 @@
 //! and turn the answers into per-metric values.
 
 use crate::config::Device;
+use crate::core::value::{Fault, MetricId, Value, now_ms};
 use crate::modbus::codec::{LengthMismatch, decode_registers};
 use crate::modbus::link::{Data, Link};
 use crate::modbus::plan::ReadPlan;
-use crate::value::{Fault, MetricId, Value, now_ms};
 
 /// Modbus exception 0x02, the answer to a request that covers a missing address.
 const ILLEGAL_DATA_ADDRESS: u8 = 0x02;

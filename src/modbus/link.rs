@@ -19,11 +19,11 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
-use crate::command::WriteImage;
 use crate::config::{Bus, LinkKind, Parity, SerialLine};
-use crate::modbus::plan::Table;
+use crate::core::layout::Table;
+use crate::core::value::Fault;
+use crate::core::write::WriteImage;
 use crate::ops::backoff::Backoff;
-use crate::value::Fault;
 
 /// The data of a successful read.
 #[derive(Debug, Clone, PartialEq, Eq)]

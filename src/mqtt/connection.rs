@@ -23,8 +23,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Qos;
-use crate::mqtt::Message;
+use crate::core::message::Message;
+use crate::core::message::Qos;
 use crate::ops::backoff::Backoff;
 use crate::sparkplug::session::BdSeqStore;
 

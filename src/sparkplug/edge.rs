@@ -15,11 +15,14 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::command::{self, Rejection};
-use crate::config::{Config, Qos};
+use crate::command::{self};
+use crate::config::Config;
+use crate::core::event::DeviceEvent;
+use crate::core::message::Message;
+use crate::core::message::Qos;
+use crate::core::value::{DeviceId, Sample, now_ms};
+use crate::core::write::Rejection;
 use crate::last_values::LastValues;
-use crate::modbus::bus::DeviceEvent;
-use crate::mqtt::Message;
 use crate::profile::{Action, NodeStats};
 use crate::sparkplug::host::{HostChange, PrimaryHost};
 use crate::sparkplug::payload::{
@@ -29,7 +32,6 @@ use crate::sparkplug::proto::Payload;
 use crate::sparkplug::proto::payload::{Metric, metric};
 use crate::sparkplug::session::Seq;
 use crate::sparkplug::topic::{MessageType, Topic, state_topic};
-use crate::value::{DeviceId, Sample, now_ms};
 
 /// The one node metric a host may write (tck-id-operational-behavior-data-commands-rebirth-name).
 pub const REBIRTH: &str = "Node Control/Rebirth";
@@ -260,7 +262,7 @@ impl EdgeNode {
     }
 
     /// What a bus task reported becomes DDATA, DBIRTH or DDEATH.
-    pub fn event(&mut self, event: &DeviceEvent, cache: &LastValues) -> Vec<Action> {
+    pub fn event(&mut self, event: &DeviceEvent<Config>, cache: &LastValues) -> Vec<Action> {
         if !self.session.as_ref().is_some_and(|s| s.born) {
             return Vec::new();
         }
@@ -489,7 +491,7 @@ impl EdgeNode {
                 (Some(REBIRTH), Some(metric::Value::BooleanValue(false))) => {}
                 (Some(REBIRTH), _) => actions.push(Action::Reject(Rejection::WrongType {
                     metric: REBIRTH.into(),
-                    expected: crate::value::DataType::Bool,
+                    expected: crate::core::value::DataType::Bool,
                     got: "another type".into(),
                 })),
                 (Some(name), _) => actions.push(Action::Reject(Rejection::ReadOnly(name.into()))),
@@ -594,7 +596,7 @@ fn describe(m: &Metric) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{Fault, Quality, Value};
+    use crate::core::value::{Fault, Quality, Value};
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -639,7 +641,7 @@ type = "u16"
         (EdgeNode::new(config, host), cache)
     }
 
-    fn online(cache: &mut LastValues) -> DeviceEvent {
+    fn online(cache: &mut LastValues) -> DeviceEvent<Config> {
         let sample = |metric, v| Sample {
             device: 0,
             metric,

@@ -3,11 +3,11 @@
 //! and when each payload is sent.
 
 use crate::config::Config;
+use crate::core::value::{DataType, DeviceId, MetricId, Quality, Sample, Value};
 use crate::sparkplug::proto::Payload;
 use crate::sparkplug::proto::payload::{
     Metric, PropertySet, PropertyValue, metric, property_value,
 };
-use crate::value::{DataType, DeviceId, MetricId, Quality, Sample, Value};
 
 /// Sparkplug datatype ids (spec "Data Types"; `sparkplug-edge.md` §13).
 pub mod datatype {
@@ -247,7 +247,7 @@ pub fn rebirth_request(timestamp_ms: u64) -> Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Fault;
+    use crate::core::value::Fault;
     use prost::Message;
     use std::path::Path;
 

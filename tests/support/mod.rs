@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldmq::config::Config;
+use fieldmq::core::event::DeviceEvent;
+use fieldmq::core::value::{Quality, Sample, Value};
 use fieldmq::engine::Engine;
-use fieldmq::modbus::bus::DeviceEvent;
 use fieldmq::simulator::Simulator;
-use fieldmq::value::{Quality, Sample, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,7 @@ impl Running {
     }
 
     /// The next event, or a panic naming what was awaited.
-    pub async fn next(&mut self, within: Duration, what: &str) -> DeviceEvent {
+    pub async fn next(&mut self, within: Duration, what: &str) -> DeviceEvent<Config> {
         match tokio::time::timeout(within, self.engine.events.recv()).await {
             Ok(Some(event)) => event,
             Ok(None) => panic!("engine stopped while waiting for {what}"),
@@ -67,7 +67,7 @@ impl Running {
         &mut self,
         within: Duration,
         what: &str,
-        mut pick: impl FnMut(&DeviceEvent) -> Option<T>,
+        mut pick: impl FnMut(&DeviceEvent<Config>) -> Option<T>,
     ) -> T {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -117,7 +117,7 @@ pub fn good_value(samples: &[Sample], metric: usize) -> Value {
 
 /// The device and samples an event carries: changes, or the complete
 /// snapshot that comes with a device going online.
-pub fn samples_in(event: &DeviceEvent) -> Option<(usize, &[Sample])> {
+pub fn samples_in(event: &DeviceEvent<Config>) -> Option<(usize, &[Sample])> {
     match event {
         DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples } => {
             Some((*device, samples))

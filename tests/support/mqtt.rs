@@ -121,7 +121,7 @@ pub fn sparkplug_command(
     value: fieldmq::sparkplug::proto::payload::metric::Value,
 ) -> Vec<u8> {
     Payload {
-        timestamp: Some(fieldmq::value::now_ms()),
+        timestamp: Some(fieldmq::core::value::now_ms()),
         metrics: vec![fieldmq::sparkplug::proto::payload::Metric {
             name: Some(name.into()),
             value: Some(value),
