@@ -362,7 +362,7 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::Overflow;
+    use crate::config::Overflow;
     use crate::core::value::{Quality, Value};
 
     const WINDOW: Duration = Duration::from_secs(10);

@@ -10,14 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buffer::{Buffer, Overflow, record, sample};
+use crate::buffer::{Buffer, record, sample};
 use crate::config::Config;
+use crate::config::Overflow;
 use crate::core::event::DeviceEvent;
 use crate::core::value::{Quality, Sample, Value};
 use crate::core::write::WriteImage;
 use crate::last_values::LastValues;
 use crate::modbus::cycle;
 use crate::modbus::link::Link;
+use crate::modbus::plan::ReadPlan;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::host::PrimaryHost;
 
@@ -153,7 +155,7 @@ pub fn modbus_response(data: &[u8]) {
             let _ = drain.await;
         });
         let mut link = Link::attached(bus, ours);
-        let mut plan = device.read_plan();
+        let mut plan = ReadPlan::for_device(device);
         let polled = cycle::poll(&mut link, device, &mut plan).await;
         assert_eq!(polled.answers.len(), plan.requests().len());
         for reading in cycle::decode(device, &plan, &polled) {
@@ -371,7 +373,7 @@ pub fn config_text(data: &[u8]) {
     };
     if let Ok(config) = Config::from_toml(Path::new("fuzz.toml"), text) {
         for device in &config.devices {
-            let _ = device.read_plan();
+            let _ = ReadPlan::for_device(device);
         }
     } else if let Err(e) = Config::from_toml(Path::new("fuzz.toml"), text) {
         let _ = e.to_string();
@@ -471,7 +473,7 @@ mod tests {
     fn a_well_formed_answer_through_the_attached_link_is_decoded() {
         let config = device_map("plain", "tcp").expect("device map");
         let (bus, device) = (&config.buses[0], &config.devices[0]);
-        let plan = device.read_plan();
+        let plan = ReadPlan::for_device(device);
         let mut answers = Vec::new();
         for (tid, request) in plan.requests().iter().enumerate() {
             let mut answer = Vec::new();
@@ -511,7 +513,7 @@ mod tests {
                 }
             });
             let mut link = Link::attached(bus, ours);
-            let mut plan = device.read_plan();
+            let mut plan = ReadPlan::for_device(device);
             let polled = cycle::poll(&mut link, device, &mut plan).await;
             device_side.abort();
             polled

@@ -14,6 +14,7 @@ use fieldmq::core::event::DeviceEvent;
 use fieldmq::engine::Engine;
 use fieldmq::modbus::cycle::{self, Raw};
 use fieldmq::modbus::link::Link;
+use fieldmq::modbus::plan::ReadPlan;
 use fieldmq::publisher::Publisher;
 
 /// Prints a line to stdout; a closed pipe (`fieldmq check | head`) ends the
@@ -462,8 +463,8 @@ fn print_check(config: &Config) {
             config.buffer.max_size / (1024 * 1024),
             humantime::format_duration(config.buffer.sync),
             match config.buffer.overflow {
-                fieldmq::buffer::Overflow::DropOldest => "drop_oldest",
-                fieldmq::buffer::Overflow::DropNewest => "drop_newest",
+                fieldmq::config::Overflow::DropOldest => "drop_oldest",
+                fieldmq::config::Overflow::DropNewest => "drop_newest",
             }
         );
     }
@@ -498,7 +499,7 @@ fn print_check(config: &Config) {
             humantime::format_duration(bus.timeout)
         );
         for device in config.devices.iter().filter(|d| d.bus == index) {
-            let plan = device.read_plan();
+            let plan = ReadPlan::for_device(device);
             say!(
                 "  device {} unit {} every {}: {} metrics in {} requests",
                 device.name,
@@ -595,7 +596,7 @@ async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCod
         .buses
         .get(device.bus)
         .context("device refers to a missing bus")?;
-    let mut plan = device.read_plan();
+    let mut plan = ReadPlan::for_device(device);
     let cycle;
     let (mut readings, answered) = if let LinkKind::Gpio(chip) = &bus.link {
         let readings = fieldmq::gpio::read_once(id, device, chip, &config.node.data_dir);

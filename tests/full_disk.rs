@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use fieldmq::buffer::{Buffer, Overflow};
+use fieldmq::buffer::Buffer;
+use fieldmq::config::Overflow;
 
 /// Every record counts for one.
 fn one(_: &[u8]) -> u64 {

@@ -30,6 +30,7 @@
 pub mod record;
 pub mod sample;
 
+use crate::config::Overflow;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -43,16 +44,6 @@ pub const SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
 
 /// Bytes read from a segment at once when draining.
 const READ_CHUNK: usize = 256 * 1024;
-
-/// What to sacrifice when the queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overflow {
-    /// Delete the oldest segment: the newest data matters most for operations.
-    #[default]
-    DropOldest,
-    /// Refuse new records: the oldest data matters most (e.g. for billing).
-    DropNewest,
-}
 
 /// Where a record starts or ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -6,7 +6,6 @@ use toml::Spanned;
 
 use super::Checker;
 use super::raw::RawBuffer;
-use crate::buffer::Overflow;
 
 /// Default queue size: 256 MiB, about 17 million float samples.
 pub const DEFAULT_MAX_SIZE: u64 = 256 * 1024 * 1024;
@@ -69,4 +68,14 @@ impl Checker<'_> {
             drain_rate,
         }
     }
+}
+
+/// What to sacrifice when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Delete the oldest segment: the newest data matters most for operations.
+    #[default]
+    DropOldest,
+    /// Refuse new records: the oldest data matters most (e.g. for billing).
+    DropNewest,
 }

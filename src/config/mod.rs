@@ -27,9 +27,8 @@ use crate::core::message::Qos;
 use crate::core::layout::{ByteOrder, RegisterLayout, Scaling, WordOrder};
 use crate::core::layout::{Limits, Span, Table};
 use crate::core::value::DataType;
-use crate::modbus::plan::ReadPlan;
 pub use broker::{BrokerTls, BrokerUser, DEFAULT_LISTEN, LocalBrokerSettings, Secret};
-pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE};
+pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE, Overflow};
 pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
 use raw::{RawBus, RawConfig, RawDevice, RawMetric};
 pub use upstream::{
@@ -234,14 +233,6 @@ impl Device {
             hasher.update(metric.value_type().name().as_bytes());
         }
         hasher.finalize()
-    }
-
-    /// The requests of one poll cycle.
-    pub fn read_plan(&self) -> ReadPlan {
-        ReadPlan::build(
-            self.metrics.iter().map(Metric::span).enumerate(),
-            self.limits,
-        )
     }
 }
 

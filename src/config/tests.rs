@@ -102,7 +102,9 @@ fn a_valid_config_becomes_typed_values_with_defaults_applied() {
     assert_eq!(plc.metrics[0].value_type(), DataType::F64);
     assert!(plc.metrics[0].writable);
     assert_eq!(
-        meter.read_plan().requests().len(),
+        crate::modbus::plan::ReadPlan::for_device(meter)
+            .requests()
+            .len(),
         1,
         "the bool shares the float's register"
     );
@@ -482,7 +484,7 @@ fn a_buffer_section_is_checked_and_defaults_apply_without_it() {
         BufferPolicy {
             max_size: 1_048_576,
             sync: Duration::from_millis(250),
-            overflow: crate::buffer::Overflow::DropNewest,
+            overflow: crate::config::Overflow::DropNewest,
             drain_rate: 50,
         }
     );

@@ -107,7 +107,7 @@ impl BusTask {
             .filter(|(_, d)| d.bus == bus)
             .map(|(id, d)| Slot {
                 id,
-                plan: d.read_plan(),
+                plan: ReadPlan::for_device(d),
                 filter: ChangeFilter::new(d.metrics.iter().map(|m| m.deadband).collect()),
                 next_due: now,
                 failures: 0,

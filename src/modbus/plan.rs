@@ -8,6 +8,7 @@
 //! hole inside it), the request is bisected at a metric boundary and the plan
 //! keeps the split, so later cycles do not repeat the failure.
 
+use crate::config::{Device, Metric};
 use crate::core::layout::{Limits, Span, Table};
 use std::fmt;
 
@@ -117,6 +118,14 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// The requests of one poll cycle of `device`.
+    pub fn for_device(device: &Device) -> ReadPlan {
+        ReadPlan::build(
+            device.metrics.iter().map(Metric::span).enumerate(),
+            device.limits,
+        )
+    }
+
     /// Plans the fewest requests covering every metric within `limits`.
     ///
     /// Every span must fit one request (`count <= limits.max_count(table)`);
