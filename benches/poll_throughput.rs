@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
 use fieldmq::core::layout::Table;
-use fieldmq::engine::Engine;
 use fieldmq::simulator::Simulator;
 use tokio_util::sync::CancellationToken;
 

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::layout::Table;
 use fieldmq::core::value::{Quality, Sample, Value};
-use fieldmq::engine::Engine;
 use fieldmq::last_values::LastValues;
 use fieldmq::profile::{Action, NodeStats};
 use fieldmq::publisher::Publisher;

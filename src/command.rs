@@ -8,10 +8,10 @@
 
 use crate::core::write::{Rejection, Write, WriteImage};
 
+use crate::acquire::modbus::codec::{encode_registers, with_bit};
 use crate::config::{Config, Metric};
 use crate::core::layout::Table;
 use crate::core::value::{DataType, DeviceId, MetricId, Value};
-use crate::modbus::codec::{encode_registers, with_bit};
 
 /// Checks a write of `value` into metric `metric` of device `device` and
 /// computes its register image.

@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::acquire::modbus::cycle;
+use crate::acquire::modbus::link::Link;
+use crate::acquire::modbus::plan::ReadPlan;
 use crate::buffer::{Buffer, record, sample};
 use crate::config::Config;
 use crate::config::Overflow;
@@ -17,9 +20,6 @@ use crate::core::event::DeviceEvent;
 use crate::core::value::{Quality, Sample, Value};
 use crate::core::write::WriteImage;
 use crate::last_values::LastValues;
-use crate::modbus::cycle;
-use crate::modbus::link::Link;
-use crate::modbus::plan::ReadPlan;
 use crate::profile::{Action, NodeProfile, NodeStats};
 use crate::sparkplug::host::PrimaryHost;
 
@@ -467,7 +467,7 @@ pub fn health_request(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::link::Data;
+    use crate::acquire::modbus::link::Data;
 
     #[test]
     fn a_well_formed_answer_through_the_attached_link_is_decoded() {

@@ -60,7 +60,7 @@ impl LastValues {
     /// is the same in both, at the same position, carries over; the others
     /// start unknown.
     pub fn reconfigure(&mut self, old: &Config, new: &Config) {
-        let unchanged = crate::reload::unchanged_devices(old, new);
+        let unchanged = crate::config::reload::unchanged_devices(old, new);
         let mut next = LastValues::new(new);
         for (id, state) in next.devices.iter_mut().enumerate() {
             if unchanged.get(id).copied().unwrap_or(false)

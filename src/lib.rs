@@ -42,6 +42,7 @@
 //! - [`systemd`]: readiness, reload and watchdog notifications to systemd.
 //! - [`fuzz`]: arbitrary bytes into each input path, for `fuzz/` and the corpus replay test.
 
+pub mod acquire;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod buffer;
@@ -49,21 +50,16 @@ pub mod command;
 pub mod config;
 pub mod core;
 pub mod demo;
-pub mod engine;
-pub mod exception;
 pub mod forward;
 pub mod fuzz;
-pub mod gpio;
 pub mod last_values;
 #[cfg(feature = "broker")]
 pub mod local;
-pub mod modbus;
 pub mod mqtt;
 pub mod ops;
 pub mod plain;
 pub mod profile;
 pub mod publisher;
-pub mod reload;
 pub mod simulator;
 pub mod sparkplug;
 pub mod tail;

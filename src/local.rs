@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::engine::WriteRouter;
 use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
-use crate::engine::WriteRouter;
 use crate::last_values::LastValues;
 use crate::ops::health;
 use crate::ops::liveness::Pulse;

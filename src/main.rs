@@ -9,12 +9,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use fieldmq::acquire::engine::Engine;
+use fieldmq::acquire::modbus::cycle::{self, Raw};
+use fieldmq::acquire::modbus::link::Link;
+use fieldmq::acquire::modbus::plan::ReadPlan;
 use fieldmq::config::{Config, ConfigError, LinkKind, Profile};
 use fieldmq::core::event::DeviceEvent;
-use fieldmq::engine::Engine;
-use fieldmq::modbus::cycle::{self, Raw};
-use fieldmq::modbus::link::Link;
-use fieldmq::modbus::plan::ReadPlan;
 use fieldmq::publisher::Publisher;
 
 /// Prints a line to stdout; a closed pipe (`fieldmq check | head`) ends the
@@ -599,7 +599,7 @@ async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<ExitCod
     let mut plan = ReadPlan::for_device(device);
     let cycle;
     let (mut readings, answered) = if let LinkKind::Gpio(chip) = &bus.link {
-        let readings = fieldmq::gpio::read_once(id, device, chip, &config.node.data_dir);
+        let readings = fieldmq::acquire::gpio::read_once(id, device, chip, &config.node.data_dir);
         let answered = readings.iter().any(|r| matches!(r.raw, Raw::Bit(_)));
         (readings, answered)
     } else {
@@ -739,7 +739,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let log_values = publisher.is_none();
     let sinks =
         usize::from(publisher.is_some()) + usize::from(local.is_some()) + usize::from(log_values);
-    let mut receivers = fieldmq::engine::tee(engine.take_events(), sinks).into_iter();
+    let mut receivers = fieldmq::acquire::engine::tee(engine.take_events(), sinks).into_iter();
     let mut tasks = tokio::task::JoinSet::new();
     // One receiver per sink, taken only for sinks that exist.
     if let Some(publisher) = publisher
@@ -823,7 +823,7 @@ async fn reload(engine: &mut Engine) {
             tracing::error!("reload refused, the device map in force stays:\n{e}");
         }
         Ok(new) => {
-            let reload = fieldmq::reload::Reload::between(&current, new);
+            let reload = fieldmq::config::reload::Reload::between(&current, new);
             for section in &reload.ignored {
                 tracing::warn!(
                     section,

@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::engine::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
-use crate::engine::WriteRouter;
 use crate::forward::{DeviceKeys, Forwarder};
 use crate::last_values::LastValues;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};

@@ -10,6 +10,7 @@ mod buffer;
 mod gpio;
 mod health;
 mod raw;
+pub mod reload;
 mod upstream;
 
 use std::collections::HashMap;

@@ -102,7 +102,7 @@ fn a_valid_config_becomes_typed_values_with_defaults_applied() {
     assert_eq!(plc.metrics[0].value_type(), DataType::F64);
     assert!(plc.metrics[0].writable);
     assert_eq!(
-        crate::modbus::plan::ReadPlan::for_device(meter)
+        crate::acquire::modbus::plan::ReadPlan::for_device(meter)
             .requests()
             .len(),
         1,

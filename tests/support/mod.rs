@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::value::{Quality, Sample, Value};
-use fieldmq::engine::Engine;
 use fieldmq::simulator::Simulator;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

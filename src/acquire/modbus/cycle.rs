@@ -1,11 +1,11 @@
 //! One poll cycle of one device: send its plan's requests, heal the plan,
 //! and turn the answers into per-metric values.
 
+use crate::acquire::modbus::codec::{LengthMismatch, decode_registers};
+use crate::acquire::modbus::link::{Data, Link};
+use crate::acquire::modbus::plan::ReadPlan;
 use crate::config::Device;
 use crate::core::value::{Fault, MetricId, Value, now_ms};
-use crate::modbus::codec::{LengthMismatch, decode_registers};
-use crate::modbus::link::{Data, Link};
-use crate::modbus::plan::ReadPlan;
 
 /// Modbus exception 0x02, the answer to a request that covers a missing address.
 const ILLEGAL_DATA_ADDRESS: u8 = 0x02;

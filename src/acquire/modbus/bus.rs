@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::deadband::ChangeFilter;
+use crate::acquire::modbus::cycle::{self, Cycle};
+use crate::acquire::modbus::link::Link;
+use crate::acquire::modbus::plan::ReadPlan;
 use crate::config::{Config, Device};
 use crate::core::value::{DeviceId, Fault, Quality, Sample};
 use crate::core::write::Write;
-use crate::exception::ChangeFilter;
-use crate::modbus::cycle::{self, Cycle};
-use crate::modbus::link::Link;
-use crate::modbus::plan::ReadPlan;
 use crate::ops::backoff::Backoff;
 use crate::ops::health;
 use crate::ops::liveness::Pulse;

@@ -8,14 +8,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::gpio::GpioTask;
+use crate::acquire::modbus::bus::{BusChannels, BusTask};
+use crate::config::reload::Reload;
 use crate::config::{Config, LinkKind};
 use crate::core::event::{DeviceEvent, MapVersion};
 use crate::core::write::{Rejection, Write};
-use crate::gpio::GpioTask;
-use crate::modbus::bus::{BusChannels, BusTask};
 use crate::ops::liveness::Liveness;
 use crate::ops::stats::Stats;
-use crate::reload::Reload;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
 /// A slow consumer thus shows up as poll overrun, never as unbounded memory.
