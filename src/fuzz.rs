@@ -19,9 +19,10 @@ use crate::config::Overflow;
 use crate::core::event::DeviceEvent;
 use crate::core::value::{Quality, Sample, Value};
 use crate::core::write::WriteImage;
-use crate::last_values::LastValues;
-use crate::profile::{Action, NodeProfile, NodeStats};
-use crate::sparkplug::host::PrimaryHost;
+use crate::profile::NodeProfile;
+use crate::profile::action::{Action, NodeStats};
+use crate::profile::last_values::LastValues;
+use crate::profile::sparkplug::host::PrimaryHost;
 
 /// The device map every harness uses: a holding, an input, a coil and a
 /// float metric, two of them writable with limits.
@@ -291,7 +292,7 @@ pub fn state_json(data: &[u8]) {
             Some(change) => {
                 assert_eq!(
                     host.is_online(),
-                    change == crate::sparkplug::host::HostChange::Online
+                    change == crate::profile::sparkplug::host::HostChange::Online
                 );
             }
             None => assert_eq!(
@@ -547,13 +548,11 @@ mod tests {
             "a valid /set reaches the write path: {actions:?}"
         );
         let (mut node, cache, _) = commanded("sparkplug").expect("a commanded node");
-        let dcmd = crate::sparkplug::proto::Payload {
-            metrics: vec![crate::sparkplug::proto::payload::Metric {
+        let dcmd = crate::profile::sparkplug::proto::Payload {
+            metrics: vec![crate::profile::sparkplug::proto::payload::Metric {
                 name: Some("level".into()),
                 datatype: Some(6),
-                value: Some(crate::sparkplug::proto::payload::metric::Value::IntValue(
-                    42,
-                )),
+                value: Some(crate::profile::sparkplug::proto::payload::metric::Value::IntValue(42)),
                 ..Default::default()
             }],
             ..Default::default()

@@ -13,12 +13,13 @@ use crate::acquire::engine::WriteRouter;
 use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
-use crate::last_values::LastValues;
 use crate::ops::health;
 use crate::ops::liveness::Pulse;
 use crate::ops::stats::Stats;
-use crate::profile::{Action, NodeProfile, NodeStats};
-use crate::sparkplug::session::BdSeqStore;
+use crate::profile::NodeProfile;
+use crate::profile::action::{Action, NodeStats};
+use crate::profile::last_values::LastValues;
+use crate::profile::sparkplug::session::BdSeqStore;
 
 /// The feed and the broker it publishes into.
 #[derive(Debug)]

@@ -326,7 +326,7 @@ async fn tail(
                     say!("{now} {line}");
                 }
                 if let Some(ncmd) = rebirth.then(|| decoder.rebirth_topic(&p.topic)).flatten() {
-                    let request = fieldmq::sparkplug::payload::rebirth_request(
+                    let request = fieldmq::profile::sparkplug::payload::rebirth_request(
                         fieldmq::core::value::now_ms(),
                     );
                     match client.try_publish(

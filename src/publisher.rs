@@ -22,14 +22,15 @@ use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::forward::{DeviceKeys, Forwarder};
-use crate::last_values::LastValues;
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::ops::health;
 use crate::ops::liveness::Pulse;
 use crate::ops::stats::Stats;
-use crate::profile::{Action, NodeProfile, NodeStats};
-use crate::sparkplug::session::BdSeqStore;
+use crate::profile::NodeProfile;
+use crate::profile::action::{Action, NodeStats};
+use crate::profile::last_values::LastValues;
+use crate::profile::sparkplug::session::BdSeqStore;
 
 /// Link events waiting for the publisher.
 const LINK_QUEUE: usize = 64;

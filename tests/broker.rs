@@ -857,8 +857,8 @@ async fn raw_mqtt5_publish(port: u16, len: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_sparkplug_profile_a_local_host_gets_births_data_and_may_command() {
-    use fieldmq::sparkplug::proto::Payload;
-    use fieldmq::sparkplug::proto::payload::{Metric, metric};
+    use fieldmq::profile::sparkplug::proto::Payload;
+    use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
     let (_dir, gateway, port, sim) = start(&format!("profile = \"sparkplug\"\n{OPEN}"), None).await;
     let mut host =
         support::mqtt::Peer::connect(port, "local-host", &["spBv1.0/#", "plant/#"]).await;

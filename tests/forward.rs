@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use fieldmq::profile::sparkplug::proto::Payload;
+use fieldmq::profile::sparkplug::proto::payload::metric;
 use fieldmq::simulator::Simulator;
-use fieldmq::sparkplug::proto::Payload;
-use fieldmq::sparkplug::proto::payload::metric;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port};
 use support::tcp_simulator;
 

@@ -8,8 +8,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use fieldmq::sparkplug::proto::Payload;
-use fieldmq::sparkplug::proto::payload::{Metric, metric};
+use fieldmq::profile::sparkplug::proto::Payload;
+use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
 use serde_json::Value;
 use support::http_get;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port, sparkplug_command as command};

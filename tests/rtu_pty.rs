@@ -253,7 +253,7 @@ writable = true
         while tokio::time::Instant::now() < until {
             tick.tick().await;
             n = n.wrapping_add(1);
-            let write = fieldmq::command::prepare(&config, 0, setpoint, Value::U16(n))
+            let write = fieldmq::profile::command::prepare(&config, 0, setpoint, Value::U16(n))
                 .expect("a valid write");
             match writes.send(write, &config) {
                 Ok(()) => queued += 1,

@@ -248,9 +248,7 @@ async fn under_systemd_it_notifies_pings_reloads_and_reports_its_health() {
         .and_then(|m| m.value.clone());
     assert_eq!(
         hours,
-        Some(fieldmq::sparkplug::proto::payload::metric::Value::IntValue(
-            12
-        ))
+        Some(fieldmq::profile::sparkplug::proto::payload::metric::Value::IntValue(12))
     );
     let (death_seq, birth_seq) = (death.sparkplug().seq, birth.sparkplug().seq);
     assert!(

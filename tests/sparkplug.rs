@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
+use fieldmq::profile::sparkplug::proto::Payload;
+use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
 use fieldmq::simulator::Simulator;
-use fieldmq::sparkplug::proto::Payload;
-use fieldmq::sparkplug::proto::payload::{Metric, metric};
 use prost::Message as _;
 use rumqttc::QoS;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received};
@@ -201,7 +201,7 @@ fn named<'a>(payload: &'a Payload, name: &str) -> &'a Metric {
 fn property<'a>(
     m: &'a Metric,
     key: &str,
-) -> Option<&'a fieldmq::sparkplug::proto::payload::PropertyValue> {
+) -> Option<&'a fieldmq::profile::sparkplug::proto::payload::PropertyValue> {
     let props = m.properties.as_ref()?;
     let i = props.keys.iter().position(|k| k == key)?;
     props.values.get(i)
@@ -261,7 +261,11 @@ async fn births_data_and_a_graceful_death_follow_the_specification() {
     let unit = property(temperature, "engUnit").expect("engUnit property");
     assert_eq!(
         unit.value,
-        Some(fieldmq::sparkplug::proto::payload::property_value::Value::StringValue("°C".into()))
+        Some(
+            fieldmq::profile::sparkplug::proto::payload::property_value::Value::StringValue(
+                "°C".into()
+            )
+        )
     );
     assert_eq!(named(&dbirth, "speed").datatype, Some(9));
     assert_eq!(

@@ -131,7 +131,7 @@ async fn an_unreachable_first_server_is_skipped_for_the_next() {
         .and_then(|m| m.value.clone());
     assert_eq!(
         bd_seq,
-        Some(fieldmq::sparkplug::proto::payload::metric::Value::LongValue(0)),
+        Some(fieldmq::profile::sparkplug::proto::payload::metric::Value::LongValue(0)),
         "a failed attempt does not use up a bdSeq"
     );
     assert!(gw.log().contains("cannot connect upstream"));
@@ -171,8 +171,8 @@ async fn a_message_over_max_packet_size_is_dropped_without_losing_the_connection
         "{log}"
     );
     // Still connected: a rebirth request is answered.
-    use fieldmq::sparkplug::proto::Payload;
-    use fieldmq::sparkplug::proto::payload::{Metric, metric};
+    use fieldmq::profile::sparkplug::proto::Payload;
+    use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
     use prost::Message as _;
     let ncmd = Payload {
         timestamp: Some(1),
@@ -212,13 +212,13 @@ async fn after_a_broker_restart_the_node_reconnects_and_births_with_the_next_bd_
         .next_on("spBv1.0/g/NBIRTH/gw1", 40 * SECOND)
         .await
         .sparkplug();
-    let bd_seq = |p: &fieldmq::sparkplug::proto::Payload| {
+    let bd_seq = |p: &fieldmq::profile::sparkplug::proto::Payload| {
         p.metrics
             .iter()
             .find(|m| m.name.as_deref() == Some("bdSeq"))
             .and_then(|m| m.value.clone())
     };
-    use fieldmq::sparkplug::proto::payload::metric::Value::LongValue;
+    use fieldmq::profile::sparkplug::proto::payload::metric::Value::LongValue;
     assert_eq!(bd_seq(&first), Some(LongValue(0)));
     assert_eq!(bd_seq(&second), Some(LongValue(1)));
     host.next_on("spBv1.0/g/DBIRTH/gw1/d", 10 * SECOND).await;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use fieldmq::sparkplug::proto::Payload;
+use fieldmq::profile::sparkplug::proto::Payload;
 use prost::Message as _;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::process::{Child, Command};
@@ -118,11 +118,11 @@ pub async fn wait_for_listener(port: u16) -> bool {
 /// A Sparkplug command (NCMD/DCMD) payload setting one metric, by name.
 pub fn sparkplug_command(
     name: &str,
-    value: fieldmq::sparkplug::proto::payload::metric::Value,
+    value: fieldmq::profile::sparkplug::proto::payload::metric::Value,
 ) -> Vec<u8> {
     Payload {
         timestamp: Some(fieldmq::core::value::now_ms()),
-        metrics: vec![fieldmq::sparkplug::proto::payload::Metric {
+        metrics: vec![fieldmq::profile::sparkplug::proto::payload::Metric {
             name: Some(name.into()),
             value: Some(value),
             ..Default::default()
@@ -254,7 +254,7 @@ impl Peer {
     pub async fn request_rebirth(&self, group: &str, node: &str) {
         let rebirth = sparkplug_command(
             "Node Control/Rebirth",
-            fieldmq::sparkplug::proto::payload::metric::Value::BooleanValue(true),
+            fieldmq::profile::sparkplug::proto::payload::metric::Value::BooleanValue(true),
         );
         self.publish(&format!("spBv1.0/{group}/NCMD/{node}"), rebirth, false)
             .await;

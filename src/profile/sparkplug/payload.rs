@@ -4,10 +4,13 @@
 
 use crate::config::Config;
 use crate::core::value::{DataType, DeviceId, MetricId, Quality, Sample, Value};
-use crate::sparkplug::proto::Payload;
-use crate::sparkplug::proto::payload::{
+use crate::profile::sparkplug::proto::Payload;
+use crate::profile::sparkplug::proto::payload::{
     Metric, PropertySet, PropertyValue, metric, property_value,
 };
+
+/// The one node metric a host may write (tck-id-operational-behavior-data-commands-rebirth-name).
+pub const REBIRTH: &str = "Node Control/Rebirth";
 
 /// Sparkplug datatype ids (spec "Data Types"; `sparkplug-edge.md` §13).
 pub mod datatype {
@@ -234,7 +237,7 @@ pub fn rebirth_request(timestamp_ms: u64) -> Payload {
     Payload {
         timestamp: Some(timestamp_ms),
         metrics: vec![Metric {
-            name: Some(crate::sparkplug::edge::REBIRTH.to_owned()),
+            name: Some(REBIRTH.to_owned()),
             timestamp: Some(timestamp_ms),
             datatype: Some(datatype::BOOLEAN),
             value: Some(metric::Value::BooleanValue(true)),

@@ -10,15 +10,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::command::{self};
 use crate::config::{Config, TopicTemplate};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::core::value::{DeviceId, MetricId, Quality, Sample};
 use crate::core::write::Rejection;
-use crate::last_values::LastValues;
-use crate::profile::Action;
+use crate::profile::action::Action;
+use crate::profile::command::{self};
+use crate::profile::last_values::LastValues;
 
 /// Node and device state payloads.
 pub const ONLINE: &str = "ONLINE";

@@ -3,46 +3,23 @@
 //! (connected, a device event, an incoming message) and answers with
 //! [`Action`]s for the publisher to carry out; it never does I/O itself.
 
+pub mod action;
+pub mod command;
+pub mod last_values;
+pub mod plain;
+pub mod sparkplug;
+
 use std::sync::Arc;
 
 use crate::config::{Config, Profile};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
-use crate::core::message::Qos;
 use crate::core::value::{DeviceId, Sample};
-use crate::core::write::{Rejection, Write};
-use crate::last_values::LastValues;
-use crate::ops::stats::StatsSnapshot;
-use crate::plain::PlainNode;
-use crate::sparkplug::edge::EdgeNode;
-
-/// Something the publisher must do on a profile's behalf.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Publish a message.
-    Publish(Message),
-    /// Subscribe to these filters (one SUBSCRIBE packet; the answer is [`NodeProfile::subscribed`]).
-    Subscribe(Vec<(String, Qos)>),
-    /// Carry out a validated write.
-    Write(Write),
-    /// A command was refused; log and count it.
-    Reject(Rejection),
-    /// Leave this server (after what was published before) and continue with the next one.
-    LeaveServer,
-}
-
-/// The gateway's own figures, reported as node metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NodeStats {
-    /// Counters since start.
-    pub counters: StatsSnapshot,
-    /// Devices answering now.
-    pub devices_online: u64,
-    /// Samples waiting in the store-and-forward queue.
-    pub samples_buffered: u64,
-    /// Samples the queue lost (full, or disk errors) since start.
-    pub samples_dropped: u64,
-}
+use crate::core::write::Rejection;
+use crate::profile::action::{Action, NodeStats};
+use crate::profile::last_values::LastValues;
+use crate::profile::plain::PlainNode;
+use crate::profile::sparkplug::edge::EdgeNode;
 
 /// The profile in use.
 #[derive(Debug, Clone)]

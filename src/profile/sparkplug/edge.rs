@@ -15,26 +15,25 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::command::{self};
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::core::value::{DeviceId, Sample, now_ms};
 use crate::core::write::Rejection;
-use crate::last_values::LastValues;
-use crate::profile::{Action, NodeStats};
-use crate::sparkplug::host::{HostChange, PrimaryHost};
-use crate::sparkplug::payload::{
+use crate::profile::action::{Action, NodeStats};
+use crate::profile::command::{self};
+use crate::profile::last_values::LastValues;
+use crate::profile::sparkplug::host::{HostChange, PrimaryHost};
+use crate::profile::sparkplug::payload::REBIRTH;
+use crate::profile::sparkplug::payload::{
     Aliases, BD_SEQ, birth_metric, data_metric, datatype, datatype_of, node_death, value_from_field,
 };
-use crate::sparkplug::proto::Payload;
-use crate::sparkplug::proto::payload::{Metric, metric};
-use crate::sparkplug::session::Seq;
-use crate::sparkplug::topic::{MessageType, Topic, state_topic};
+use crate::profile::sparkplug::proto::Payload;
+use crate::profile::sparkplug::proto::payload::{Metric, metric};
+use crate::profile::sparkplug::session::Seq;
+use crate::profile::sparkplug::topic::{MessageType, Topic, state_topic};
 
-/// The one node metric a host may write (tck-id-operational-behavior-data-commands-rebirth-name).
-pub const REBIRTH: &str = "Node Control/Rebirth";
 /// The gateway's version, a node property.
 pub const VERSION: &str = "Properties/Version";
 
@@ -42,7 +41,7 @@ pub const VERSION: &str = "Properties/Version";
 type StatReader = fn(&NodeStats) -> u64;
 
 /// The gateway's own counters as node metrics: name, alias (below
-/// [`crate::sparkplug::payload::FIRST_DEVICE_ALIAS`]) and how to read it.
+/// [`crate::profile::sparkplug::payload::FIRST_DEVICE_ALIAS`]) and how to read it.
 const NODE_STATS: [(&str, u64, StatReader); 9] = [
     ("Statistics/Polls", 1, |s| s.counters.polls),
     ("Statistics/Poll Failures", 2, |s| s.counters.poll_failures),
@@ -145,7 +144,7 @@ impl EdgeNode {
             (
                 format!(
                     "{}/{}/{}/{}/+",
-                    crate::sparkplug::topic::NAMESPACE,
+                    crate::profile::sparkplug::topic::NAMESPACE,
                     node.group_id,
                     MessageType::DCmd.token(),
                     node.node_id
