@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fieldmq::config::{BufferPolicy, DEFAULT_DRAIN_RATE};
 use fieldmq::core::value::{Quality, Sample, Value};
-use fieldmq::forward::{DeviceKeys, Forwarder};
+use fieldmq::store::forward::{DeviceKeys, Forwarder};
 
 const DEVICES: usize = 3;
 const METRICS: usize = 10;

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::acquire::modbus::cycle;
 use crate::acquire::modbus::link::Link;
 use crate::acquire::modbus::plan::ReadPlan;
-use crate::buffer::{Buffer, record, sample};
 use crate::config::Config;
 use crate::config::Overflow;
 use crate::core::event::DeviceEvent;
@@ -23,6 +22,7 @@ use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
 use crate::profile::sparkplug::host::PrimaryHost;
+use crate::store::queue::{Queue, record, sample};
 
 /// The device map every harness uses: a holding, an input, a coil and a
 /// float metric, two of them writable with limits.
@@ -345,7 +345,7 @@ pub fn queue_records(data: &[u8]) {
     let written = std::fs::write(dir.join("00000000000000000001.seg"), segment)
         .and_then(|()| std::fs::write(dir.join("cursor"), cursor_text));
     if written.is_ok()
-        && let Ok(mut queue) = Buffer::open(&dir, 1 << 20, Overflow::DropOldest, sample::count)
+        && let Ok(mut queue) = Queue::open(&dir, 1 << 20, Overflow::DropOldest, sample::count)
     {
         let waiting = queue.len();
         let mut seen = 0;

@@ -45,11 +45,9 @@
 pub mod acquire;
 #[cfg(feature = "broker")]
 pub mod broker;
-pub mod buffer;
 pub mod config;
 pub mod core;
 pub mod demo;
-pub mod forward;
 pub mod fuzz;
 #[cfg(feature = "broker")]
 pub mod local;
@@ -58,4 +56,5 @@ pub mod ops;
 pub mod profile;
 pub mod publisher;
 pub mod simulator;
+pub mod store;
 pub mod tail;

@@ -19,7 +19,7 @@ use crate::ops::stats::Stats;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
-use crate::profile::sparkplug::session::BdSeqStore;
+use crate::store::bdseq::BdSeqStore;
 
 /// The feed and the broker it publishes into.
 #[derive(Debug)]

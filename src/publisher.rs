@@ -6,7 +6,7 @@
 //! queue with `try_publish`, so a slow or dead uplink never slows polling
 //! down. Samples that cannot go out (disconnected, not born, waiting for the
 //! primary host, queue full) go to the store-and-forward queue
-//! ([`crate::forward`]) and are drained, paced, once the profile is ready.
+//! ([`crate::store::forward`]) and are drained, paced, once the profile is ready.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use crate::acquire::engine::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
-use crate::forward::{DeviceKeys, Forwarder};
 use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
 use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::ops::health;
@@ -30,7 +29,8 @@ use crate::ops::stats::Stats;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
-use crate::profile::sparkplug::session::BdSeqStore;
+use crate::store::bdseq::BdSeqStore;
+use crate::store::forward::{DeviceKeys, Forwarder};
 
 /// Link events waiting for the publisher.
 const LINK_QUEUE: usize = 64;

@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use fieldmq::buffer::Buffer;
 use fieldmq::config::Overflow;
+use fieldmq::store::queue::Queue;
 
 /// Every record counts for one.
 fn one(_: &[u8]) -> u64 {
@@ -59,7 +59,7 @@ fn a_full_disk_loses_nothing_written_before_and_writing_resumes() {
     };
     let queue = dir.path().join("buffer");
     // The queue may use 1 MiB; the file system has 256 KiB.
-    let mut buffer = Buffer::open(&queue, 1 << 20, Overflow::DropOldest, one).expect("open");
+    let mut buffer = Queue::open(&queue, 1 << 20, Overflow::DropOldest, one).expect("open");
     let (mut written, mut failed) = (Vec::new(), 0);
     for i in 0..400u32 {
         match buffer.append(&record(i)) {
@@ -76,7 +76,7 @@ fn a_full_disk_loses_nothing_written_before_and_writing_resumes() {
     drop(buffer);
 
     // A restart recovers every record written before the disk filled.
-    let mut buffer = Buffer::open(&queue, 1 << 20, Overflow::DropOldest, one).expect("reopen");
+    let mut buffer = Queue::open(&queue, 1 << 20, Overflow::DropOldest, one).expect("reopen");
     assert_eq!(buffer.len(), written.len() as u64);
     let mut read = Vec::new();
     loop {

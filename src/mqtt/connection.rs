@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::ops::backoff::Backoff;
-use crate::profile::sparkplug::session::BdSeqStore;
+use crate::store::bdseq::BdSeqStore;
 
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
 

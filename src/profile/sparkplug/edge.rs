@@ -31,7 +31,7 @@ use crate::profile::sparkplug::payload::{
 };
 use crate::profile::sparkplug::proto::Payload;
 use crate::profile::sparkplug::proto::payload::{Metric, metric};
-use crate::profile::sparkplug::session::Seq;
+use crate::profile::sparkplug::seq::Seq;
 use crate::profile::sparkplug::topic::{MessageType, Topic, state_topic};
 
 /// The gateway's version, a node property.

@@ -3,7 +3,7 @@
 pub mod edge;
 pub mod host;
 pub mod payload;
-pub mod session;
+pub mod seq;
 pub mod topic;
 
 /// The protobuf messages generated from `proto/sparkplug_b.proto`.

@@ -10,7 +10,7 @@
 //! first record not yet acknowledged by the server) is kept in `cursor`.
 //!
 //! Durability: an append is a `write(2)`, so it survives `kill -9` at once;
-//! [`Buffer::sync`] (called every `[buffer] sync`) fsyncs the segment and
+//! [`Queue::sync`] (called every `[buffer] sync`) fsyncs the segment and
 //! replaces the cursor atomically ([`crate::ops::atomic_file`]), so a power cut
 //! loses at most that window. A new segment's directory entry is fsynced
 //! when it is created. On open, a torn or corrupt tail is cut off. Whole
@@ -24,7 +24,7 @@
 //! written before stays readable, now and after a restart.
 //!
 //! A queue that cannot be opened at all (a read-only or broken file system)
-//! is [`Buffer::unavailable`]: it keeps nothing and counts every record as
+//! is [`Queue::unavailable`]: it keeps nothing and counts every record as
 //! dropped, so the gateway goes on without store-and-forward.
 
 pub mod record;
@@ -57,7 +57,7 @@ pub struct Position {
 /// The queue could not use its directory.
 #[derive(Debug, Error)]
 #[error("{path}: {source}")]
-pub struct BufferError {
+pub struct QueueError {
     /// The file or directory.
     pub path: PathBuf,
     /// What the OS said.
@@ -73,13 +73,13 @@ struct Segment {
     weight: u64,
 }
 
-/// How much a record counts for in [`Buffer::weight`] and
-/// [`Buffer::dropped`] (e.g. the samples it holds).
+/// How much a record counts for in [`Queue::weight`] and
+/// [`Queue::dropped`] (e.g. the samples it holds).
 pub type Weigh = fn(&[u8]) -> u64;
 
 /// A disk-backed FIFO of records.
 #[derive(Debug)]
-pub struct Buffer {
+pub struct Queue {
     dir: PathBuf,
     max_size: u64,
     segment_size: u64,
@@ -105,14 +105,14 @@ pub struct Buffer {
     unavailable: bool,
 }
 
-fn err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
-    move |source| BufferError {
+fn err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
+    move |source| QueueError {
         path: path.to_owned(),
         source,
     }
 }
 
-impl Buffer {
+impl Queue {
     /// Opens (or creates) the queue in `dir`, recovering what a crash left:
     /// acknowledged segments are deleted, a torn tail is cut off. `weigh`
     /// tells what a record counts for.
@@ -121,7 +121,7 @@ impl Buffer {
         max_size: u64,
         overflow: Overflow,
         weigh: Weigh,
-    ) -> Result<Buffer, BufferError> {
+    ) -> Result<Queue, QueueError> {
         fs::create_dir_all(dir).map_err(err(dir))?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(err(dir))?
@@ -133,7 +133,7 @@ impl Buffer {
             .collect();
         ids.sort_unstable();
         let cursor = read_cursor(&dir.join("cursor"));
-        let mut buffer = Buffer::empty(dir, max_size, overflow, weigh);
+        let mut buffer = Queue::empty(dir, max_size, overflow, weigh);
         for id in ids {
             let path = buffer.segment_path(id);
             if cursor.is_some_and(|c| id < c.segment) {
@@ -185,16 +185,16 @@ impl Buffer {
 
     /// A queue that keeps nothing, for when the real one cannot be opened:
     /// every record appended is counted as dropped.
-    pub fn unavailable(weigh: Weigh) -> Buffer {
-        Buffer {
+    pub fn unavailable(weigh: Weigh) -> Queue {
+        Queue {
             unavailable: true,
-            ..Buffer::empty(Path::new(""), 0, Overflow::DropNewest, weigh)
+            ..Queue::empty(Path::new(""), 0, Overflow::DropNewest, weigh)
         }
     }
 
     /// A queue in `dir` with no segment yet.
-    fn empty(dir: &Path, max_size: u64, overflow: Overflow, weigh: Weigh) -> Buffer {
-        Buffer {
+    fn empty(dir: &Path, max_size: u64, overflow: Overflow, weigh: Weigh) -> Queue {
+        Queue {
             dir: dir.to_owned(),
             max_size,
             segment_size: SEGMENT_SIZE.min((max_size / 4).max(64 * 1024)),
@@ -214,7 +214,7 @@ impl Buffer {
         }
     }
 
-    /// Whether this is an [`unavailable`](Buffer::unavailable) queue.
+    /// Whether this is an [`unavailable`](Queue::unavailable) queue.
     pub fn is_unavailable(&self) -> bool {
         self.unavailable
     }
@@ -255,8 +255,8 @@ impl Buffer {
 
     /// Appends a record. When the queue is full, the oldest segment is
     /// deleted or the record refused, per the overflow policy; either way it
-    /// is counted in [`Buffer::dropped`] and the call succeeds.
-    pub fn append(&mut self, payload: &[u8]) -> Result<(), BufferError> {
+    /// is counted in [`Queue::dropped`] and the call succeeds.
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), QueueError> {
         let mut bytes = Vec::with_capacity(record::HEADER + payload.len());
         record::encode(payload, &mut bytes);
         let size = bytes.len() as u64;
@@ -328,7 +328,7 @@ impl Buffer {
     }
 
     /// Starts a new segment (after syncing the one being closed).
-    fn roll(&mut self) -> Result<(), BufferError> {
+    fn roll(&mut self) -> Result<(), QueueError> {
         self.sync_segment()?;
         self.writer = None;
         let id = self.segments.back().map_or(1, |s| s.id + 1);
@@ -343,7 +343,7 @@ impl Buffer {
 
     /// Deletes the oldest segment to make room; `false` when only the one
     /// being written is left (then it is rolled over first, if it holds data).
-    fn drop_oldest(&mut self) -> Result<bool, BufferError> {
+    fn drop_oldest(&mut self) -> Result<bool, QueueError> {
         if self.segments.len() < 2 {
             if self.segments.back().is_some_and(|s| s.bytes > 0) {
                 self.roll()?;
@@ -386,7 +386,7 @@ impl Buffer {
 
     /// The records before `through` are with the uplink, not yet
     /// acknowledged: if the queue must make room, deleting them loses
-    /// nothing that was not sent. Move it back (to [`Buffer::head`]) when
+    /// nothing that was not sent. Move it back (to [`Queue::head`]) when
     /// they must be sent again.
     pub fn handed_out(&mut self, through: Position) {
         self.handed = through;
@@ -406,19 +406,19 @@ impl Buffer {
     }
 
     /// Up to `max` records from the head, with the position after each; they
-    /// stay queued until [`Buffer::ack`].
-    pub fn peek(&mut self, max: usize) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
+    /// stay queued until [`Queue::ack`].
+    pub fn peek(&mut self, max: usize) -> Result<Vec<(Vec<u8>, Position)>, QueueError> {
         self.peek_from(self.head, max)
     }
 
-    /// Like [`Buffer::peek`], from `from` (a position from an earlier peek,
+    /// Like [`Queue::peek`], from `from` (a position from an earlier peek,
     /// so records handed out but not yet acknowledged are skipped). A
     /// position before the head, whose segment was dropped, means the head.
     pub fn peek_from(
         &mut self,
         from: Position,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Position)>, BufferError> {
+    ) -> Result<Vec<(Vec<u8>, Position)>, QueueError> {
         let mut out = Vec::new();
         if self.unavailable {
             return Ok(out);
@@ -490,8 +490,8 @@ impl Buffer {
     }
 
     /// The server has the records up to `through` (a position from
-    /// [`Buffer::peek`]): forget them, deleting segments that are done.
-    pub fn ack(&mut self, through: Position) -> Result<(), BufferError> {
+    /// [`Queue::peek`]): forget them, deleting segments that are done.
+    pub fn ack(&mut self, through: Position) -> Result<(), QueueError> {
         if through <= self.head {
             return Ok(());
         }
@@ -523,7 +523,7 @@ impl Buffer {
 
     /// Deletes the oldest segment and moves the head to the start of the
     /// next one, if the head was in it.
-    fn remove_front_segment(&mut self) -> Result<Option<Segment>, BufferError> {
+    fn remove_front_segment(&mut self) -> Result<Option<Segment>, QueueError> {
         let Some(first) = self.segments.pop_front() else {
             return Ok(None);
         };
@@ -545,7 +545,7 @@ impl Buffer {
 
     /// Records in the head's segment between `from` (or its start, when
     /// `to` is in a later segment) and `to`, and their weight.
-    fn count_between(&self, from: Position, to: Position) -> Result<(u64, u64), BufferError> {
+    fn count_between(&self, from: Position, to: Position) -> Result<(u64, u64), QueueError> {
         let start = if from.segment == to.segment {
             from.offset
         } else {
@@ -566,7 +566,7 @@ impl Buffer {
         Ok((n, weight))
     }
 
-    fn sync_segment(&mut self) -> Result<(), BufferError> {
+    fn sync_segment(&mut self) -> Result<(), QueueError> {
         if let (true, Some(file)) = (self.unsynced, &self.writer) {
             file.sync_data().map_err(err(&self.dir))?;
             self.unsynced = false;
@@ -576,7 +576,7 @@ impl Buffer {
 
     /// Makes appended records durable against power loss and records the
     /// read position; call every `[buffer] sync`.
-    pub fn sync(&mut self) -> Result<(), BufferError> {
+    pub fn sync(&mut self) -> Result<(), QueueError> {
         if self.unavailable {
             return Ok(());
         }
@@ -619,7 +619,7 @@ fn recover_segment(
     path: &Path,
     cursor: Option<Position>,
     weigh: Weigh,
-) -> Result<Recovered, BufferError> {
+) -> Result<Recovered, QueueError> {
     let bytes = fs::read(path).map_err(err(path))?;
     let mut rest = &bytes[..];
     let mut found = Recovered {
@@ -676,7 +676,7 @@ mod tests {
         u32::from_le_bytes([p[0], p[1], p[2], p[3]])
     }
 
-    fn drain(buffer: &mut Buffer, batch: usize) -> Vec<u32> {
+    fn drain(buffer: &mut Queue, batch: usize) -> Vec<u32> {
         let mut out = Vec::new();
         loop {
             let got = buffer.peek(batch).unwrap();
@@ -691,7 +691,7 @@ mod tests {
     #[test]
     fn records_come_out_in_order_across_segments_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 4096;
         for i in 0..500 {
             b.append(&payload(i)).unwrap();
@@ -710,7 +710,7 @@ mod tests {
         assert_eq!(b.len(), 380);
         drop(b);
 
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(
             b.len(),
             380,
@@ -723,7 +723,7 @@ mod tests {
         assert!(b.is_empty());
         b.sync().unwrap();
         drop(b);
-        let b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert!(b.is_empty());
         let files = fs::read_dir(dir.path()).unwrap().count();
         assert!(
@@ -735,7 +735,7 @@ mod tests {
     #[test]
     fn without_a_sync_of_the_cursor_a_crash_repeats_records_but_never_loses_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 2048;
         for i in 0..100 {
             b.append(&payload(i)).unwrap();
@@ -745,7 +745,7 @@ mod tests {
         b.ack(got[59].1).unwrap();
         // kill -9 here: the ack never reached the cursor file.
         drop(b);
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         let out = drain(&mut b, 13);
         assert_eq!(out.last(), Some(&99));
         let start = out.first().copied().unwrap_or(0);
@@ -756,7 +756,7 @@ mod tests {
     #[test]
     fn a_failed_write_loses_only_its_record_and_writing_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        let mut buffer = Queue::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
         buffer.append(&payload(0)).unwrap();
         buffer.roll().unwrap();
         // The next segment is a device that is always full: every write
@@ -771,14 +771,14 @@ mod tests {
         assert_eq!(buffer.len(), 3);
         fs::remove_file(&full).unwrap();
         drop(buffer);
-        let mut reopened = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        let mut reopened = Queue::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(drain(&mut reopened, 10), [0, 2, 3]);
     }
 
     #[test]
     fn a_cursor_into_the_middle_of_a_record_resends_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        let mut buffer = Queue::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
         for i in 0..3 {
             buffer.append(&payload(i)).unwrap();
         }
@@ -788,7 +788,7 @@ mod tests {
         // Found by fuzzing: a damaged cursor left the queue unable to drain.
         let text = format!("{} {}\n", first.segment, first.offset + 3);
         fs::write(dir.path().join("cursor"), text).unwrap();
-        let mut buffer = Buffer::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
+        let mut buffer = Queue::open(dir.path(), 1 << 20, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(buffer.len(), 2);
         assert_eq!(drain(&mut buffer, 10), [1, 2]);
     }
@@ -796,7 +796,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_the_rest_survives() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         for i in 0..50 {
             b.append(&payload(i)).unwrap();
         }
@@ -817,7 +817,7 @@ mod tests {
             .unwrap()
             .write_all(&half)
             .unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         assert_eq!(b.len(), 50);
         b.append(&payload(51)).unwrap();
         let mut expected: Vec<u32> = (0..50).collect();
@@ -828,7 +828,7 @@ mod tests {
     #[test]
     fn when_full_the_oldest_are_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 256 * 1024, Overflow::DropOldest, weigh).unwrap();
         let n = 5000;
         for i in 0..n {
             b.append(&payload(i)).unwrap();
@@ -851,7 +851,7 @@ mod tests {
     #[test]
     fn with_drop_newest_the_oldest_are_kept_and_the_rest_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 256 * 1024, Overflow::DropNewest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 256 * 1024, Overflow::DropNewest, weigh).unwrap();
         let n = 5000;
         for i in 0..n {
             b.append(&payload(i)).unwrap();
@@ -872,7 +872,7 @@ mod tests {
     fn random_operations_match_a_fifo_model() {
         let mut rng = fastrand::Rng::with_seed(42);
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
         b.segment_size = 1500;
         let mut model: VecDeque<u32> = VecDeque::new();
         let mut next = 0u32;
@@ -898,7 +898,7 @@ mod tests {
                 _ => {
                     b.sync().unwrap();
                     let size = b.segment_size;
-                    b = Buffer::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+                    b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
                     b.segment_size = size;
                 }
             }

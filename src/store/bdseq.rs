@@ -1,40 +1,15 @@
-//! The edge node's sequence numbers.
-//!
-//! `seq` counts every node-scoped message of a session except NDEATH, 0..=255
-//! with wrap, and restarts at 0 with each NBIRTH, a rebirth included
-//! (tck-id-payloads-sequence-num-*). `bdSeq` pairs a connection's NBIRTH with
-//! its NDEATH will: it increases by one for every new MQTT CONNECT, wrapping
-//! 255 → 0, and "previous CONNECT" includes one made before a restart, so it is
-//! kept on disk (tck-id-topics-nbirth-bdseq-increment). The next value is taken
-//! only at connect time, never right after a birth (the pysparkplug mistake
-//! noted in sparkplug-edge.md §7).
+//! `bdSeq`, the birth/death sequence number that pairs a connection's NBIRTH
+//! with its NDEATH will. It increases by one for every new MQTT CONNECT,
+//! wrapping 255 → 0, and "previous CONNECT" includes one made before a
+//! restart, so it is kept on disk (tck-id-topics-nbirth-bdseq-increment). The
+//! next value is taken only at connect time, never right after a birth (the
+//! pysparkplug mistake noted in sparkplug-edge.md §7).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-
-/// The node's `seq` counter.
-#[derive(Debug, Clone, Default)]
-pub struct Seq {
-    next: u8,
-}
-
-impl Seq {
-    /// The seq of an NBIRTH: always 0, and the count starts again.
-    pub fn birth(&mut self) -> u64 {
-        self.next = 1;
-        0
-    }
-
-    /// The seq of the next DBIRTH, NDATA, DDATA or DDEATH.
-    pub fn advance(&mut self) -> u64 {
-        let seq = self.next;
-        self.next = self.next.wrapping_add(1);
-        u64::from(seq)
-    }
-}
 
 /// The persisted birth/death sequence number could not be read or written.
 #[derive(Debug, Error)]
@@ -97,19 +72,6 @@ impl BdSeqStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seq_starts_at_zero_on_birth_and_wraps_after_255() {
-        let mut seq = Seq::default();
-        assert_eq!(seq.birth(), 0);
-        let run: Vec<u64> = (0..300).map(|_| seq.advance()).collect();
-        assert_eq!(run[0], 1);
-        assert_eq!(run[254], 255);
-        assert_eq!(run[255], 0, "255 wraps to 0");
-        assert_eq!(run[256], 1);
-        assert_eq!(seq.birth(), 0, "a rebirth restarts the count");
-        assert_eq!(seq.advance(), 1);
-    }
 
     #[test]
     fn bdseq_increases_per_connect_across_restarts_and_wraps() {

@@ -25,9 +25,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{self, Buffer, BufferError, Position, sample};
 use crate::config::{BufferPolicy, Config};
 use crate::core::value::{DeviceId, Sample};
+use crate::store::queue::{self, Position, Queue, QueueError, sample};
 
 /// Memory the replay window may use; beyond it the oldest entries are
 /// forgotten (they were sent; only a link death right now could lose them).
@@ -59,7 +59,7 @@ impl DeviceKeys {
 /// The queue, the replay window and the drain state.
 #[derive(Debug)]
 pub struct Forwarder {
-    buffer: Buffer,
+    buffer: Queue,
     keys: DeviceKeys,
     /// Live batches, encoded, with the time they were sent.
     window: VecDeque<(Instant, Vec<u8>)>,
@@ -111,15 +111,15 @@ impl Forwarder {
         policy: &BufferPolicy,
         window: Duration,
         keys: DeviceKeys,
-    ) -> Result<Forwarder, BufferError> {
-        let buffer = Buffer::open(dir, policy.max_size, policy.overflow, sample::count)?;
+    ) -> Result<Forwarder, QueueError> {
+        let buffer = Queue::open(dir, policy.max_size, policy.overflow, sample::count)?;
         Ok(Forwarder::with(buffer, window, keys))
     }
 
     /// A forwarder without a queue, for when [`Forwarder::open`] failed:
     /// what cannot go out now is dropped and counted.
     pub fn unavailable(window: Duration, keys: DeviceKeys) -> Forwarder {
-        Forwarder::with(Buffer::unavailable(sample::count), window, keys)
+        Forwarder::with(Queue::unavailable(sample::count), window, keys)
     }
 
     /// Whether this forwarder runs without a queue.
@@ -127,7 +127,7 @@ impl Forwarder {
         self.buffer.is_unavailable()
     }
 
-    fn with(buffer: Buffer, window: Duration, keys: DeviceKeys) -> Forwarder {
+    fn with(buffer: Queue, window: Duration, keys: DeviceKeys) -> Forwarder {
         Forwarder {
             read: buffer.head(),
             buffer,
@@ -151,7 +151,7 @@ impl Forwarder {
 
     fn record(&mut self, device: DeviceId, samples: &[Sample]) -> Option<Vec<u8>> {
         match self.keys.by_device.get(device) {
-            Some(key) => Some(buffer::sample::encode(*key, samples)),
+            Some(key) => Some(queue::sample::encode(*key, samples)),
             None => {
                 self.lost += samples.len() as u64;
                 tracing::error!(device, "samples of a device not in the config; dropped");
