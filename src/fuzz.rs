@@ -410,13 +410,13 @@ pub fn topic_acl(data: &[u8]) {
     let Ok(theirs) = rmqtt::topic::Topic::from_str(filter) else {
         return;
     };
-    let ours = crate::broker::access::matches(filter, topic);
+    let ours = crate::sink::local::broker::access::matches(filter, topic);
     assert_eq!(
         ours,
         theirs.matches_str(topic),
         "filter {filter:?} and topic {topic:?}: fieldmq says {ours}"
     );
-    if crate::broker::access::covers(filter, topic) {
+    if crate::sink::local::broker::access::covers(filter, topic) {
         assert!(
             ours,
             "{filter:?} covers the topic {topic:?} but does not match it"

@@ -43,18 +43,13 @@
 //! - [`fuzz`]: arbitrary bytes into each input path, for `fuzz/` and the corpus replay test.
 
 pub mod acquire;
-#[cfg(feature = "broker")]
-pub mod broker;
 pub mod config;
 pub mod core;
 pub mod demo;
 pub mod fuzz;
-#[cfg(feature = "broker")]
-pub mod local;
-pub mod mqtt;
 pub mod ops;
 pub mod profile;
-pub mod publisher;
 pub mod simulator;
+pub mod sink;
 pub mod store;
 pub mod tail;

@@ -15,7 +15,7 @@ use fieldmq::acquire::modbus::link::Link;
 use fieldmq::acquire::modbus::plan::ReadPlan;
 use fieldmq::config::{Config, ConfigError, LinkKind, Profile};
 use fieldmq::core::event::DeviceEvent;
-use fieldmq::publisher::Publisher;
+use fieldmq::sink::uplink::Publisher;
 
 /// Prints a line to stdout; a closed pipe (`fieldmq check | head`) ends the
 /// output quietly instead of panicking as `println!` would.
@@ -272,8 +272,8 @@ fn tail_options_from(config: &Config) -> anyhow::Result<rumqttc::MqttOptions> {
         .servers
         .first()
         .context("[upstream] has no server")?;
-    let tls = fieldmq::mqtt::options::tls_config(&upstream)?;
-    Ok(fieldmq::mqtt::options::mqtt_options(
+    let tls = fieldmq::sink::uplink::options::tls_config(&upstream)?;
+    Ok(fieldmq::sink::uplink::options::mqtt_options(
         &upstream,
         server,
         tls.as_ref(),
@@ -705,7 +705,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "broker")]
     let local = match config.broker.enabled {
         true => Some(
-            fieldmq::local::LocalFeed::start(
+            fieldmq::sink::local::LocalFeed::start(
                 Arc::clone(&config),
                 engine.writes.clone(),
                 Arc::clone(&engine.stats),

@@ -1030,7 +1030,7 @@ async fn stuck_subscribers(port: u16) -> Vec<tokio::net::TcpStream> {
 
 /// A rumqttc client over TLS that trusts `ca`, with a client certificate if given.
 fn tls_options(id: &str, port: u16, ca: &Path, client: Option<(&Path, &Path)>) -> MqttOptions {
-    use fieldmq::mqtt::options::{certificates, private_key};
+    use fieldmq::sink::pem::{certificates, private_key};
     let mut roots = rustls::RootCertStore::empty();
     for cert in certificates(ca).expect("ca") {
         roots.add(cert).expect("add ca");

@@ -8,6 +8,9 @@
 //! primary host, queue full) go to the store-and-forward queue
 //! ([`crate::store::forward`]) and are drained, paced, once the profile is ready.
 
+pub mod connection;
+pub mod options;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +24,15 @@ use crate::acquire::engine::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
-use crate::mqtt::connection::{Connection, Greeting, LinkEvent, qos};
-use crate::mqtt::options::{TlsError, mqtt_options, tls_config};
 use crate::ops::health;
 use crate::ops::liveness::Pulse;
 use crate::ops::stats::Stats;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
+use crate::sink::pem::TlsError;
+use crate::sink::uplink::connection::{Connection, Greeting, LinkEvent, qos};
+use crate::sink::uplink::options::{mqtt_options, tls_config};
 use crate::store::bdseq::BdSeqStore;
 use crate::store::forward::{DeviceKeys, Forwarder};
 

@@ -3,6 +3,8 @@
 //! up; and commands that local clients may send, back through the write
 //! router like those from upstream.
 
+pub mod broker;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::acquire::engine::WriteRouter;
-use crate::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::ops::health;
@@ -19,6 +20,7 @@ use crate::ops::stats::Stats;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
+use crate::sink::local::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::store::bdseq::BdSeqStore;
 
 /// The feed and the broker it publishes into.

@@ -22,7 +22,7 @@ use rmqtt::pending::{ExtraLimits, PendingConnections};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{BrokerTls, LocalBrokerSettings};
-use crate::mqtt::options::{TlsError, certificates, private_key};
+use crate::sink::pem::{TlsError, certificates, private_key};
 
 /// The TLS listener could not be set up.
 #[derive(Debug, Error)]
