@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use tokio_util::sync::CancellationToken;
 
 const DEVICES: usize = 100;

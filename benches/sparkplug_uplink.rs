@@ -19,7 +19,7 @@ use fieldmq::profile::last_values::LastValues;
 use fieldmq::profile::sparkplug::edge::EdgeNode;
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::metric;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use fieldmq::sink::uplink::Publisher;
 use prost::Message as _;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};

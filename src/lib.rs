@@ -45,11 +45,10 @@
 pub mod acquire;
 pub mod config;
 pub mod core;
-pub mod demo;
 pub mod fuzz;
 pub mod ops;
 pub mod profile;
-pub mod simulator;
+pub mod sim;
 pub mod sink;
 pub mod store;
 pub mod tail;

@@ -186,9 +186,9 @@ async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode
         .await
         .with_context(|| format!("cannot listen on {listen} for the simulated meter (try --modbus-listen 127.0.0.1:0)"))?;
     let address = listener.local_addr().context("simulated meter address")?;
-    let sim = fieldmq::simulator::Simulator::new();
+    let sim = fieldmq::sim::Simulator::new();
     let stop_meter = CancellationToken::new();
-    let animation = tokio::spawn(fieldmq::demo::animate(sim.clone(), stop_meter.clone()));
+    let animation = tokio::spawn(fieldmq::sim::demo::animate(sim.clone(), stop_meter.clone()));
     // Give the meter its first readings before the first poll.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let server = tokio::spawn(sim.serve_tcp(listener));
@@ -210,7 +210,7 @@ async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode
     let password = hex(&secret[4..]);
     std::fs::write(data_dir.join("uplink.pass"), password)
         .with_context(|| format!("cannot write to {}", data_dir.display()))?;
-    let text = fieldmq::demo::config_text(address, broker, &data_dir);
+    let text = fieldmq::sim::demo::config_text(address, broker, &data_dir);
     let config =
         Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
     let (host, port) = (broker.ip(), broker.port());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, QoS};
 use support::mqtt::{Gateway, free_port};
 use support::{tcp_simulator, writes};

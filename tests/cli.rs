@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use support::tcp_simulator;
 use tokio::process::Command;
 

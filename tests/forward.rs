@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::metric;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port};
 use support::tcp_simulator;
 

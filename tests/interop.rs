@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use serde_json::{Value, json};
 use support::mqtt::{Gateway, Mosquitto};
 use support::tcp_simulator;

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use support::mqtt::{Gateway, Mosquitto, Peer};

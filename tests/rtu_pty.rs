@@ -11,7 +11,7 @@ use std::time::Duration;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::layout::Table;
 use fieldmq::core::value::{Quality, Value};
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use support::{Running, config, good_value, samples_in};
 use tokio::process::{Child, Command};
 use tokio_serial::SerialPortBuilderExt;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use support::mqtt::{Gateway, Mosquitto, Peer, free_port};
 use support::{http_get, tcp_simulator};
 

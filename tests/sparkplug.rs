@@ -9,7 +9,7 @@ use std::time::Duration;
 use fieldmq::core::layout::Table;
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use prost::Message as _;
 use rumqttc::QoS;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::layout::Table;
 use fieldmq::core::value::{Fault, Quality, Value};
-use fieldmq::simulator::{Served, Simulator};
+use fieldmq::sim::{Served, Simulator};
 use support::{Running, config, good_value, samples_in, tcp_simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

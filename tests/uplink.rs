@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use fieldmq::core::layout::Table;
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use support::mqtt::{Certificates, Gateway, Mosquitto, Peer, free_port};
 use support::tcp_simulator;
 

@@ -13,7 +13,7 @@ use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::value::{Quality, Sample, Value};
-use fieldmq::simulator::Simulator;
+use fieldmq::sim::Simulator;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

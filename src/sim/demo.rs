@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::layout::Table;
-use crate::simulator::Simulator;
+use crate::sim::Simulator;
 
 /// The demo meter's unit id.
 const UNIT: u8 = 1;

@@ -6,6 +6,8 @@
 //! map. Unit ids that were never set do not answer at all, as an absent
 //! device on a serial line. Tests, benchmarks and the demo use it.
 
+pub mod demo;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::io;
