@@ -19,7 +19,7 @@ use crate::ops::stats::Stats;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
 /// A slow consumer thus shows up as poll overrun, never as unbounded memory.
-const EVENT_QUEUE: usize = 256;
+pub const EVENT_QUEUE: usize = 256;
 
 /// Writes queued per bus. A bus does one transaction at a time, so more than
 /// a handful waiting means commands arrive faster than the line can carry
@@ -246,28 +246,4 @@ async fn join_all(tasks: Vec<JoinHandle<()>>) {
             tracing::error!(error = %e, "bus task failed");
         }
     }
-}
-
-/// Copies every event of `events` to `n` receivers (the uplink, the local
-/// broker, the log); ends when the source ends or every receiver is gone.
-pub fn tee(
-    mut events: mpsc::Receiver<DeviceEvent<Config>>,
-    n: usize,
-) -> Vec<mpsc::Receiver<DeviceEvent<Config>>> {
-    if n <= 1 {
-        return vec![events];
-    }
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(EVENT_QUEUE)).unzip();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let mut alive = false;
-            for tx in &senders {
-                alive |= tx.send(event.clone()).await.is_ok();
-            }
-            if !alive {
-                break;
-            }
-        }
-    });
-    receivers
 }

@@ -4,5 +4,6 @@
 
 #[cfg(feature = "broker")]
 pub mod local;
+pub mod log;
 pub mod pem;
 pub mod uplink;

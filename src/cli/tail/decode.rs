@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message as _;
 
-use crate::profile::sparkplug::proto::Payload;
-use crate::profile::sparkplug::proto::payload::{Metric, metric, property_value};
-use crate::profile::sparkplug::topic::{MessageType, Topic};
+use fieldmq::profile::sparkplug::proto::Payload;
+use fieldmq::profile::sparkplug::proto::payload::{Metric, metric, property_value};
+use fieldmq::profile::sparkplug::topic::{MessageType, Topic};
 
 /// What a birth said about one metric.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ fn value_text(v: &metric::Value, datatype: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::sparkplug::proto::payload::{PropertySet, PropertyValue};
+    use fieldmq::profile::sparkplug::proto::payload::{PropertySet, PropertyValue};
 
     fn metric(name: Option<&str>, alias: u64, value: metric::Value) -> Metric {
         Metric {

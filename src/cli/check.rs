@@ -1,0 +1,189 @@
+//! `fieldmq check`: what a valid config will do, bus by bus and request by request.
+
+use fieldmq::acquire::modbus::plan::ReadPlan;
+use fieldmq::config::{Config, LinkKind, Profile};
+
+use crate::cli::say;
+
+/// Prints the node, the uplink, the local broker and each bus's devices with their read plans.
+pub fn print_check(config: &Config) {
+    let metrics: usize = config.devices.iter().map(|d| d.metrics.len()).sum();
+    say!("{}: valid", config.path.display());
+    say!("node {}/{}", config.node.group_id, config.node.node_id);
+    say!(
+        "{} buses, {} devices, {} metrics",
+        config.buses.len(),
+        config.devices.len(),
+        metrics
+    );
+    match &config.upstream {
+        Some(up) => {
+            let servers: Vec<&str> = up.servers.iter().map(|s| s.url.as_str()).collect();
+            let profile = match up.profile {
+                Profile::Sparkplug => "Sparkplug B",
+                Profile::Plain => "plain JSON",
+            };
+            say!(
+                "upstream: {profile} to {} as client {}{}",
+                servers.join(", "),
+                up.client_id,
+                up.primary_host
+                    .as_ref()
+                    .map_or_else(String::new, |h| format!(", primary host {h}"))
+            );
+            say!("data dir: {}", config.node.data_dir.display());
+        }
+        None => say!("upstream: none (values are only logged)"),
+    }
+    let broker = &config.broker;
+    if broker.enabled {
+        let profile = match broker.profile {
+            Profile::Sparkplug => "Sparkplug B",
+            Profile::Plain => "plain JSON",
+        };
+        say!(
+            "local broker: {profile} on {}, {} users, anonymous {}",
+            broker.listen,
+            broker.users.len(),
+            if broker.allow_anonymous {
+                "allowed"
+            } else {
+                "refused"
+            }
+        );
+        if let Some(tls) = &broker.tls {
+            let clients = if tls.client_ca.is_some() {
+                "client certificates required"
+            } else {
+                "no client certificates"
+            };
+            say!("local broker TLS: on {}, {clients}", tls.listen);
+        }
+    } else {
+        say!("local broker: off");
+    }
+    if config.upstream.is_some() {
+        say!(
+            "buffer: up to {} MiB on disk, fsync every {}, {} when full",
+            config.buffer.max_size / (1024 * 1024),
+            humantime::format_duration(config.buffer.sync),
+            match config.buffer.overflow {
+                fieldmq::config::Overflow::DropOldest => "drop_oldest",
+                fieldmq::config::Overflow::DropNewest => "drop_newest",
+            }
+        );
+    }
+    for (index, bus) in config.buses.iter().enumerate() {
+        let link = match &bus.link {
+            LinkKind::Tcp { address } => format!("tcp {address}"),
+            LinkKind::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
+            LinkKind::Rtu(line) => {
+                let parity = format!("{:?}", line.parity).chars().next().unwrap_or('N');
+                format!(
+                    "rtu {} {} {}{}{}",
+                    line.port, line.baud, line.data_bits, parity, line.stop_bits
+                )
+            }
+            LinkKind::Gpio(chip) => match chip.backend {
+                fieldmq::config::GpioBackend::Cdev => format!("gpio {}", chip.chip.display()),
+                fieldmq::config::GpioBackend::Rppal => "gpio rppal".to_owned(),
+                fieldmq::config::GpioBackend::Sim => "gpio simulated".to_owned(),
+            },
+        };
+        say!();
+        if let LinkKind::Gpio(_) = bus.link {
+            say!("bus {} ({link})", bus.name);
+            for device in config.devices.iter().filter(|d| d.bus == index) {
+                print_pins(device);
+            }
+            continue;
+        }
+        say!(
+            "bus {} ({link}, timeout {})",
+            bus.name,
+            humantime::format_duration(bus.timeout)
+        );
+        for device in config.devices.iter().filter(|d| d.bus == index) {
+            let plan = ReadPlan::for_device(device);
+            say!(
+                "  device {} unit {} every {}: {} metrics in {} requests",
+                device.name,
+                device.unit,
+                humantime::format_duration(device.poll),
+                device.metrics.len(),
+                plan.requests().len()
+            );
+            for request in plan.requests() {
+                let names: Vec<&str> = request
+                    .members
+                    .iter()
+                    .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
+                    .collect();
+                say!(
+                    "    FC{:02} {:<8} start {:<5} count {:<4} -> {}",
+                    request.table.read_function(),
+                    request.table.name(),
+                    request.start,
+                    request.count,
+                    names.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// A GPIO device's pins, one line each, as `check` shows them.
+fn print_pins(device: &fieldmq::config::Device) {
+    use fieldmq::config::{PinRole, Pull};
+    say!(
+        "  device {}: {} metrics, counters reported every {}",
+        device.name,
+        device.metrics.len(),
+        humantime::format_duration(device.poll)
+    );
+    for metric in &device.metrics {
+        let Some(pin) = &metric.pin else { continue };
+        let input = |kind: &str, line: &fieldmq::config::InputLine| {
+            let pull = match line.pull {
+                Pull::Up => "pull up",
+                Pull::Down => "pull down",
+                Pull::None => "no pull",
+            };
+            let sim = line.sim_toggle.map_or_else(String::new, |t| {
+                format!(", simulated toggle every {}", humantime::format_duration(t))
+            });
+            format!(
+                "input {kind}, {pull}, debounce {}{sim}",
+                humantime::format_duration(line.debounce)
+            )
+        };
+        let what = match &pin.role {
+            PinRole::Level(line) => input("level", line),
+            PinRole::Counter(line) => input("counter", line),
+            PinRole::Rate => "pulses per second of the counter".to_owned(),
+            PinRole::Output {
+                initial,
+                safe,
+                safe_after,
+            } => {
+                let on_off = |b: bool| if b { "on" } else { "off" };
+                let safe = match (safe, safe_after) {
+                    (Some(s), Some(after)) => format!(
+                        ", safe {} at shutdown and after {} without uplink",
+                        on_off(*s),
+                        humantime::format_duration(*after)
+                    ),
+                    (Some(s), None) => format!(", safe {} at shutdown", on_off(*s)),
+                    (None, _) => String::new(),
+                };
+                format!("output, initial {}{safe}", on_off(*initial))
+            }
+        };
+        let low = match pin.role {
+            PinRole::Rate => "",
+            _ if pin.active_low => ", active low",
+            _ => "",
+        };
+        say!("    pin {:<3} {what}{low} -> {}", pin.pin, metric.name);
+    }
+}
