@@ -140,6 +140,9 @@ pub fn modbus_response(data: &[u8]) {
     let (Some(bus), Some(device)) = (config.buses.first(), config.devices.first()) else {
         return;
     };
+    let Some(unit) = device.modbus().map(|m| m.unit) else {
+        return;
+    };
     let answer = answer.to_vec();
     block_on(async {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
@@ -157,7 +160,7 @@ pub fn modbus_response(data: &[u8]) {
         });
         let mut link = Link::attached(bus, ours);
         let mut plan = ReadPlan::for_device(device);
-        let polled = cycle::poll(&mut link, device, &mut plan).await;
+        let polled = cycle::poll(&mut link, &device.name, unit, &mut plan).await;
         assert_eq!(polled.answers.len(), plan.requests().len());
         for reading in cycle::decode(device, &plan, &polled) {
             if let Ok(Value::F32(x)) = reading.value {
@@ -167,7 +170,7 @@ pub fn modbus_response(data: &[u8]) {
         }
         let _ = link
             .write(
-                device.unit,
+                unit,
                 20,
                 &WriteImage::RegisterBit {
                     mask: 0x0100,
@@ -474,6 +477,7 @@ mod tests {
     fn a_well_formed_answer_through_the_attached_link_is_decoded() {
         let config = device_map("plain", "tcp").expect("device map");
         let (bus, device) = (&config.buses[0], &config.devices[0]);
+        let unit = device.modbus().expect("a Modbus device").unit;
         let plan = ReadPlan::for_device(device);
         let mut answers = Vec::new();
         for (tid, request) in plan.requests().iter().enumerate() {
@@ -496,7 +500,7 @@ mod tests {
             answer.extend_from_slice(&(tid as u16).to_be_bytes());
             answer.extend_from_slice(&[0, 0]);
             answer.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
-            answer.push(device.unit);
+            answer.push(unit);
             answer.extend_from_slice(&pdu);
             answers.push(answer);
         }
@@ -515,7 +519,7 @@ mod tests {
             });
             let mut link = Link::attached(bus, ours);
             let mut plan = ReadPlan::for_device(device);
-            let polled = cycle::poll(&mut link, device, &mut plan).await;
+            let polled = cycle::poll(&mut link, &device.name, unit, &mut plan).await;
             device_side.abort();
             polled
         })

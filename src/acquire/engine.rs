@@ -1,5 +1,5 @@
-//! Starts one task per bus ([`BusTask`] for Modbus, [`GpioTask`] for a GPIO
-//! device), gathers their events into one stream, and routes writes (and the
+//! Starts one task per acquisition ([`BusTask`] for a Modbus bus, [`GpioTask`]
+//! for a GPIO device), gathers their events into one stream, and routes writes (and the
 //! uplink's state, which GPIO outputs' `safe_after` waits on) back to them.
 
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acquire::gpio::GpioTask;
 use crate::acquire::modbus::bus::{BusChannels, BusTask};
 use crate::config::reload::Reload;
-use crate::config::{Config, LinkKind};
+use crate::config::{Acquisition, Config};
 use crate::core::event::{DeviceEvent, MapVersion};
 use crate::core::write::{Rejection, Write};
 use crate::ops::liveness::Liveness;
@@ -43,16 +43,16 @@ pub struct Engine {
     /// What the tasks send on; kept for reloads, dropped by [`Engine::stop`]
     /// so that the stream ends once the tasks have.
     feed: Option<mpsc::Sender<DeviceEvent<Config>>>,
-    /// Per bus of the map in force, its task.
-    buses: Vec<BusRun>,
+    /// Per acquisition of the map in force ([`Config::acquisitions`]), its task.
+    tasks: Vec<TaskRun>,
 }
 
-/// One bus's task and how to reach it.
+/// One acquisition task and how to reach it.
 #[derive(Debug)]
-struct BusRun {
+struct TaskRun {
     stop: CancellationToken,
     writes: mpsc::Sender<Write>,
-    /// `None` when the bus has nothing to run (a bus without devices).
+    /// `None` when there is nothing to run (a bus without devices).
     task: Option<JoinHandle<()>>,
 }
 
@@ -67,7 +67,7 @@ pub struct WriteRouter {
 #[derive(Debug)]
 struct Routes {
     config: Arc<Config>,
-    buses: Vec<mpsc::Sender<Write>>,
+    tasks: Vec<mpsc::Sender<Write>>,
 }
 
 impl WriteRouter {
@@ -81,8 +81,10 @@ impl WriteRouter {
         }
         let device = routes.config.devices.get(write.device);
         let name = device.map_or_else(String::new, |d| d.name.clone());
-        let sender = device
-            .and_then(|d| routes.buses.get(d.bus))
+        let sender = routes
+            .config
+            .acquisition_of(write.device)
+            .and_then(|task| routes.tasks.get(task))
             .ok_or_else(|| Rejection::UnknownDevice(name.clone()))?;
         sender.try_send(write).map_err(|_| Rejection::Busy(name))
     }
@@ -107,7 +109,7 @@ impl Engine {
         let (uplink, _) = watch::channel(config.upstream.is_none());
         let routes = Routes {
             config: Arc::clone(&config),
-            buses: Vec::new(),
+            tasks: Vec::new(),
         };
         let mut engine = Engine {
             events,
@@ -120,10 +122,13 @@ impl Engine {
             config,
             sources: sources.clone(),
             feed: Some(feed),
-            buses: Vec::new(),
+            tasks: Vec::new(),
         };
-        engine.buses = (0..engine.config.buses.len())
-            .map(|bus| engine.spawn(bus))
+        engine.tasks = engine
+            .config
+            .acquisitions()
+            .into_iter()
+            .map(|owns| engine.spawn(owns))
             .collect();
         engine.route();
         engine
@@ -134,11 +139,21 @@ impl Engine {
         Arc::clone(&self.config)
     }
 
-    fn spawn(&self, bus: usize) -> BusRun {
+    fn spawn(&self, owns: Acquisition) -> TaskRun {
         let (writes, write_rx) = mpsc::channel(WRITE_QUEUE);
         let stop = self.sources.child_token();
-        let (Some(feed), Some(settings)) = (&self.feed, self.config.buses.get(bus)) else {
-            return BusRun {
+        let name = match owns {
+            Acquisition::Bus(bus) => self
+                .config
+                .buses
+                .get(bus)
+                .map(|b| format!("bus {}", b.name)),
+            Acquisition::Gpio(device) => {
+                (self.config.devices.get(device)).map(|d| format!("gpio device {}", d.name))
+            }
+        };
+        let (Some(feed), Some(name)) = (&self.feed, name) else {
+            return TaskRun {
                 stop,
                 writes,
                 task: None,
@@ -148,17 +163,19 @@ impl Engine {
             events: feed.clone(),
             writes: write_rx,
             stats: Arc::clone(&self.stats),
-            pulse: self.liveness.pulse(format!("bus {}", settings.name)),
+            pulse: self.liveness.pulse(name),
         };
         let config = Arc::clone(&self.config);
-        let task = if let LinkKind::Gpio(_) = settings.link {
-            let uplink = self.writes.uplink_state();
-            GpioTask::new(config, bus, channels, uplink, stop.clone())
-                .map(|task| tokio::spawn(task.run()))
-        } else {
-            BusTask::new(config, bus, channels, stop.clone()).map(|task| tokio::spawn(task.run()))
+        let task = match owns {
+            Acquisition::Gpio(device) => {
+                let uplink = self.writes.uplink_state();
+                GpioTask::new(config, device, channels, uplink, stop.clone())
+                    .map(|task| tokio::spawn(task.run()))
+            }
+            Acquisition::Bus(bus) => BusTask::new(config, bus, channels, stop.clone())
+                .map(|task| tokio::spawn(task.run())),
         };
-        BusRun { stop, writes, task }
+        TaskRun { stop, writes, task }
     }
 
     /// Points the write router at the map in force and its buses.
@@ -166,7 +183,7 @@ impl Engine {
         if let Ok(mut routes) = self.writes.routes.write() {
             *routes = Routes {
                 config: Arc::clone(&self.config),
-                buses: self.buses.iter().map(|b| b.writes.clone()).collect(),
+                tasks: self.tasks.iter().map(|t| t.writes.clone()).collect(),
             };
         }
     }
@@ -176,8 +193,8 @@ impl Engine {
     /// the last event under the old map), then starts the new buses.
     pub async fn reconfigure(&mut self, reload: &Reload) {
         let mut stopped = Vec::new();
-        for (bus, run) in self.buses.iter_mut().enumerate() {
-            if !reload.kept_buses.get(bus).copied().unwrap_or(false) {
+        for (task, run) in self.tasks.iter_mut().enumerate() {
+            if !reload.kept_tasks.get(task).copied().unwrap_or(false) {
                 run.stop.cancel();
                 stopped.extend(run.task.take());
             }
@@ -194,15 +211,15 @@ impl Engine {
                 return;
             }
         }
-        let mut previous = std::mem::take(&mut self.buses).into_iter();
-        for bus in 0..self.config.buses.len() {
+        let mut previous = std::mem::take(&mut self.tasks).into_iter();
+        for (task, owns) in self.config.acquisitions().into_iter().enumerate() {
             let run = previous.next();
-            let kept = reload.kept_buses.get(bus).copied().unwrap_or(false);
+            let kept = reload.kept_tasks.get(task).copied().unwrap_or(false);
             let run = match run {
                 Some(run) if kept => run,
-                _ => self.spawn(bus),
+                _ => self.spawn(owns),
             };
-            self.buses.push(run);
+            self.tasks.push(run);
         }
         self.route();
     }
@@ -224,9 +241,9 @@ impl Engine {
     pub async fn join(mut self) {
         self.stop();
         let tasks: Vec<_> = self
-            .buses
+            .tasks
             .iter_mut()
-            .filter_map(|b| b.task.take())
+            .filter_map(|t| t.task.take())
             .collect();
         let joined = join_all(tasks);
         tokio::pin!(joined);

@@ -1,7 +1,7 @@
 //! `fieldmq check`: what a valid config will do, bus by bus and request by request.
 
 use fieldmq::acquire::modbus::plan::ReadPlan;
-use fieldmq::config::{Config, LinkKind, Profile};
+use fieldmq::config::{Attachment, Config, GpioBackend, LinkKind, Profile};
 
 use crate::cli::say;
 
@@ -84,31 +84,23 @@ pub fn print_check(config: &Config) {
                     line.port, line.baud, line.data_bits, parity, line.stop_bits
                 )
             }
-            LinkKind::Gpio(chip) => match chip.backend {
-                fieldmq::config::GpioBackend::Cdev => format!("gpio {}", chip.chip.display()),
-                fieldmq::config::GpioBackend::Rppal => "gpio rppal".to_owned(),
-                fieldmq::config::GpioBackend::Sim => "gpio simulated".to_owned(),
-            },
         };
         say!();
-        if let LinkKind::Gpio(_) = bus.link {
-            say!("bus {} ({link})", bus.name);
-            for device in config.devices.iter().filter(|d| d.bus == index) {
-                print_pins(device);
-            }
-            continue;
-        }
         say!(
             "bus {} ({link}, timeout {})",
             bus.name,
             humantime::format_duration(bus.timeout)
         );
-        for device in config.devices.iter().filter(|d| d.bus == index) {
+        for (device, modbus) in config
+            .devices
+            .iter()
+            .filter_map(|d| Some((d, d.modbus().filter(|m| m.bus == index)?)))
+        {
             let plan = ReadPlan::for_device(device);
             say!(
                 "  device {} unit {} every {}: {} metrics in {} requests",
                 device.name,
-                device.unit,
+                modbus.unit,
                 humantime::format_duration(device.poll),
                 device.metrics.len(),
                 plan.requests().len()
@@ -130,6 +122,24 @@ pub fn print_check(config: &Config) {
             }
         }
     }
+    print_gpio(config);
+}
+
+/// GPIO devices, each with its pins.
+fn print_gpio(config: &Config) {
+    for device in &config.devices {
+        let Attachment::Gpio(chip) = &device.attachment else {
+            continue;
+        };
+        let lines = match chip.backend {
+            GpioBackend::Cdev => format!("gpio {}", chip.chip.display()),
+            GpioBackend::Rppal => "gpio rppal".to_owned(),
+            GpioBackend::Sim => "gpio simulated".to_owned(),
+        };
+        say!();
+        say!("gpio device {} ({lines})", device.name);
+        print_pins(device);
+    }
 }
 
 /// A GPIO device's pins, one line each, as `check` shows them.
@@ -142,7 +152,7 @@ fn print_pins(device: &fieldmq::config::Device) {
         humantime::format_duration(device.poll)
     );
     for metric in &device.metrics {
-        let Some(pin) = &metric.pin else { continue };
+        let Some(pin) = metric.pin() else { continue };
         let input = |kind: &str, line: &fieldmq::config::InputLine| {
             let pull = match line.pull {
                 Pull::Up => "pull up",

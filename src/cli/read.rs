@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use fieldmq::acquire::modbus::cycle::{self, Raw};
 use fieldmq::acquire::modbus::link::Link;
 use fieldmq::acquire::modbus::plan::ReadPlan;
-use fieldmq::config::{Config, LinkKind};
+use fieldmq::config::{Attachment, Config};
 
 use crate::cli::say;
 
@@ -20,21 +20,25 @@ pub async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<Exi
             known.join(", ")
         )
     })?;
-    let bus = config
-        .buses
-        .get(device.bus)
-        .context("device refers to a missing bus")?;
     let mut plan = ReadPlan::for_device(device);
     let cycle;
-    let (mut readings, answered) = if let LinkKind::Gpio(chip) = &bus.link {
-        let readings = fieldmq::acquire::gpio::read_once(id, device, chip, &config.node.data_dir);
-        let answered = readings.iter().any(|r| matches!(r.raw, Raw::Bit(_)));
-        (readings, answered)
-    } else {
-        let mut link = Link::new(bus);
-        cycle = cycle::poll(&mut link, device, &mut plan).await;
-        link.close().await;
-        (cycle::decode(device, &plan, &cycle), cycle.answered)
+    let (mut readings, answered) = match &device.attachment {
+        Attachment::Gpio(chip) => {
+            let readings =
+                fieldmq::acquire::gpio::read_once(id, device, chip, &config.node.data_dir);
+            let answered = readings.iter().any(|r| matches!(r.raw, Raw::Bit(_)));
+            (readings, answered)
+        }
+        Attachment::Modbus(modbus) => {
+            let bus = config
+                .buses
+                .get(modbus.bus)
+                .context("device refers to a missing bus")?;
+            let mut link = Link::new(bus);
+            cycle = cycle::poll(&mut link, &device.name, modbus.unit, &mut plan).await;
+            link.close().await;
+            (cycle::decode(device, &plan, &cycle), cycle.answered)
+        }
     };
     readings.sort_by_key(|r| r.metric);
     if json {

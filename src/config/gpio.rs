@@ -12,9 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawDevice, RawMetric};
-use super::{Checker, Device, Metric, Publishing};
-use crate::core::layout::{ByteOrder, RegisterLayout, WordOrder};
-use crate::core::layout::{Limits, Table};
+use super::{Attachment, Checker, Device, Metric, Publishing, Source};
 use crate::core::value::DataType;
 
 /// Where a GPIO device's lines are.
@@ -77,6 +75,18 @@ pub enum PinRole {
     },
 }
 
+impl PinRole {
+    /// The type of the value the pin reports: a level or an output is a
+    /// bool, a counter a total, its rate pulses per second.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            PinRole::Level(_) | PinRole::Output { .. } => DataType::Bool,
+            PinRole::Counter(_) => DataType::U64,
+            PinRole::Rate => DataType::F64,
+        }
+    }
+}
+
 /// Settings of an input line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputLine {
@@ -133,7 +143,7 @@ impl Checker<'_> {
         backend: &Spanned<String>,
         base: &Path,
         defaults: Publishing,
-    ) -> (Device, GpioChip) {
+    ) -> Device {
         let ctx = format!("device \"{}\"", raw.name.get_ref());
         let span = backend.span();
         let backend = self
@@ -185,7 +195,7 @@ impl Checker<'_> {
         for m in &raw.metric {
             let before = metrics.len();
             self.pin_metric(&ctx, m, defaults, &mut metrics);
-            if let Some(pin) = metrics.get(before).and_then(|m: &Metric| m.pin.as_ref()) {
+            if let Some(pin) = metrics.get(before).and_then(Metric::pin) {
                 if let Some((_, first)) = pins.iter().find(|(p, _)| *p == pin.pin) {
                     let message = format!("pin {} is already used by metric \"{first}\"", pin.pin);
                     let span = m.pin.as_ref().map_or(m.name.span(), Spanned::span);
@@ -195,12 +205,10 @@ impl Checker<'_> {
                 }
             }
         }
-        let device = Device {
+        Device {
             name: raw.name.get_ref().clone(),
-            bus: 0,
-            unit: 0,
+            attachment: Attachment::Gpio(GpioChip { backend, chip }),
             poll: self.duration(&ctx, "poll", raw.poll.as_ref(), DEFAULT_RATE_PERIOD),
-            limits: Limits::default(),
             offline_after: 1,
             max_backoff: self.duration(
                 &ctx,
@@ -209,8 +217,7 @@ impl Checker<'_> {
                 Duration::from_secs(60),
             ),
             metrics,
-        };
-        (device, GpioChip { backend, chip })
+        }
     }
 
     fn pin_metric(
@@ -296,18 +303,13 @@ impl Checker<'_> {
             .as_ref()
             .map_or(defaults.retain, |r| *r.get_ref());
         let unit = raw.unit.as_ref().map(|u| u.get_ref().clone());
-        let metric = |name: String, table, data_type, writable, role| Metric {
+        let metric = |name: String, writable, role| Metric {
             name,
-            table,
-            address: 0,
-            layout: RegisterLayout {
-                data_type,
-                byte_order: ByteOrder::default(),
-                word_order: WordOrder::default(),
-                bit: None,
-                length: 0,
-            },
-            scaling: None,
+            source: Source::Pin(PinSettings {
+                pin,
+                active_low,
+                role,
+            }),
             unit: unit.clone(),
             deadband: None,
             writable,
@@ -315,11 +317,6 @@ impl Checker<'_> {
             max: None,
             qos,
             retain,
-            pin: Some(PinSettings {
-                pin,
-                active_low,
-                role,
-            }),
         };
         if output {
             let safe_after = raw
@@ -338,13 +335,7 @@ impl Checker<'_> {
                 safe: raw.safe.as_ref().map(|v| *v.get_ref()),
                 safe_after,
             };
-            let m = metric(
-                raw.name.get_ref().clone(),
-                Table::Coil,
-                DataType::Bool,
-                true,
-                role,
-            );
+            let m = metric(raw.name.get_ref().clone(), true, role);
             out.push(m);
             return;
         }
@@ -371,31 +362,13 @@ impl Checker<'_> {
             None => false,
         };
         if counter {
-            let total = metric(
-                raw.name.get_ref().clone(),
-                Table::Input,
-                DataType::U64,
-                false,
-                PinRole::Counter(line),
-            );
-            let mut rate = metric(
-                format!("{}/rate", raw.name.get_ref()),
-                Table::Input,
-                DataType::F64,
-                false,
-                PinRole::Rate,
-            );
+            let total = metric(raw.name.get_ref().clone(), false, PinRole::Counter(line));
+            let mut rate = metric(format!("{}/rate", raw.name.get_ref()), false, PinRole::Rate);
             rate.unit = raw.unit.as_ref().map(|u| format!("{}/s", u.get_ref()));
             out.push(total);
             out.push(rate);
         } else {
-            let level = metric(
-                raw.name.get_ref().clone(),
-                Table::Discrete,
-                DataType::Bool,
-                false,
-                PinRole::Level(line),
-            );
+            let level = metric(raw.name.get_ref().clone(), false, PinRole::Level(line));
             out.push(level);
         }
     }

@@ -149,8 +149,6 @@ pub enum LinkKind {
     },
     /// RTU on a local serial port.
     Rtu(SerialLine),
-    /// The lines of one GPIO device (a bus of its own, made from the device).
-    Gpio(GpioChip),
 }
 
 /// Serial line settings.
@@ -204,14 +202,10 @@ pub enum Parity {
 pub struct Device {
     /// Unique name; also the Sparkplug device id.
     pub name: String,
-    /// Index of its bus in [`Config::buses`].
-    pub bus: usize,
-    /// Modbus unit (slave) id.
-    pub unit: u8,
-    /// Poll period.
+    /// How it is reached: a Modbus bus, or the board's GPIO lines.
+    pub attachment: Attachment,
+    /// Poll period (GPIO: how often counter totals and rates are reported).
     pub poll: Duration,
-    /// Request size limits for the planner.
-    pub limits: Limits,
     /// Consecutive failed cycles after which the device is marked offline.
     pub offline_after: u32,
     /// Longest wait between retries of an offline device.
@@ -220,7 +214,40 @@ pub struct Device {
     pub metrics: Vec<Metric>,
 }
 
+/// How a device is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attachment {
+    /// A unit on a Modbus bus.
+    Modbus(ModbusUnit),
+    /// Lines of a GPIO chip, owned by the device alone.
+    Gpio(GpioChip),
+}
+
+/// A device's place on a Modbus bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModbusUnit {
+    /// Index of its bus in [`Config::buses`].
+    pub bus: usize,
+    /// Modbus unit (slave) id.
+    pub unit: u8,
+    /// Request size limits for the planner.
+    pub limits: Limits,
+}
+
 impl Device {
+    /// Its Modbus bus and unit, unless it is a GPIO device.
+    pub fn modbus(&self) -> Option<&ModbusUnit> {
+        match &self.attachment {
+            Attachment::Modbus(unit) => Some(unit),
+            Attachment::Gpio(_) => None,
+        }
+    }
+
+    /// Whether it is a unit on bus `bus`.
+    pub fn is_on_bus(&self, bus: usize) -> bool {
+        self.modbus().is_some_and(|m| m.bus == bus)
+    }
+
     /// A checksum of its name and its metrics' names and value types: what
     /// stored samples name their device by, so that they are never read
     /// back under a device map they do not fit.
@@ -242,14 +269,8 @@ impl Device {
 pub struct Metric {
     /// Unique within its device; `/` separates folders.
     pub name: String,
-    /// The table it is read from.
-    pub table: Table,
-    /// 0-based address of its first bit or register.
-    pub address: u16,
-    /// Its type and, for registers, byte/word order, bit and length.
-    pub layout: RegisterLayout,
-    /// Conversion to engineering units, when not the identity.
-    pub scaling: Option<Scaling>,
+    /// Where its value comes from.
+    pub source: Source,
     /// Engineering unit, e.g. `V`.
     pub unit: Option<String>,
     /// Report-by-exception threshold for numbers: smaller changes are not reported.
@@ -264,11 +285,31 @@ pub struct Metric {
     pub qos: Qos,
     /// Plain profile: whether its messages are retained.
     pub retain: bool,
-    /// GPIO devices: the pin and what it does (table and address are unused).
-    pub pin: Option<PinSettings>,
 }
 
-impl Metric {
+/// Where a metric's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Bits or registers of a Modbus device.
+    Register(Register),
+    /// A pin of a GPIO device.
+    Pin(PinSettings),
+}
+
+/// A metric's place in a Modbus device's tables, and how its value is laid out there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Register {
+    /// The table it is read from.
+    pub table: Table,
+    /// 0-based address of its first bit or register.
+    pub address: u16,
+    /// Its type and, for registers, byte/word order, bit and length.
+    pub layout: RegisterLayout,
+    /// Conversion to engineering units, when not the identity.
+    pub scaling: Option<Scaling>,
+}
+
+impl Register {
     /// The addresses it occupies.
     pub fn span(&self) -> Span {
         let count = if self.table.is_bits() {
@@ -282,13 +323,33 @@ impl Metric {
             count,
         }
     }
+}
+
+impl Metric {
+    /// Its Modbus registers, unless it is a GPIO pin.
+    pub fn register(&self) -> Option<&Register> {
+        match &self.source {
+            Source::Register(register) => Some(register),
+            Source::Pin(_) => None,
+        }
+    }
+
+    /// Its GPIO pin, unless it is read from Modbus registers.
+    pub fn pin(&self) -> Option<&PinSettings> {
+        match &self.source {
+            Source::Pin(pin) => Some(pin),
+            Source::Register(_) => None,
+        }
+    }
 
     /// The type of its reported value: scaled numbers become doubles.
     pub fn value_type(&self) -> DataType {
-        if self.scaling.is_some() && self.layout.data_type.is_numeric() {
-            DataType::F64
-        } else {
-            self.layout.data_type
+        match &self.source {
+            Source::Register(r) if r.scaling.is_some() && r.layout.data_type.is_numeric() => {
+                DataType::F64
+            }
+            Source::Register(r) => r.layout.data_type,
+            Source::Pin(pin) => pin.role.data_type(),
         }
     }
 }
@@ -338,6 +399,39 @@ impl Config {
             .enumerate()
             .find(|(_, d)| d.name == name)
     }
+
+    /// What each acquisition task owns, in task order: every Modbus bus
+    /// (with the units on it), then every GPIO device.
+    pub fn acquisitions(&self) -> Vec<Acquisition> {
+        let gpio = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.modbus().is_none())
+            .map(|(id, _)| Acquisition::Gpio(id));
+        (0..self.buses.len())
+            .map(Acquisition::Bus)
+            .chain(gpio)
+            .collect()
+    }
+
+    /// The index in [`Config::acquisitions`] of the task that owns `device`.
+    pub fn acquisition_of(&self, device: usize) -> Option<usize> {
+        let owner = match self.devices.get(device)?.modbus() {
+            Some(unit) => Acquisition::Bus(unit.bus),
+            None => Acquisition::Gpio(device),
+        };
+        self.acquisitions().iter().position(|a| *a == owner)
+    }
+}
+
+/// One acquisition task's share of the device map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquisition {
+    /// A Modbus bus (index into [`Config::buses`]) and the units on it.
+    Bus(usize),
+    /// A GPIO device (index into [`Config::devices`]) and its lines.
+    Gpio(usize),
 }
 
 /// Where an optional value starts, or 0 when it is absent.
@@ -583,29 +677,19 @@ impl Checker<'_> {
         let health = raw.health.as_ref().and_then(|h| self.health(h));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
-        let mut buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
+        let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
         self.shared_ports(&raw.bus);
-        let mut gpio_buses = Vec::new();
         let mut devices: Vec<Device> = Vec::with_capacity(raw.device.len());
         for d in &raw.device {
             let device = match &d.gpio {
                 Some(backend) => {
                     let defaults = self.publishing(d);
-                    let (mut device, chip) = self.gpio_device(d, backend, base, defaults);
-                    device.bus = buses.len() + gpio_buses.len();
-                    gpio_buses.push(Bus {
-                        name: format!("gpio:{}", device.name),
-                        link: LinkKind::Gpio(chip),
-                        timeout: Duration::from_secs(1),
-                        turnaround: Duration::ZERO,
-                    });
-                    device
+                    self.gpio_device(d, backend, base, defaults)
                 }
                 None => self.device(d, &raw.bus, &buses),
             };
             devices.push(device);
         }
-        buses.extend(gpio_buses);
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)
@@ -862,10 +946,12 @@ impl Checker<'_> {
         self.overlaps(&ctx, &raw.metric, &metrics);
         Device {
             name: raw.name.get_ref().clone(),
-            bus: bus.unwrap_or(0),
-            unit,
+            attachment: Attachment::Modbus(ModbusUnit {
+                bus: bus.unwrap_or(0),
+                unit,
+                limits,
+            }),
             poll: self.duration(&ctx, "poll", raw.poll.as_ref(), DEFAULT_POLL),
-            limits,
             offline_after: raw
                 .offline_after
                 .as_ref()
@@ -1082,10 +1168,12 @@ impl Checker<'_> {
         }
         Metric {
             name: raw.name.get_ref().clone(),
-            table,
-            address,
-            layout,
-            scaling,
+            source: Source::Register(Register {
+                table,
+                address,
+                layout,
+                scaling,
+            }),
             unit: raw.unit.as_ref().map(|u| u.get_ref().clone()),
             deadband: raw.deadband.as_ref().map(|d| *d.get_ref()),
             writable,
@@ -1100,7 +1188,6 @@ impl Checker<'_> {
                 .retain
                 .as_ref()
                 .map_or(defaults.retain, |r| *r.get_ref()),
-            pin: None,
         }
     }
 
@@ -1165,33 +1252,36 @@ impl Checker<'_> {
     /// same registers, or when one of them is a bool picked out of a register.
     /// Anything else (a float starting inside another float) is a typo in the map.
     fn overlaps(&mut self, ctx: &str, raw: &[RawMetric], metrics: &[Metric]) {
-        let mut order: Vec<usize> = (0..metrics.len())
-            .filter(|&i| !metrics[i].table.is_bits())
+        let mut order: Vec<(usize, &Register)> = metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.register().map(|r| (i, r)))
+            .filter(|(_, r)| !r.table.is_bits())
             .collect();
-        order.sort_by_key(|&i| (metrics[i].table, metrics[i].address));
-        for (n, &a) in order.iter().enumerate() {
-            for &b in &order[n + 1..] {
-                let (sa, sb) = (metrics[a].span(), metrics[b].span());
+        order.sort_by_key(|(_, r)| (r.table, r.address));
+        for (n, &(a, ra)) in order.iter().enumerate() {
+            for &(b, rb) in &order[n + 1..] {
+                let (sa, sb) = (ra.span(), rb.span());
                 if sb.table != sa.table || u32::from(sb.start) >= sa.end() {
                     break;
                 }
                 let compatible = sa == sb
-                    || metrics[a].layout.data_type == DataType::Bool
-                    || metrics[b].layout.data_type == DataType::Bool;
+                    || ra.layout.data_type == DataType::Bool
+                    || rb.layout.data_type == DataType::Bool;
                 if !compatible {
-                    let (first, second) =
+                    let ((first, rf), (second, rs)) =
                         if span_start(&raw[a].address) <= span_start(&raw[b].address) {
-                            (a, b)
+                            ((a, ra), (b, rb))
                         } else {
-                            (b, a)
+                            ((b, rb), (a, ra))
                         };
                     let message = format!(
                         "registers {}..{} overlap metric \"{}\" at {}..{}; only identical spans or bools may share registers",
-                        metrics[second].address,
-                        metrics[second].span().end() - 1,
+                        rs.address,
+                        rs.span().end() - 1,
                         metrics[first].name,
-                        metrics[first].address,
-                        metrics[first].span().end() - 1,
+                        rf.address,
+                        rf.span().end() - 1,
                     );
                     self.error(
                         raw[second]

@@ -7,21 +7,23 @@
 //! uplink and its Sparkplug session, the local broker's listeners, the
 //! queue on disk), so changes to them are reported and wait for a restart.
 //!
-//! A bus whose settings and devices are all the same keeps its task: its
-//! devices keep their connection, their schedules and, for GPIO, the state
-//! of their outputs. Every other bus is restarted with the new map.
+//! A task (a bus, or a GPIO device) whose settings and devices are all the
+//! same carries on: its devices keep their connection, their schedules and,
+//! for GPIO, the state of their outputs. Every other task is restarted with
+//! the new map.
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Acquisition, Config, Device};
 
 /// What a reload changes.
 #[derive(Debug, Clone)]
 pub struct Reload {
     /// The config in force afterwards: the new device map, the old everything else.
     pub config: Arc<Config>,
-    /// Per bus of the new map: whether its task carries on untouched.
-    pub kept_buses: Vec<bool>,
+    /// Per acquisition task of the new map ([`Config::acquisitions`]):
+    /// whether it carries on untouched.
+    pub kept_tasks: Vec<bool>,
     /// Devices only the new map has.
     pub added: Vec<String>,
     /// Devices only the old map had.
@@ -61,10 +63,12 @@ impl Reload {
             broker,
             ..old.clone()
         };
-        let kept_buses = (0..config.buses.len())
-            .map(|bus| {
-                old.buses.get(bus) == config.buses.get(bus) && same_devices_on(old, &config, bus)
-            })
+        let before = old.acquisitions();
+        let kept_tasks = config
+            .acquisitions()
+            .iter()
+            .enumerate()
+            .map(|(task, owns)| before.get(task) == Some(owns) && same_share(old, &config, *owns))
             .collect();
         let named = |c: &Config, name: &str| c.devices.iter().position(|d| d.name == name);
         let added = config
@@ -89,7 +93,7 @@ impl Reload {
             .collect();
         Reload {
             config: Arc::new(config),
-            kept_buses,
+            kept_tasks,
             added,
             removed,
             changed,
@@ -104,7 +108,7 @@ impl Reload {
             && self.added.is_empty()
             && self.removed.is_empty()
             && self.changed.is_empty()
-            && self.kept_buses.iter().all(|k| *k)
+            && self.kept_tasks.iter().all(|k| *k)
     }
 }
 
@@ -116,14 +120,20 @@ pub fn unchanged_devices(old: &Config, new: &Config) -> Vec<bool> {
         .collect()
 }
 
-fn same_devices_on(old: &Config, new: &Config, bus: usize) -> bool {
-    fn on(c: &Config, bus: usize) -> impl Iterator<Item = (usize, &crate::config::Device)> {
-        c.devices
-            .iter()
-            .enumerate()
-            .filter(move |(_, d)| d.bus == bus)
+/// Whether a task owns the same things, set up the same way, in both maps.
+fn same_share(old: &Config, new: &Config, owns: Acquisition) -> bool {
+    match owns {
+        Acquisition::Bus(bus) => {
+            fn on(c: &Config, bus: usize) -> impl Iterator<Item = (usize, &Device)> {
+                c.devices
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, d)| d.is_on_bus(bus))
+            }
+            old.buses.get(bus) == new.buses.get(bus) && on(old, bus).eq(on(new, bus))
+        }
+        Acquisition::Gpio(device) => old.devices.get(device) == new.devices.get(device),
     }
-    on(old, bus).eq(on(new, bus))
 }
 
 #[cfg(test)]
@@ -187,7 +197,7 @@ type = "u16"
         )
             .replace(r#"node_id = "gw1""#, "node_id = \"gw1\"\nstats_interval = \"17s\"");
         let reload = Reload::between(&config(BASE), config(&edited));
-        assert_eq!(reload.kept_buses, vec![true, false]);
+        assert_eq!(reload.kept_tasks, vec![true, false]);
         assert_eq!(reload.changed, vec!["pump".to_owned()]);
         assert!(reload.added.is_empty() && reload.removed.is_empty());
         assert_eq!(reload.ignored, vec!["[node]"]);
@@ -213,7 +223,7 @@ type = "u16"
             vec!["pump".to_owned()],
             "pump moved to position 0: what was known about position 0 no longer holds"
         );
-        assert_eq!(reload.kept_buses, vec![false, false]);
+        assert_eq!(reload.kept_tasks, vec![false, false]);
         assert_eq!(unchanged_devices(&old, &reload.config), vec![false]);
     }
 }

@@ -84,16 +84,20 @@ fn a_valid_config_becomes_typed_values_with_defaults_applied() {
     assert_eq!(config.buses[1].timeout, DEFAULT_TIMEOUT);
     let meter = &config.devices[0];
     assert_eq!(
-        meter.metrics[0].layout.word_order,
+        meter.metrics[0].register().unwrap().layout.word_order,
         WordOrder::Little,
         "device default applies"
     );
-    assert_eq!(meter.metrics[0].layout.byte_order, ByteOrder::Big);
-    assert_eq!(meter.metrics[1].layout.bit, Some(3));
-    let plc = &config.devices[1];
-    assert_eq!((plc.bus, plc.unit, plc.poll), (1, 0, DEFAULT_POLL));
     assert_eq!(
-        plc.metrics[0].scaling,
+        meter.metrics[0].register().unwrap().layout.byte_order,
+        ByteOrder::Big
+    );
+    assert_eq!(meter.metrics[1].register().unwrap().layout.bit, Some(3));
+    let plc = &config.devices[1];
+    let modbus = plc.modbus().unwrap();
+    assert_eq!((modbus.bus, modbus.unit, plc.poll), (1, 0, DEFAULT_POLL));
+    assert_eq!(
+        plc.metrics[0].register().unwrap().scaling,
         Some(Scaling {
             scale: 0.1,
             offset: 0.0
@@ -641,24 +645,32 @@ fn a_gpio_device_becomes_its_own_bus_and_its_pins_typed_metrics() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (id, panel) = config.device_by_name("panel").unwrap();
     assert_eq!(id, 2);
-    let bus = &config.buses[panel.bus];
-    assert_eq!(bus.name, "gpio:panel");
     assert_eq!(
-        bus.link,
-        LinkKind::Gpio(GpioChip {
+        panel.attachment,
+        Attachment::Gpio(GpioChip {
             backend: GpioBackend::Cdev,
             chip: PathBuf::from("/dev/gpiochip1"),
         })
     );
+    assert_eq!(config.buses.len(), 2, "no bus is made up for it");
+    assert_eq!(
+        config.acquisitions(),
+        [
+            Acquisition::Bus(0),
+            Acquisition::Bus(1),
+            Acquisition::Gpio(2)
+        ],
+        "a task of its own"
+    );
     let names: Vec<&str> = panel.metrics.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["door", "water", "water/rate", "light"]);
-    let types: Vec<DataType> = panel.metrics.iter().map(|m| m.layout.data_type).collect();
+    let types: Vec<DataType> = panel.metrics.iter().map(Metric::value_type).collect();
     assert_eq!(
         types,
         [DataType::Bool, DataType::U64, DataType::F64, DataType::Bool]
     );
     assert_eq!(panel.metrics[2].unit.as_deref(), Some("L/s"));
-    let door = panel.metrics[0].pin.as_ref().unwrap();
+    let door = panel.metrics[0].pin().unwrap();
     assert!(door.active_low);
     assert_eq!(
         door.role,
@@ -671,7 +683,7 @@ fn a_gpio_device_becomes_its_own_bus_and_its_pins_typed_metrics() {
     assert!(!panel.metrics[0].writable, "inputs are read-only");
     assert!(panel.metrics[3].writable);
     assert_eq!(
-        panel.metrics[3].pin.as_ref().unwrap().role,
+        panel.metrics[3].pin().unwrap().role,
         PinRole::Output {
             initial: true,
             safe: Some(false),

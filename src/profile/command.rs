@@ -9,7 +9,7 @@
 use crate::core::write::{Rejection, Write, WriteImage};
 
 use crate::acquire::modbus::codec::{encode_registers, with_bit};
-use crate::config::{Config, Metric};
+use crate::config::{Config, Metric, Source};
 use crate::core::layout::Table;
 use crate::core::value::{DataType, DeviceId, MetricId, Value};
 
@@ -67,18 +67,31 @@ fn image(def: &Metric, value: &Value) -> Result<WriteImage, Rejection> {
         metric: def.name.clone(),
         source,
     };
-    match (def.table, value) {
+    let register = match (&def.source, value) {
+        // An output pin is switched like a coil.
+        (Source::Pin(_), Value::Bool(on)) => return Ok(WriteImage::Coil(*on)),
+        (Source::Pin(_), _) => return Err(Rejection::ReadOnly(def.name.clone())),
+        (Source::Register(register), _) => register,
+    };
+    match (register.table, value) {
         (Table::Coil, Value::Bool(on)) => Ok(WriteImage::Coil(*on)),
-        (_, Value::Bool(on)) if def.layout.bit.is_some() => Ok(WriteImage::RegisterBit {
-            mask: with_bit(0, def.layout.bit.unwrap_or(0), true, def.layout.byte_order),
+        (_, Value::Bool(on)) if register.layout.bit.is_some() => Ok(WriteImage::RegisterBit {
+            mask: with_bit(
+                0,
+                register.layout.bit.unwrap_or(0),
+                true,
+                register.layout.byte_order,
+            ),
             on: *on,
         }),
         _ => {
-            let raw = match (def.scaling, value.as_f64()) {
-                (Some(scaling), Some(x)) => Value::F64(scaling.reverse(x, def.layout.data_type)),
+            let raw = match (register.scaling, value.as_f64()) {
+                (Some(scaling), Some(x)) => {
+                    Value::F64(scaling.reverse(x, register.layout.data_type))
+                }
                 _ => value.clone(),
             };
-            encode_registers(&def.layout, &raw)
+            encode_registers(&register.layout, &raw)
                 .map(WriteImage::Registers)
                 .map_err(unencodable)
         }

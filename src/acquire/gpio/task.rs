@@ -25,7 +25,7 @@ use super::debounce::Debouncer;
 use super::lines::{Edge, GpioError, LineKind, LineRequest, Lines};
 use crate::acquire::modbus::bus::BusChannels;
 use crate::acquire::modbus::cycle::{MetricReading, Raw};
-use crate::config::{Config, Device, LinkKind};
+use crate::config::{Attachment, Config, Device};
 use crate::config::{GpioChip, PinRole};
 use crate::core::event::DeviceEvent;
 use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, Value, now_ms};
@@ -69,16 +69,15 @@ impl GpioTask {
     /// `uplink` is true while the uplink is up (or there is none).
     pub fn new(
         config: Arc<Config>,
-        bus: usize,
+        device: DeviceId,
         channels: BusChannels,
         uplink: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Option<GpioTask> {
-        let LinkKind::Gpio(chip) = &config.buses.get(bus)?.link else {
+        let Attachment::Gpio(chip) = &config.devices.get(device)?.attachment else {
             return None;
         };
         let chip = chip.clone();
-        let device = config.devices.iter().position(|d| d.bus == bus)?;
         Some(GpioTask {
             config,
             device,
@@ -410,7 +409,7 @@ impl Panel {
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
         for (metric, m) in device.metrics.iter().enumerate() {
-            let Some(pin) = &m.pin else { continue };
+            let Some(pin) = m.pin() else { continue };
             let (line, counter) = match &pin.role {
                 PinRole::Level(line) => (line, None),
                 PinRole::Counter(line) => {

@@ -36,6 +36,7 @@ const OFFLINE_FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Polling state of one device.
 struct Slot {
     id: DeviceId,
+    unit: u8,
     plan: ReadPlan,
     filter: ChangeFilter,
     next_due: Instant,
@@ -104,9 +105,10 @@ impl BusTask {
             .devices
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.bus == bus)
-            .map(|(id, d)| Slot {
+            .filter_map(|(id, d)| Some((id, d, d.modbus().filter(|m| m.bus == bus)?)))
+            .map(|(id, d, modbus)| Slot {
                 id,
+                unit: modbus.unit,
                 plan: ReadPlan::for_device(d),
                 filter: ChangeFilter::new(d.metrics.iter().map(|m| m.deadband).collect()),
                 next_due: now,
@@ -178,7 +180,7 @@ impl BusTask {
             return true;
         };
         let started = Instant::now();
-        let cycle = cycle::poll(&mut self.link, device, &mut slot.plan).await;
+        let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut slot.plan).await;
         Stats::bump(&self.stats.polls);
         record_cycle(device, &cycle, started.elapsed());
         let now = Instant::now();
@@ -242,12 +244,18 @@ impl BusTask {
         let Some(device) = config.devices.get(slot.id) else {
             return true;
         };
-        let Some(metric) = device.metrics.get(write.metric) else {
+        let (Some((metric, register)), Some(modbus)) = (
+            device
+                .metrics
+                .get(write.metric)
+                .and_then(|m| Some((m, m.register()?))),
+            device.modbus(),
+        ) else {
             return true;
         };
         let outcome = match self
             .link
-            .write(device.unit, metric.address, &write.image)
+            .write(slot.unit, register.address, &write.image)
             .await
         {
             Ok(Ok(())) => Ok(()),
@@ -272,8 +280,8 @@ impl BusTask {
             outcome,
         }];
         if written {
-            let mut plan = ReadPlan::build([(write.metric, metric.span())], device.limits);
-            let cycle = cycle::poll(&mut self.link, device, &mut plan).await;
+            let mut plan = ReadPlan::build([(write.metric, register.span())], modbus.limits);
+            let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut plan).await;
             let samples = samples_of(slot.id, device, &plan, &cycle);
             for sample in &samples {
                 slot.filter.record(sample);

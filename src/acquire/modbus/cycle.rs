@@ -25,13 +25,13 @@ pub struct Cycle {
 /// is bisected on the spot and retried, and `plan` keeps the split. A
 /// transport failure ends the cycle: the remaining requests get the same
 /// fault rather than a timeout each, so a dead device costs its bus one timeout.
-pub async fn poll(link: &mut Link, device: &Device, plan: &mut ReadPlan) -> Cycle {
+pub async fn poll(link: &mut Link, device: &str, unit: u8, plan: &mut ReadPlan) -> Cycle {
     let mut answers = Vec::with_capacity(plan.requests().len());
     let mut answered = false;
     let mut index = 0;
     while let Some(request) = plan.requests().get(index) {
         let (table, start, count) = (request.table, request.start, request.count);
-        match link.read(device.unit, table, start, count).await {
+        match link.read(unit, table, start, count).await {
             Ok(Ok(data)) => {
                 answered = true;
                 answers.push((now_ms(), Ok(data)));
@@ -43,9 +43,10 @@ pub async fn poll(link: &mut Link, device: &Device, plan: &mut ReadPlan) -> Cycl
                     && let Some((left, right)) = plan.split(index)
                 {
                     tracing::warn!(
-                        device = %device.name,
+                        device,
                         "{request_text} was refused with illegal data address; the plan now reads {left} and {right} instead",
-                        request_text = format!("FC{:02} {table} {start}+{count}", table.read_function()),
+                        request_text =
+                            format!("FC{:02} {table} {start}+{count}", table.read_function()),
                     );
                     continue;
                 }
@@ -92,7 +93,8 @@ pub fn decode<'a>(device: &Device, plan: &ReadPlan, cycle: &'a Cycle) -> Vec<Met
     let mut readings = Vec::with_capacity(device.metrics.len());
     for (request, (timestamp_ms, answer)) in plan.requests().iter().zip(&cycle.answers) {
         for member in &request.members {
-            let Some(metric) = device.metrics.get(member.metric) else {
+            let Some(register) = device.metrics.get(member.metric).and_then(|m| m.register())
+            else {
                 continue;
             };
             let (offset, count) = (usize::from(member.offset), usize::from(member.count));
@@ -104,8 +106,8 @@ pub fn decode<'a>(device: &Device, plan: &ReadPlan, cycle: &'a Cycle) -> Vec<Met
                 },
                 Ok(Data::Registers(regs)) => match regs.get(offset..offset + count) {
                     Some(image) => {
-                        let value = decode_registers(&metric.layout, image)
-                            .map(|raw| match metric.scaling {
+                        let value = decode_registers(&register.layout, image)
+                            .map(|raw| match register.scaling {
                                 Some(scaling) => scaling.apply(raw),
                                 None => raw,
                             })

@@ -108,9 +108,7 @@ impl Link {
     {
         let context = match &bus.link {
             LinkKind::Tcp { .. } => tcp::attach(transport),
-            LinkKind::Rtu(_) | LinkKind::RtuOverTcp { .. } | LinkKind::Gpio(_) => {
-                rtu::attach(transport)
-            }
+            LinkKind::Rtu(_) | LinkKind::RtuOverTcp { .. } => rtu::attach(transport),
         };
         Link {
             context: Some(context),
@@ -251,9 +249,7 @@ impl Link {
     fn gap(&self) -> Duration {
         let silent = match &self.bus.link {
             LinkKind::Rtu(line) => line.silent_interval(),
-            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } | LinkKind::Gpio(_) => {
-                Duration::ZERO
-            }
+            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } => Duration::ZERO,
         };
         silent + self.bus.turnaround
     }
@@ -307,7 +303,6 @@ async fn open(bus: &Bus) -> Result<Context, String> {
             let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
             Ok(rtu::attach(port))
         }
-        LinkKind::Gpio(_) => Err("a GPIO device has no Modbus link".into()),
     }
 }
 

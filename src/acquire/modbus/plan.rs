@@ -8,7 +8,7 @@
 //! hole inside it), the request is bisected at a metric boundary and the plan
 //! keeps the split, so later cycles do not repeat the failure.
 
-use crate::config::{Device, Metric};
+use crate::config::Device;
 use crate::core::layout::{Limits, Span, Table};
 use std::fmt;
 
@@ -121,8 +121,12 @@ impl ReadPlan {
     /// The requests of one poll cycle of `device`.
     pub fn for_device(device: &Device) -> ReadPlan {
         ReadPlan::build(
-            device.metrics.iter().map(Metric::span).enumerate(),
-            device.limits,
+            device
+                .metrics
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| Some((i, m.register()?.span()))),
+            device.modbus().map(|m| m.limits).unwrap_or_default(),
         )
     }
 
