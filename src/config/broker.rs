@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::Profile;
+use super::check::Checker;
 use super::raw::{RawBroker, RawBrokerUser};
-use super::{Checker, Profile};
 
 /// Where the broker listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";

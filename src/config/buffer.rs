@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::Checker;
+use super::check::Checker;
 use super::raw::RawBuffer;
 
 /// Default queue size: 256 MiB, about 17 million float samples.

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::check::{Checker, Publishing};
 use super::raw::{RawDevice, RawMetric};
-use super::{Attachment, Checker, Device, Metric, Publishing, Source};
+use super::{Attachment, Device, Metric, Source};
 use crate::core::value::DataType;
 
 /// Where a GPIO device's lines are.

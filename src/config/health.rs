@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::Checker;
+use super::check::Checker;
 use super::raw::RawHealth;
 
 impl Checker<'_> {

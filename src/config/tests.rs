@@ -1,4 +1,6 @@
+use super::check::{DEFAULT_DATA_DIR, DEFAULT_POLL, DEFAULT_TIMEOUT};
 use super::*;
+use crate::core::layout::{ByteOrder, WordOrder};
 
 const GOOD: &str = r#"
 [node]

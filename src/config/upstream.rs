@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::check::Checker;
 use super::raw::RawUpstream;
-use super::{Checker, Device, Node};
+use super::{Device, Node};
 
 /// What the gateway publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
