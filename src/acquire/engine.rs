@@ -2,18 +2,19 @@
 //! for a GPIO device), gathers their events into one stream, and routes writes (and the
 //! uplink's state, which GPIO outputs' `safe_after` waits on) back to them.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::acquire::gpio::GpioTask;
 use crate::acquire::modbus::bus::{BusChannels, BusTask};
+use crate::acquire::router::WriteRouter;
 use crate::config::reload::Reload;
 use crate::config::{Acquisition, Config};
 use crate::core::event::{DeviceEvent, MapVersion};
-use crate::core::write::{Rejection, Write};
+use crate::core::write::Write;
 use crate::ops::liveness::Liveness;
 use crate::ops::stats::Stats;
 
@@ -56,67 +57,13 @@ struct TaskRun {
     task: Option<JoinHandle<()>>,
 }
 
-/// Hands validated writes to the bus task of their device, and the uplink's
-/// state to the tasks whose outputs fall back to a safe state without it.
-#[derive(Debug, Clone)]
-pub struct WriteRouter {
-    routes: Arc<RwLock<Routes>>,
-    uplink: Arc<watch::Sender<bool>>,
-}
-
-#[derive(Debug)]
-struct Routes {
-    config: Arc<Config>,
-    tasks: Vec<mpsc::Sender<Write>>,
-}
-
-impl WriteRouter {
-    /// Queues `write`, resolved against the device map `map`, for its
-    /// device's bus without waiting. A write resolved against a map that a
-    /// reload has replaced is refused: its ids may mean other devices now.
-    pub fn send(&self, write: Write, map: &Arc<Config>) -> Result<(), Rejection> {
-        let routes = self.routes.read().map_err(|_| Rejection::Reloaded)?;
-        if !Arc::ptr_eq(&routes.config, map) {
-            return Err(Rejection::Reloaded);
-        }
-        let device = routes.config.devices.get(write.device);
-        let name = device.map_or_else(String::new, |d| d.name.clone());
-        let sender = routes
-            .config
-            .acquisition_of(write.device)
-            .and_then(|task| routes.tasks.get(task))
-            .ok_or_else(|| Rejection::UnknownDevice(name.clone()))?;
-        sender.try_send(write).map_err(|_| Rejection::Busy(name))
-    }
-
-    /// Follows the uplink's state as told by [`WriteRouter::uplink`].
-    pub fn uplink_state(&self) -> watch::Receiver<bool> {
-        self.uplink.subscribe()
-    }
-
-    /// The uplink is up (connected, and born with the primary host online) or not.
-    pub fn uplink(&self, up: bool) {
-        self.uplink
-            .send_if_modified(|state| std::mem::replace(state, up) != up);
-    }
-}
-
 impl Engine {
     /// Spawns a task per bus; they stop when `sources` is cancelled.
     pub fn start(config: Arc<Config>, sources: &CancellationToken) -> Engine {
         let (feed, events) = mpsc::channel(EVENT_QUEUE);
-        // Without an uplink there is nothing to lose, so nothing to wait for.
-        let (uplink, _) = watch::channel(config.upstream.is_none());
-        let routes = Routes {
-            config: Arc::clone(&config),
-            tasks: Vec::new(),
-        };
         let mut engine = Engine {
             events,
-            writes: WriteRouter {
-                routes: Arc::new(RwLock::new(routes)),
-                uplink: Arc::new(uplink),
-            },
+            writes: WriteRouter::new(Arc::clone(&config)),
             stats: Arc::new(Stats::default()),
             liveness: Arc::new(Liveness::default()),
             config,
@@ -180,12 +127,10 @@ impl Engine {
 
     /// Points the write router at the map in force and its buses.
     fn route(&self) {
-        if let Ok(mut routes) = self.writes.routes.write() {
-            *routes = Routes {
-                config: Arc::clone(&self.config),
-                tasks: self.tasks.iter().map(|t| t.writes.clone()).collect(),
-            };
-        }
+        self.writes.point_at(
+            Arc::clone(&self.config),
+            self.tasks.iter().map(|t| t.writes.clone()).collect(),
+        );
     }
 
     /// Puts the new device map of `reload` in force: stops the buses that

@@ -6,3 +6,4 @@ pub mod deadband;
 pub mod engine;
 pub mod gpio;
 pub mod modbus;
+pub mod router;

@@ -1,7 +1,7 @@
 //! `fieldmq check`: what a valid config will do, bus by bus and request by request.
 
 use fieldmq::acquire::modbus::plan::ReadPlan;
-use fieldmq::config::{Attachment, Config, GpioBackend, LinkKind, Profile};
+use fieldmq::config::{Attachment, Config, GpioBackend, Profile, Transport};
 
 use crate::cli::say;
 
@@ -74,10 +74,10 @@ pub fn print_check(config: &Config) {
         );
     }
     for (index, bus) in config.buses.iter().enumerate() {
-        let link = match &bus.link {
-            LinkKind::Tcp { address } => format!("tcp {address}"),
-            LinkKind::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
-            LinkKind::Rtu(line) => {
+        let link = match &bus.transport {
+            Transport::Tcp { address } => format!("tcp {address}"),
+            Transport::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
+            Transport::Rtu(line) => {
                 let parity = format!("{:?}", line.parity).chars().next().unwrap_or('N');
                 format!(
                     "rtu {} {} {}{}{}",

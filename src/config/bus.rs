@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::check::{BUS_KINDS, Checker, DEFAULT_TIMEOUT, PARITIES};
 use super::raw::RawBus;
-use super::{Bus, LinkKind, Parity, SerialLine};
+use super::{Bus, Parity, SerialLine, Transport};
 
 impl Checker<'_> {
     pub(super) fn shared_ports(&mut self, raw: &[RawBus]) {
@@ -58,9 +58,9 @@ impl Checker<'_> {
                     }
                 };
                 if kind == "tcp" {
-                    LinkKind::Tcp { address }
+                    Transport::Tcp { address }
                 } else {
-                    LinkKind::RtuOverTcp { address }
+                    Transport::RtuOverTcp { address }
                 }
             }
             "rtu" => {
@@ -102,7 +102,7 @@ impl Checker<'_> {
                     .as_ref()
                     .and_then(|b| self.int(&ctx, "stop_bits", b, 1, 2))
                     .unwrap_or(1);
-                LinkKind::Rtu(SerialLine {
+                Transport::Rtu(SerialLine {
                     port,
                     baud,
                     parity,
@@ -116,14 +116,14 @@ impl Checker<'_> {
                     BUS_KINDS.join(", ")
                 );
                 self.error(raw.kind.span(), &ctx, message);
-                LinkKind::Tcp {
+                Transport::Tcp {
                     address: String::new(),
                 }
             }
         };
         Bus {
             name: raw.name.get_ref().clone(),
-            link,
+            transport: link,
             timeout: self.duration(&ctx, "timeout", raw.timeout.as_ref(), DEFAULT_TIMEOUT),
             turnaround: self
                 .any_duration(&ctx, "turnaround", raw.turnaround.as_ref())

@@ -8,7 +8,7 @@ use super::check::{
     Publishing, QOS_LEVELS, WORD_ORDERS, span_start,
 };
 use super::raw::{RawBus, RawDevice, RawMetric};
-use super::{Attachment, Bus, Device, LinkKind, Metric, ModbusUnit, Register, Source};
+use super::{Attachment, Bus, Device, Metric, ModbusUnit, Register, Source, Transport};
 use crate::core::layout::{ByteOrder, Limits, RegisterLayout, Scaling, Table, WordOrder};
 use crate::core::message::Qos;
 use crate::core::value::DataType;
@@ -62,7 +62,7 @@ impl Checker<'_> {
                 let unit = self.int(&ctx, "unit", u, 0, 247).unwrap_or(1);
                 if unit == 0
                     && bus.is_some_and(|b| {
-                        matches!(buses.get(b).map(|b| &b.link), Some(LinkKind::Rtu(_)))
+                        matches!(buses.get(b).map(|b| &b.transport), Some(Transport::Rtu(_)))
                     })
                 {
                     self.error(u.span(), &ctx, "unit = 0 is the broadcast address on a serial line; no device answers it, expected 1..=247".into());

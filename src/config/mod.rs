@@ -80,7 +80,7 @@ pub struct Bus {
     /// Unique name devices refer to.
     pub name: String,
     /// How the bus is reached.
-    pub link: LinkKind,
+    pub transport: Transport,
     /// How long to wait for each response.
     pub timeout: Duration,
     /// Extra quiet time between transactions, for slow devices; added to the
@@ -90,7 +90,7 @@ pub struct Bus {
 
 /// The transport of a bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkKind {
+pub enum Transport {
     /// Modbus TCP (MBAP header) to `host:port`.
     Tcp {
         /// `host:port`.

@@ -75,7 +75,7 @@ fn with(find: &str, replace: &str) -> String {
 fn a_valid_config_becomes_typed_values_with_defaults_applied() {
     let config = Config::from_toml(Path::new("x.toml"), GOOD).expect("valid");
     assert_eq!(config.node.group_id, "plant1");
-    let LinkKind::Rtu(line) = &config.buses[0].link else {
+    let Transport::Rtu(line) = &config.buses[0].transport else {
         panic!("rtu")
     };
     assert_eq!(

@@ -19,7 +19,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
-use crate::config::{Bus, LinkKind, Parity, SerialLine};
+use crate::config::{Bus, Parity, SerialLine, Transport};
 use crate::core::layout::Table;
 use crate::core::value::Fault;
 use crate::core::write::WriteImage;
@@ -106,9 +106,9 @@ impl Link {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + std::fmt::Debug + 'static,
     {
-        let context = match &bus.link {
-            LinkKind::Tcp { .. } => tcp::attach(transport),
-            LinkKind::Rtu(_) | LinkKind::RtuOverTcp { .. } => rtu::attach(transport),
+        let context = match &bus.transport {
+            Transport::Tcp { .. } => tcp::attach(transport),
+            Transport::Rtu(_) | Transport::RtuOverTcp { .. } => rtu::attach(transport),
         };
         Link {
             context: Some(context),
@@ -247,9 +247,9 @@ impl Link {
 
     /// Quiet time between transactions.
     fn gap(&self) -> Duration {
-        let silent = match &self.bus.link {
-            LinkKind::Rtu(line) => line.silent_interval(),
-            LinkKind::Tcp { .. } | LinkKind::RtuOverTcp { .. } => Duration::ZERO,
+        let silent = match &self.bus.transport {
+            Transport::Rtu(line) => line.silent_interval(),
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => Duration::ZERO,
         };
         silent + self.bus.turnaround
     }
@@ -259,7 +259,7 @@ impl Link {
     /// closed and is flushed on reopening instead of answering the next request.
     fn resync(&mut self) {
         self.context = None;
-        if matches!(self.bus.link, LinkKind::Rtu(_)) {
+        if matches!(self.bus.transport, Transport::Rtu(_)) {
             self.quiet_until = Instant::now() + self.bus.timeout;
         }
     }
@@ -294,12 +294,12 @@ impl Link {
 /// Opens the bus's connection or port. A free function, so the future borrows
 /// only the (shareable) bus settings and not the link with its context.
 async fn open(bus: &Bus) -> Result<Context, String> {
-    match &bus.link {
-        LinkKind::Tcp { address } => Ok(tcp::attach(connect_tcp(address, bus.timeout).await?)),
-        LinkKind::RtuOverTcp { address } => {
+    match &bus.transport {
+        Transport::Tcp { address } => Ok(tcp::attach(connect_tcp(address, bus.timeout).await?)),
+        Transport::RtuOverTcp { address } => {
             Ok(rtu::attach(connect_tcp(address, bus.timeout).await?))
         }
-        LinkKind::Rtu(line) => {
+        Transport::Rtu(line) => {
             let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
             Ok(rtu::attach(port))
         }

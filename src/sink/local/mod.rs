@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::acquire::engine::WriteRouter;
+use crate::acquire::router::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::ops::health;

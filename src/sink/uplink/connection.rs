@@ -2,7 +2,7 @@
 //! backoff, rotates through the configured servers, and sets a fresh will
 //! before every CONNECT.
 //!
-//! It reports what happens as [`LinkEvent`]s and does nothing else: what to
+//! It reports what happens as [`ConnectionEvent`]s and does nothing else: what to
 //! publish is the publisher's business, through the `AsyncClient` handle.
 //! Two rumqttc behaviours shape it (shared rust-deps.md §4):
 //! - the will lives in the options the event loop reconnects with, so it is
@@ -32,7 +32,7 @@ const RECONNECT_BASE: Duration = Duration::from_millis(500);
 
 /// What the connection tells the publisher.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub enum ConnectionEvent {
     /// CONNACK received; the will of this connection carries `epoch`.
     Connected {
         /// Sparkplug bdSeq of this connection (0 for the plain profile).
@@ -94,7 +94,7 @@ pub struct Connection {
     last_epoch: Option<u64>,
     connected: bool,
     backoff: Backoff,
-    events: mpsc::Sender<LinkEvent>,
+    events: mpsc::Sender<ConnectionEvent>,
     stop: CancellationToken,
 }
 
@@ -125,7 +125,7 @@ impl Connection {
         servers: Vec<(String, MqttOptions)>,
         max_backoff: Duration,
         greeting: Greeting,
-        events: mpsc::Sender<LinkEvent>,
+        events: mpsc::Sender<ConnectionEvent>,
         stop: CancellationToken,
     ) -> Option<(AsyncClient, Connection)> {
         let first = servers.first()?.1.clone();
@@ -226,16 +226,16 @@ impl Connection {
                 let epoch = self.next_epoch.take().unwrap_or(0);
                 let server = self.server_name();
                 tracing::info!(%server, epoch, "connected upstream");
-                LinkEvent::Connected { epoch, server }
+                ConnectionEvent::Connected { epoch, server }
             }
-            Event::Incoming(Incoming::SubAck(ack)) => LinkEvent::Subscribed {
+            Event::Incoming(Incoming::SubAck(ack)) => ConnectionEvent::Subscribed {
                 refused: ack
                     .return_codes
                     .iter()
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .count(),
             },
-            Event::Incoming(Incoming::Publish(publish)) => LinkEvent::Message {
+            Event::Incoming(Incoming::Publish(publish)) => ConnectionEvent::Message {
                 topic: publish.topic,
                 payload: publish.payload.to_vec(),
                 retained: publish.retain,
@@ -264,7 +264,7 @@ impl Connection {
             let (ack, acked) = oneshot::channel();
             let told = self
                 .events
-                .send(LinkEvent::Disconnected { reason, ack })
+                .send(ConnectionEvent::Disconnected { reason, ack })
                 .await;
             if told.is_err() {
                 return false;

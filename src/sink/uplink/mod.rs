@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::acquire::engine::WriteRouter;
+use crate::acquire::router::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
@@ -31,7 +31,7 @@ use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
 use crate::sink::pem::TlsError;
-use crate::sink::uplink::connection::{Connection, Greeting, LinkEvent, qos};
+use crate::sink::uplink::connection::{Connection, ConnectionEvent, Greeting, qos};
 use crate::sink::uplink::options::{mqtt_options, tls_config};
 use crate::store::bdseq::BdSeqStore;
 use crate::store::forward::{DeviceKeys, Forwarder};
@@ -63,7 +63,7 @@ pub struct Publisher {
     profile: NodeProfile,
     cache: LastValues,
     client: AsyncClient,
-    link: mpsc::Receiver<LinkEvent>,
+    link: mpsc::Receiver<ConnectionEvent>,
     connection: JoinHandle<()>,
     stop_connection: CancellationToken,
     connected: bool,
@@ -316,14 +316,14 @@ impl Publisher {
         }
     }
 
-    fn link_event(&mut self, event: LinkEvent) {
+    fn link_event(&mut self, event: ConnectionEvent) {
         match event {
-            LinkEvent::Connected { epoch, .. } => {
+            ConnectionEvent::Connected { epoch, .. } => {
                 self.connected = true;
                 let actions = self.profile.connected(epoch);
                 self.execute(actions);
             }
-            LinkEvent::Subscribed { refused } => {
+            ConnectionEvent::Subscribed { refused } => {
                 if refused > 0 {
                     tracing::warn!(
                         refused,
@@ -334,7 +334,7 @@ impl Publisher {
                 self.execute(actions);
                 self.forwarder.readiness_changed();
             }
-            LinkEvent::Message {
+            ConnectionEvent::Message {
                 topic,
                 payload,
                 retained,
@@ -350,7 +350,7 @@ impl Publisher {
                 let actions = self.profile.stats(self.node_stats());
                 self.execute(actions);
             }
-            LinkEvent::Disconnected { reason, ack } => {
+            ConnectionEvent::Disconnected { reason, ack } => {
                 tracing::debug!(%reason, "publisher paused");
                 if self.connected {
                     self.forwarder.link_lost();
@@ -433,7 +433,7 @@ impl Publisher {
     }
 }
 
-async fn drain(link: &mut mpsc::Receiver<LinkEvent>) {
+async fn drain(link: &mut mpsc::Receiver<ConnectionEvent>) {
     while link.recv().await.is_some() {}
     std::future::pending::<()>().await;
 }
