@@ -16,7 +16,7 @@ use crate::config::{Acquisition, Config};
 use crate::core::event::{DeviceEvent, MapVersion};
 use crate::core::write::Write;
 use crate::ops::liveness::Liveness;
-use crate::ops::stats::Stats;
+use crate::ops::metrics::Counters;
 
 /// Events waiting for the consumer before bus tasks have to wait for it.
 /// A slow consumer thus shows up as poll overrun, never as unbounded memory.
@@ -36,7 +36,7 @@ pub struct Engine {
     /// Where writes for the devices go.
     pub writes: WriteRouter,
     /// Counters shared with the bus tasks.
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Counters>,
     /// The tasks' promises to come back, for the watchdog and `/healthz`.
     pub liveness: Arc<Liveness>,
     config: Arc<Config>,
@@ -64,7 +64,7 @@ impl Engine {
         let mut engine = Engine {
             events,
             writes: WriteRouter::new(Arc::clone(&config)),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Counters::default()),
             liveness: Arc::new(Liveness::default()),
             config,
             sources: sources.clone(),

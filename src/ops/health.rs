@@ -2,10 +2,9 @@
 //! plain HTTP/1.1 on the configured address (loopback by default: nothing in
 //! it needs a password, and nothing in it is secret either).
 //!
-//! The counters and histograms are kept by the `metrics` facade: tasks
-//! record through its macros wherever they are (a no-op until the recorder
-//! is installed), and the Prometheus exporter renders them on request. The
-//! names the tasks record under are the constants below.
+//! What is counted, and under which names, is [`crate::ops::metrics`]'s;
+//! this module installs the Prometheus exporter that renders it and serves
+//! the two endpoints.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,33 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::liveness::Liveness;
-use crate::ops::stats::{Stats, StatsSnapshot};
-
-/// Histogram: seconds one poll cycle of a device took; label `device`.
-pub const POLL_DURATION: &str = "fieldmq_poll_duration_seconds";
-/// Counter: failed requests of poll cycles; labels `device` and `fault`
-/// (`timeout`, `exception`, `link`, `malformed`, `offline`).
-pub const POLL_ERRORS: &str = "fieldmq_poll_errors_total";
-/// Gauge: 1 while a device answers, 0 while it is offline; label `device`.
-pub const DEVICE_UP: &str = "fieldmq_device_up";
-/// Gauge: samples waiting in the store-and-forward queue.
-pub const BUFFER_SAMPLES: &str = "fieldmq_buffer_samples";
-/// Counter: samples the store-and-forward queue had to drop (full, or unreadable).
-pub const BUFFER_DROPPED: &str = "fieldmq_buffer_dropped_samples_total";
-/// Gauge: 1 while the store-and-forward queue is usable, 0 when it could
-/// not be opened and the gateway runs without it.
-pub const BUFFER_UP: &str = "fieldmq_buffer_up";
-/// Gauge: 1 while the uplink is connected (and, for Sparkplug, born).
-pub const UPLINK_UP: &str = "fieldmq_uplink_up";
-/// Counter: messages handed to a server; label `sink` (`upstream`, `local`).
-pub const MESSAGES_PUBLISHED: &str = "fieldmq_messages_published_total";
-/// Counter: what the local broker refused; label `reason` (`login`, `will`,
-/// `session_taken`, `quota`, `anonymous_persistent`, `retained_full`,
-/// `publish`, `subscribe`).
-pub const BROKER_REFUSED: &str = "fieldmq_broker_refused_total";
-/// Counter: messages the local broker dropped before delivery; label
-/// `reason` (`queue_full`, `expired`, `other`).
-pub const BROKER_DROPPED: &str = "fieldmq_broker_dropped_messages_total";
+use crate::ops::metrics::{self, Counters, POLL_DURATION};
 
 /// Bucket bounds of [`POLL_DURATION`]: from a fast TCP device (a few ms) to
 /// a slow RS-485 unit or a timeout (seconds).
@@ -77,7 +50,7 @@ pub enum HealthError {
 #[derive(Debug, Clone)]
 pub struct Probe {
     liveness: Arc<Liveness>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     /// `None` without an `[upstream]`.
     uplink: Option<watch::Receiver<bool>>,
     metrics: PrometheusHandle,
@@ -98,7 +71,7 @@ impl Probe {
     /// A probe over an existing recorder's handle.
     pub fn new(
         liveness: Arc<Liveness>,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         uplink: Option<watch::Receiver<bool>>,
         metrics: PrometheusHandle,
     ) -> Probe {
@@ -162,11 +135,11 @@ impl Probe {
     }
 
     fn metrics(&self) -> String {
-        // The gateway's own counters live in `Stats` (they are also node
+        // The gateway's own counters live in `Counters` (they are also node
         // metrics); copy them in at scrape time rather than count twice.
-        record_stats(self.stats.snapshot());
+        metrics::export_totals(self.stats.snapshot());
         if let Some(rx) = &self.uplink {
-            metrics::gauge!(UPLINK_UP).set(f64::from(u8::from(*rx.borrow())));
+            metrics::uplink_up(*rx.borrow());
         }
         self.metrics.render()
     }
@@ -249,15 +222,6 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, HealthError> {
         .map_err(|e| HealthError::Listen(address, e))
 }
 
-fn record_stats(s: StatsSnapshot) {
-    metrics::counter!("fieldmq_polls_total").absolute(s.polls);
-    metrics::counter!("fieldmq_poll_failures_total").absolute(s.poll_failures);
-    metrics::counter!("fieldmq_writes_total").absolute(s.writes);
-    metrics::counter!("fieldmq_write_failures_total").absolute(s.write_failures);
-    metrics::counter!("fieldmq_commands_rejected_total").absolute(s.commands_rejected);
-    metrics::counter!("fieldmq_messages_dropped_total").absolute(s.messages_dropped);
-}
-
 fn text(status: u16, body: &str) -> Answer {
     Answer {
         status,
@@ -295,7 +259,7 @@ mod tests {
         let liveness = Arc::new(Liveness::default());
         let probe = Probe::new(
             Arc::clone(&liveness),
-            Arc::new(Stats::default()),
+            Arc::new(Counters::default()),
             Some(rx),
             recorder().handle(),
         );
@@ -313,18 +277,18 @@ mod tests {
     #[test]
     fn metrics_carry_the_gateway_counters_and_per_device_histograms() {
         let recorder = recorder();
-        let stats = Arc::new(Stats::default());
-        Stats::bump(&stats.polls);
-        Stats::bump(&stats.polls);
-        Stats::bump(&stats.commands_rejected);
+        let stats = Arc::new(Counters::default());
+        Counters::bump(&stats.polls);
+        Counters::bump(&stats.polls);
+        Counters::bump(&stats.commands_rejected);
         let probe = Probe::new(
             Arc::new(Liveness::default()),
             Arc::clone(&stats),
             None,
             recorder.handle(),
         );
-        let answer = metrics::with_local_recorder(&recorder, || {
-            metrics::histogram!(POLL_DURATION, "device" => "meter").record(0.012);
+        let answer = ::metrics::with_local_recorder(&recorder, || {
+            metrics::cycle_recorded("meter", Duration::from_millis(12), std::iter::empty());
             probe.answer(&Method::GET, "/metrics")
         });
         assert_eq!(answer.status, 200);

@@ -7,5 +7,5 @@ pub mod backoff;
 pub mod blocking;
 pub mod health;
 pub mod liveness;
-pub mod stats;
+pub mod metrics;
 pub mod systemd;

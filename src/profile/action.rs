@@ -2,7 +2,7 @@
 
 use crate::core::message::{Message, Qos};
 use crate::core::write::{Rejection, Write};
-use crate::ops::stats::StatsSnapshot;
+use crate::ops::metrics::CounterSnapshot;
 
 /// Something the publisher must do on a profile's behalf.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +23,7 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStats {
     /// Counters since start.
-    pub counters: StatsSnapshot,
+    pub counters: CounterSnapshot,
     /// Devices answering now.
     pub devices_online: u64,
     /// Samples waiting in the store-and-forward queue.

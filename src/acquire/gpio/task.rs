@@ -31,8 +31,8 @@ use crate::core::event::DeviceEvent;
 use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, Value, now_ms};
 use crate::core::write::{Write, WriteImage};
 use crate::ops::backoff::Backoff;
-use crate::ops::health;
-use crate::ops::stats::Stats;
+use crate::ops::metrics;
+use crate::ops::metrics::Counters;
 
 /// How often changed counter totals are written to disk. A power cut loses
 /// at most the pulses of this period; an SD card sees one small file
@@ -50,7 +50,7 @@ pub struct GpioTask {
     chip: GpioChip,
     events: mpsc::Sender<DeviceEvent<Config>>,
     writes: mpsc::Receiver<Write>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     pulse: crate::ops::liveness::Pulse,
     uplink: watch::Receiver<bool>,
     shutdown: CancellationToken,
@@ -130,7 +130,7 @@ impl GpioTask {
             if !offline {
                 tracing::warn!(device = %device.name, %error, "GPIO lines unavailable; retrying with backoff");
                 offline = true;
-                metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(0.0);
+                metrics::device_up(&device.name, false);
                 let event = DeviceEvent::Offline {
                     device: self.device,
                     fault: Fault::Link(error.to_string()),
@@ -168,7 +168,7 @@ impl GpioTask {
         if self.events.send(online).await.is_err() {
             return Stop::Done;
         }
-        metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(1.0);
+        metrics::device_up(&device.name, true);
         let mut report = tokio::time::interval_at(now + device.poll, device.poll);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut save_tick =
@@ -254,7 +254,7 @@ impl GpioTask {
         panel: &mut Panel,
         write: Write,
     ) -> Vec<DeviceEvent<Config>> {
-        Stats::bump(&self.stats.writes);
+        Counters::bump(&self.stats.writes);
         let outcome = match write.image {
             WriteImage::Coil(on) => panel.drive(lines, write.metric, on),
             // The command rules give a GPIO output (a bool coil) nothing else.
@@ -268,7 +268,7 @@ impl GpioTask {
         match &outcome {
             Ok(()) => tracing::info!(device = %name, %metric, value = %write.value, "output set"),
             Err(fault) => {
-                Stats::bump(&self.stats.write_failures);
+                Counters::bump(&self.stats.write_failures);
                 tracing::warn!(device = %name, %metric, value = %write.value, %fault, "output not set");
             }
         }

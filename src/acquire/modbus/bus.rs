@@ -24,9 +24,9 @@ use crate::config::{Config, Device};
 use crate::core::value::{DeviceId, Fault, Quality, Sample};
 use crate::core::write::Write;
 use crate::ops::backoff::Backoff;
-use crate::ops::health;
 use crate::ops::liveness::Pulse;
-use crate::ops::stats::Stats;
+use crate::ops::metrics;
+use crate::ops::metrics::Counters;
 
 /// The shortest wait before retrying an offline device. Starting the backoff
 /// at a fast poll period would let a dead unit take most of its line's time
@@ -53,7 +53,7 @@ pub struct BusTask {
     slots: Vec<Slot>,
     events: mpsc::Sender<DeviceEvent<Config>>,
     writes: mpsc::Receiver<Write>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     pulse: Pulse,
     timeout: Duration,
     shutdown: CancellationToken,
@@ -83,7 +83,7 @@ pub struct BusChannels {
     /// Writes for its devices, carried out between poll cycles.
     pub writes: mpsc::Receiver<Write>,
     /// Counters it adds to.
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Counters>,
     /// Its promise to come back ([`crate::ops::liveness`]).
     pub pulse: Pulse,
 }
@@ -181,7 +181,7 @@ impl BusTask {
         };
         let started = Instant::now();
         let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut slot.plan).await;
-        Stats::bump(&self.stats.polls);
+        Counters::bump(&self.stats.polls);
         record_cycle(device, &cycle, started.elapsed());
         let now = Instant::now();
         let mut events = Vec::new();
@@ -204,7 +204,7 @@ impl BusTask {
                 });
             }
         } else {
-            Stats::bump(&self.stats.poll_failures);
+            Counters::bump(&self.stats.poll_failures);
             slot.failures = slot.failures.saturating_add(1);
             if slot.online != Some(false) && slot.failures >= device.offline_after {
                 slot.online = Some(false);
@@ -221,8 +221,7 @@ impl BusTask {
                 next_tick(slot.next_due, device.poll, now)
             };
         }
-        let up = if slot.online == Some(true) { 1.0 } else { 0.0 };
-        metrics::gauge!(health::DEVICE_UP, "device" => device.name.clone()).set(up);
+        metrics::device_up(&device.name, slot.online == Some(true));
         samples.retain(|s| slot.filter.admit(s));
         if !samples.is_empty() {
             events.push(DeviceEvent::Samples {
@@ -262,13 +261,13 @@ impl BusTask {
             Ok(Err(code)) => Err(Fault::Exception(code)),
             Err(e) => Err(Fault::from(e)),
         };
-        Stats::bump(&self.stats.writes);
+        Counters::bump(&self.stats.writes);
         match &outcome {
             Ok(()) => {
                 tracing::info!(device = %device.name, metric = %metric.name, value = %write.value, "written")
             }
             Err(fault) => {
-                Stats::bump(&self.stats.write_failures);
+                Counters::bump(&self.stats.write_failures);
                 tracing::warn!(device = %device.name, metric = %metric.name, value = %write.value, %fault, "write failed");
             }
         }
@@ -297,12 +296,11 @@ impl BusTask {
 
 /// A cycle's duration and failed requests, per device, for `/metrics`.
 fn record_cycle(device: &Device, cycle: &Cycle, took: Duration) {
-    metrics::histogram!(health::POLL_DURATION, "device" => device.name.clone())
-        .record(took.as_secs_f64());
-    for fault in cycle.answers.iter().filter_map(|(_, a)| a.as_ref().err()) {
-        metrics::counter!(health::POLL_ERRORS, "device" => device.name.clone(), "fault" => fault.kind())
-            .increment(1);
-    }
+    metrics::cycle_recorded(
+        &device.name,
+        took,
+        cycle.answers.iter().filter_map(|(_, a)| a.as_ref().err()),
+    );
 }
 
 fn first_fault(cycle: &Cycle) -> Fault {

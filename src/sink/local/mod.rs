@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::acquire::router::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
-use crate::ops::health;
 use crate::ops::liveness::Pulse;
-use crate::ops::stats::Stats;
+use crate::ops::metrics;
+use crate::ops::metrics::Counters;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
@@ -32,7 +32,7 @@ pub struct LocalFeed {
     broker: LocalBroker,
     commands: mpsc::Receiver<LocalCommand>,
     writes: WriteRouter,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     pulse: Pulse,
 }
 
@@ -41,7 +41,7 @@ impl LocalFeed {
     pub async fn start(
         config: Arc<Config>,
         writes: WriteRouter,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         pulse: Pulse,
     ) -> Result<LocalFeed, BrokerError> {
         let mut profile = NodeProfile::new(Arc::clone(&config), config.broker.profile, None);
@@ -146,18 +146,17 @@ impl LocalFeed {
             match action {
                 Action::Publish(message) => {
                     if self.broker.publish(message).await {
-                        metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "local")
-                            .increment(1);
+                        metrics::published("local");
                     }
                 }
                 Action::Write(write) => {
                     if let Err(rejection) = self.writes.send(write, &self.config) {
-                        Stats::bump(&self.stats.commands_rejected);
+                        Counters::bump(&self.stats.commands_rejected);
                         tracing::warn!(%rejection, "local command refused; nothing written");
                     }
                 }
                 Action::Reject(rejection) => {
-                    Stats::add(&self.stats.commands_rejected, rejection.count());
+                    Counters::add(&self.stats.commands_rejected, rejection.count());
                     tracing::warn!(%rejection, "local command refused; nothing written");
                 }
                 // Commands are picked out by the broker's ACL hook: a

@@ -24,9 +24,9 @@ use crate::acquire::router::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
-use crate::ops::health;
 use crate::ops::liveness::Pulse;
-use crate::ops::stats::Stats;
+use crate::ops::metrics;
+use crate::ops::metrics::Counters;
 use crate::profile::NodeProfile;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
@@ -68,7 +68,7 @@ pub struct Publisher {
     stop_connection: CancellationToken,
     connected: bool,
     writes: WriteRouter,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     max_packet_size: usize,
     forwarder: Forwarder,
     pulse: Pulse,
@@ -82,7 +82,7 @@ impl Publisher {
     pub fn start(
         config: Arc<Config>,
         writes: WriteRouter,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         pulse: Pulse,
     ) -> Result<Publisher, StartError> {
         let upstream = config.upstream.as_ref().ok_or(StartError::NoUpstream)?;
@@ -119,7 +119,11 @@ impl Publisher {
             forwarder.is_unavailable(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        metrics::gauge!(health::BUFFER_UP).set(if forwarder.is_unavailable() { 0.0 } else { 1.0 });
+        metrics::queue_state(
+            forwarder.backlog(),
+            forwarder.dropped(),
+            !forwarder.is_unavailable(),
+        );
         if forwarder.backlog() > 0 {
             tracing::info!(
                 samples = forwarder.backlog(),
@@ -197,8 +201,11 @@ impl Publisher {
                 _ = sync_tick.tick() => {
                     crate::ops::blocking::file_work(|| self.forwarder.sync());
                     self.log_drops();
-                    metrics::gauge!(health::BUFFER_SAMPLES).set(self.forwarder.backlog() as f64);
-                    metrics::counter!(health::BUFFER_DROPPED).absolute(self.forwarder.dropped());
+                    metrics::queue_state(
+                        self.forwarder.backlog(),
+                        self.forwarder.dropped(),
+                        !self.forwarder.is_unavailable(),
+                    );
                 }
             }
         }
@@ -256,7 +263,7 @@ impl Publisher {
             |device, samples| {
                 for message in profile.history(device, samples) {
                     if message.wire_size() > max_packet_size {
-                        Stats::bump(&stats.messages_dropped);
+                        Counters::bump(&stats.messages_dropped);
                         tracing::error!(topic = %message.topic, "stored batch larger than [upstream] max_packet_size; not sent");
                         continue;
                     }
@@ -264,7 +271,7 @@ impl Publisher {
                     if client.try_publish(topic, qos(q), retain, payload).is_err() {
                         return false;
                     }
-                    metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "upstream").increment(1);
+                    metrics::published("upstream");
                 }
                 true
             },
@@ -362,7 +369,7 @@ impl Publisher {
         }
         let up = self.connected && self.profile.online();
         self.writes.uplink(up);
-        metrics::gauge!(health::UPLINK_UP).set(if up { 1.0 } else { 0.0 });
+        metrics::uplink_up(up);
     }
 
     /// Carries out `actions`; false when a message could not be published.
@@ -390,7 +397,7 @@ impl Publisher {
                     }
                 }
                 Action::Reject(rejection) => {
-                    Stats::add(&self.stats.commands_rejected, rejection.count());
+                    Counters::add(&self.stats.commands_rejected, rejection.count());
                     tracing::warn!(%rejection, "command refused; nothing written");
                 }
                 Action::LeaveServer => {
@@ -408,7 +415,7 @@ impl Publisher {
             return false;
         }
         if message.wire_size() > self.max_packet_size {
-            Stats::bump(&self.stats.messages_dropped);
+            Counters::bump(&self.stats.messages_dropped);
             tracing::error!(
                 topic = %message.topic,
                 bytes = message.wire_size(),
@@ -424,11 +431,11 @@ impl Publisher {
             retain,
         } = message;
         if let Err(e) = self.client.try_publish(topic, qos(q), retain, payload) {
-            Stats::bump(&self.stats.messages_dropped);
+            Counters::bump(&self.stats.messages_dropped);
             tracing::warn!(error = %e, "uplink queue full; message dropped (its samples are queued on disk)");
             return false;
         }
-        metrics::counter!(health::MESSAGES_PUBLISHED, "sink" => "upstream").increment(1);
+        metrics::published("upstream");
         true
     }
 }

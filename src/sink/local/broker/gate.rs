@@ -28,8 +28,8 @@ use super::rate::{Admission, PublishRate};
 use super::retained::RetainedBudget;
 use super::sessions::{Login, Refusal, SessionOwners};
 use super::throttle::LoginThrottle;
-use crate::ops::health;
-use crate::ops::stats::Stats;
+use crate::ops::metrics;
+use crate::ops::metrics::Counters;
 
 /// What tells one session under a client id from the next: when it was
 /// made and from where.
@@ -57,7 +57,7 @@ pub(super) struct Gate {
     pub rules: Arc<RwLock<Arc<AccessRules>>>,
     pub command_filters: Arc<RwLock<Vec<String>>>,
     pub commands: mpsc::Sender<LocalCommand>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Counters>,
     pub rate: Arc<Mutex<PublishRate>>,
     pub owners: Arc<Mutex<SessionOwners<SessionMark>>>,
     pub throttle: Arc<Mutex<LoginThrottle>>,
@@ -78,7 +78,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn refused(reason: &'static str) {
-    metrics::counter!(health::BROKER_REFUSED, "reason" => reason).increment(1);
+    metrics::broker_refused(reason);
 }
 
 fn user_of(name: Option<&rmqtt::types::UserName>) -> Login {
@@ -235,7 +235,7 @@ impl Gate {
             .any(|f| access::matches(f, topic));
         if !self.topics.allow(topic) || !self.rules().may_publish(user.as_deref(), topic) {
             if command {
-                Stats::bump(&self.stats.commands_rejected);
+                Counters::bump(&self.stats.commands_rejected);
             }
             refused("publish");
             if self.first_refusal(client, "publish") {
@@ -256,7 +256,7 @@ impl Gate {
                 payload: publish.payload.to_vec(),
             });
             if sent.is_err() {
-                Stats::bump(&self.stats.commands_rejected);
+                Counters::bump(&self.stats.commands_rejected);
                 tracing::warn!(%topic, "local command refused: too many waiting");
             }
         }
@@ -320,7 +320,7 @@ impl Handler for Gate {
                     Reason::MessageExpiration => "expired",
                     _ => "other",
                 };
-                metrics::counter!(health::BROKER_DROPPED, "reason" => reason).increment(1);
+                metrics::broker_dropped(reason);
                 (true, acc)
             }
             Parameter::ClientDisconnected(session, _) => {

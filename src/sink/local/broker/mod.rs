@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use crate::config::LocalBrokerSettings;
 use crate::core::message::Message;
 use crate::core::message::Qos;
-use crate::ops::stats::Stats;
+use crate::ops::metrics::Counters;
 use access::AccessRules;
 use gate::{Gate, TopicLimits, lock};
 use rate::PublishRate;
@@ -121,7 +121,7 @@ impl LocalBroker {
     pub async fn start(
         settings: &LocalBrokerSettings,
         command_filters: Vec<String>,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
     ) -> Result<(LocalBroker, mpsc::Receiver<LocalCommand>), BrokerError> {
         let quotas = Quotas {
             anonymous: settings.max_clients,
