@@ -5,5 +5,6 @@
 #[cfg(feature = "broker")]
 pub mod local;
 pub mod log;
+pub mod node;
 pub mod pem;
 pub mod uplink;

@@ -15,24 +15,19 @@ use crate::acquire::router::WriteRouter;
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::ops::liveness::Pulse;
-use crate::ops::metrics;
-use crate::ops::metrics::Counters;
+use crate::ops::metrics::{self, Counters};
 use crate::profile::NodeProfile;
-use crate::profile::action::{Action, NodeStats};
-use crate::profile::last_values::LastValues;
+use crate::profile::action::Action;
 use crate::sink::local::broker::{BrokerError, LocalBroker, LocalCommand};
+use crate::sink::node::{Backlog, NodeState, Outgoing};
 use crate::store::bdseq::BdSeqStore;
 
 /// The feed and the broker it publishes into.
 #[derive(Debug)]
 pub struct LocalFeed {
-    config: Arc<Config>,
-    profile: NodeProfile,
-    cache: LastValues,
+    node: NodeState,
     broker: LocalBroker,
     commands: mpsc::Receiver<LocalCommand>,
-    writes: WriteRouter,
-    stats: Arc<Counters>,
     pulse: Pulse,
 }
 
@@ -69,17 +64,13 @@ impl LocalFeed {
             LocalBroker::start(&config.broker, command_filters, Arc::clone(&stats)).await?;
         tracing::info!(listen = %config.broker.listen, "local broker listening");
         let mut feed = LocalFeed {
-            cache: LastValues::new(&config),
-            config,
-            profile,
+            node: NodeState::new(config, profile, writes, stats, "local"),
             broker,
             commands,
-            writes,
-            stats,
             pulse,
         };
-        let actions = feed.profile.subscribed(&feed.cache, feed.node_stats());
-        feed.execute(actions).await;
+        let outgoing = feed.node.subscribed(Backlog::default());
+        feed.send(outgoing).await;
         Ok(feed)
     }
 
@@ -89,85 +80,62 @@ impl LocalFeed {
         mut events: mpsc::Receiver<DeviceEvent<Config>>,
         shutdown: CancellationToken,
     ) {
-        let period = self.config.node.stats_interval.max(Duration::from_secs(1));
+        let period = self
+            .node
+            .config
+            .node
+            .stats_interval
+            .max(Duration::from_secs(1));
         let mut stats_tick = tokio::time::interval(period);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.pulse.within(period);
-            tokio::select! {
+            let outgoing = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                // A local client's command is always live: the broker hands
+                // over publishes, never stored messages.
                 Some(command) = self.commands.recv() => {
-                    // A local client's command is always live: the broker
-                    // hands over publishes, never stored messages.
-                    let actions = self.profile.message(&command.topic, &command.payload, false, &self.cache, self.node_stats());
-                    self.execute(actions).await;
+                    self.node.message(&command.topic, &command.payload, false, Backlog::default())
                 }
                 event = events.recv() => match event {
-                    Some(DeviceEvent::Reconfigured(map)) => {
-                        let config = map.0;
-                        if config.broker != self.config.broker {
-                            self.broker.reload_access(&config.broker).await;
+                    Some(event) => {
+                        if let DeviceEvent::Reconfigured(map) = &event
+                            && map.0.broker != self.node.config.broker
+                        {
+                            self.broker.reload_access(&map.0.broker).await;
                             tracing::info!("reload: local broker users and ACLs in force");
                         }
-                        self.cache.reconfigure(&self.config, &config);
-                        let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
-                        self.config = config;
-                        self.execute(actions).await;
-                    }
-                    Some(event) => {
-                        self.cache.apply(&event);
-                        let actions = self.profile.event(&event, &self.cache);
-                        self.execute(actions).await;
+                        self.node.event(&event)
                     }
                     None => break,
                 },
-                _ = stats_tick.tick() => {
-                    let actions = self.profile.stats(self.node_stats());
-                    self.execute(actions).await;
-                }
-            }
+                _ = stats_tick.tick() => self.node.stats(Backlog::default()),
+            };
+            self.send(outgoing).await;
         }
-        let actions = self.profile.farewell();
-        self.execute(actions).await;
+        let outgoing = self.node.farewell();
+        self.send(outgoing).await;
         self.broker.stop().await;
     }
 
-    fn node_stats(&self) -> NodeStats {
-        NodeStats {
-            counters: self.stats.snapshot(),
-            devices_online: self.cache.online_count() as u64,
-            ..NodeStats::default()
-        }
-    }
-
-    async fn execute(&mut self, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Publish(message) => {
+    async fn send(&mut self, outgoing: Vec<Outgoing>) {
+        for out in outgoing {
+            match out {
+                Outgoing::Publish(message) => {
                     if self.broker.publish(message).await {
                         metrics::published("local");
                     }
                 }
-                Action::Write(write) => {
-                    if let Err(rejection) = self.writes.send(write, &self.config) {
-                        Counters::bump(&self.stats.commands_rejected);
-                        tracing::warn!(%rejection, "local command refused; nothing written");
-                    }
-                }
-                Action::Reject(rejection) => {
-                    Counters::add(&self.stats.commands_rejected, rejection.count());
-                    tracing::warn!(%rejection, "local command refused; nothing written");
-                }
                 // Commands are picked out by the broker's ACL hook: a
                 // subscription (at start, or new /set topics after a reload)
                 // tells it which topics are commands.
-                Action::Subscribe(filters) => {
+                Outgoing::Subscribe(filters) => {
                     self.broker
                         .add_command_filters(filters.into_iter().map(|(f, _)| f));
                 }
                 // The local broker has no primary host to leave.
-                Action::LeaveServer => {}
+                Outgoing::LeaveServer => {}
             }
         }
     }

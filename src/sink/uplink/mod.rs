@@ -22,14 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acquire::router::WriteRouter;
 use crate::config::Config;
-use crate::core::event::DeviceEvent;
+use crate::core::event::{DeviceEvent, MapVersion};
 use crate::core::message::Message;
 use crate::ops::liveness::Pulse;
-use crate::ops::metrics;
-use crate::ops::metrics::Counters;
+use crate::ops::metrics::{self, Counters};
 use crate::profile::NodeProfile;
-use crate::profile::action::{Action, NodeStats};
-use crate::profile::last_values::LastValues;
+use crate::sink::node::{Backlog, NodeState, Outgoing};
 use crate::sink::pem::TlsError;
 use crate::sink::uplink::connection::{Connection, ConnectionEvent, Greeting, qos};
 use crate::sink::uplink::options::{mqtt_options, tls_config};
@@ -59,15 +57,12 @@ pub enum StartError {
 /// The publisher and its connection task.
 #[derive(Debug)]
 pub struct Publisher {
-    config: Arc<Config>,
-    profile: NodeProfile,
-    cache: LastValues,
+    node: NodeState,
     client: AsyncClient,
     link: mpsc::Receiver<ConnectionEvent>,
     connection: JoinHandle<()>,
     stop_connection: CancellationToken,
     connected: bool,
-    writes: WriteRouter,
     stats: Arc<Counters>,
     max_packet_size: usize,
     forwarder: Forwarder,
@@ -141,16 +136,13 @@ impl Publisher {
         )
         .ok_or(StartError::NoUpstream)?;
         Ok(Publisher {
-            cache: LastValues::new(&config),
             max_packet_size: upstream.max_packet_size,
-            config,
-            profile,
+            node: NodeState::new(config, profile, writes, Arc::clone(&stats), "upstream"),
             client,
             link,
             connection: tokio::spawn(connection.run()),
             stop_connection,
             connected: false,
-            writes,
             stats,
             forwarder,
             pulse,
@@ -165,11 +157,11 @@ impl Publisher {
         mut events: mpsc::Receiver<DeviceEvent<Config>>,
         shutdown: CancellationToken,
     ) {
-        let mut stats_tick = tokio::time::interval(self.config.node.stats_interval);
+        let mut stats_tick = tokio::time::interval(self.node.config.node.stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut drain_tick = tokio::time::interval(DRAIN_TICK);
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sync_tick = tokio::time::interval(self.config.buffer.sync);
+        let mut sync_tick = tokio::time::interval(self.node.config.buffer.sync);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             // The drain tick turns this loop at least that often.
@@ -179,23 +171,22 @@ impl Publisher {
                 () = shutdown.cancelled() => break,
                 Some(link) = self.link.recv() => self.link_event(link),
                 event = events.recv() => match event {
-                    Some(DeviceEvent::Reconfigured(map)) => self.reconfigure(map.0),
+                    Some(DeviceEvent::Reconfigured(map)) => self.reconfigure(&map.0),
                     Some(event) => {
-                        self.cache.apply(&event);
-                        let actions = self.profile.event(&event, &self.cache);
-                        let published = self.execute(actions);
+                        let outgoing = self.node.event(&event);
+                        let published = self.send(outgoing);
                         self.keep(&event, published);
                         // A host that wrote wants to see a failed write without waiting for the next tick.
                         if matches!(event, DeviceEvent::Written { .. }) {
-                            let actions = self.profile.stats(self.node_stats());
-                            self.execute(actions);
+                            let outgoing = self.node.stats(self.backlog());
+                            self.send(outgoing);
                         }
                     }
                     None => break,
                 },
                 _ = stats_tick.tick() => {
-                    let actions = self.profile.stats(self.node_stats());
-                    self.execute(actions);
+                    let outgoing = self.node.stats(self.backlog());
+                    self.send(outgoing);
                 }
                 _ = drain_tick.tick() => self.drain(),
                 _ = sync_tick.tick() => {
@@ -215,12 +206,12 @@ impl Publisher {
     /// A reload put `config` in force: what is known about unchanged devices
     /// carries over, the profile announces what changed, and stored batches
     /// are read back by the new map's device keys.
-    fn reconfigure(&mut self, config: Arc<Config>) {
-        self.cache.reconfigure(&self.config, &config);
-        self.forwarder.remap(DeviceKeys::of(&config));
-        let actions = self.profile.reconfigure(Arc::clone(&config), &self.cache);
-        self.config = config;
-        self.execute(actions);
+    fn reconfigure(&mut self, config: &Arc<Config>) {
+        self.forwarder.remap(DeviceKeys::of(config));
+        let outgoing = self
+            .node
+            .event(&DeviceEvent::Reconfigured(MapVersion(Arc::clone(config))));
+        self.send(outgoing);
         self.forwarder.readiness_changed();
     }
 
@@ -232,7 +223,7 @@ impl Publisher {
         else {
             return;
         };
-        if published && self.connected && self.profile.ready(*device) {
+        if published && self.connected && self.node.profile.ready(*device) {
             let now = tokio::time::Instant::now().into_std();
             self.forwarder.sent_live(*device, samples, now);
         } else {
@@ -248,34 +239,30 @@ impl Publisher {
             return;
         }
         let per_tick =
-            (self.config.buffer.drain_rate as u128 * DRAIN_TICK.as_millis() / 1000).max(1);
-        let ready: Vec<bool> = (0..self.config.devices.len())
-            .map(|d| self.profile.ready(d))
+            (self.node.config.buffer.drain_rate as u128 * DRAIN_TICK.as_millis() / 1000).max(1);
+        let ready: Vec<bool> = (0..self.node.config.devices.len())
+            .map(|d| self.node.profile.ready(d))
             .collect();
-        let (profile, client, stats) = (&mut self.profile, &self.client, &self.stats);
+        let (profile, client, stats) = (&mut self.node.profile, &self.client, &self.stats);
         let max_packet_size = self.max_packet_size;
         let forwarder = &mut self.forwarder;
         crate::ops::blocking::file_work(|| {
             forwarder.drain(
-            per_tick as usize,
-            now,
-            |device| ready.get(device).copied().unwrap_or(false),
-            |device, samples| {
-                for message in profile.history(device, samples) {
-                    if message.wire_size() > max_packet_size {
-                        Counters::bump(&stats.messages_dropped);
-                        tracing::error!(topic = %message.topic, "stored batch larger than [upstream] max_packet_size; not sent");
-                        continue;
+                per_tick as usize,
+                now,
+                |device| ready.get(device).copied().unwrap_or(false),
+                |device, samples| {
+                    for message in profile.history(device, samples) {
+                        // An oversized batch is dropped (and counted); a full queue ends this tick.
+                        if let Err(Unsent::QueueFull) =
+                            publish(client, stats, max_packet_size, message)
+                        {
+                            return false;
+                        }
                     }
-                    let Message { topic, payload, qos: q, retain } = message;
-                    if client.try_publish(topic, qos(q), retain, payload).is_err() {
-                        return false;
-                    }
-                    metrics::published("upstream");
-                }
-                true
-            },
-        )
+                    true
+                },
+            )
         });
     }
 
@@ -295,8 +282,8 @@ impl Publisher {
         crate::ops::blocking::file_work(|| self.forwarder.sync());
         self.stop_connection.cancel();
         if self.connected {
-            let actions = self.profile.farewell();
-            self.execute(actions);
+            let outgoing = self.node.farewell();
+            self.send(outgoing);
             // Must follow the farewell: under MQTT 3.1.1 a clean DISCONNECT discards the will.
             if let Err(e) = self.client.try_disconnect() {
                 tracing::warn!(error = %e, "cannot send DISCONNECT");
@@ -314,12 +301,10 @@ impl Publisher {
         }
     }
 
-    fn node_stats(&self) -> NodeStats {
-        NodeStats {
-            counters: self.stats.snapshot(),
-            devices_online: self.cache.online_count() as u64,
-            samples_buffered: self.forwarder.backlog(),
-            samples_dropped: self.forwarder.dropped(),
+    fn backlog(&self) -> Backlog {
+        Backlog {
+            buffered: self.forwarder.backlog(),
+            dropped: self.forwarder.dropped(),
         }
     }
 
@@ -327,8 +312,9 @@ impl Publisher {
         match event {
             ConnectionEvent::Connected { epoch, .. } => {
                 self.connected = true;
-                let actions = self.profile.connected(epoch);
-                self.execute(actions);
+                let actions = self.node.profile.connected(epoch);
+                let outgoing = self.node.settle(actions);
+                self.send(outgoing);
             }
             ConnectionEvent::Subscribed { refused } => {
                 if refused > 0 {
@@ -337,8 +323,8 @@ impl Publisher {
                         "the server refused subscriptions; commands will not arrive"
                     );
                 }
-                let actions = self.profile.subscribed(&self.cache, self.node_stats());
-                self.execute(actions);
+                let outgoing = self.node.subscribed(self.backlog());
+                self.send(outgoing);
                 self.forwarder.readiness_changed();
             }
             ConnectionEvent::Message {
@@ -346,16 +332,12 @@ impl Publisher {
                 payload,
                 retained,
             } => {
-                let actions = self.profile.message(
-                    &topic,
-                    &payload,
-                    retained,
-                    &self.cache,
-                    self.node_stats(),
-                );
-                self.execute(actions);
-                let actions = self.profile.stats(self.node_stats());
-                self.execute(actions);
+                let outgoing = self
+                    .node
+                    .message(&topic, &payload, retained, self.backlog());
+                self.send(outgoing);
+                let outgoing = self.node.stats(self.backlog());
+                self.send(outgoing);
             }
             ConnectionEvent::Disconnected { reason, ack } => {
                 tracing::debug!(%reason, "publisher paused");
@@ -363,27 +345,39 @@ impl Publisher {
                     self.forwarder.link_lost();
                 }
                 self.connected = false;
-                self.profile.disconnected();
+                self.node.profile.disconnected();
                 drop(ack);
             }
         }
-        let up = self.connected && self.profile.online();
-        self.writes.uplink(up);
+        let up = self.connected && self.node.profile.online();
+        self.node.uplink(up);
         metrics::uplink_up(up);
     }
 
-    /// Carries out `actions`; false when a message could not be published.
-    fn execute(&mut self, actions: Vec<Action>) -> bool {
+    /// Carries out what only the uplink can; false when a message could not be published.
+    fn send(&mut self, outgoing: Vec<Outgoing>) -> bool {
         let mut all_published = true;
-        let mut queue = VecDeque::from(actions);
-        while let Some(action) = queue.pop_front() {
-            match action {
-                Action::Publish(message) => all_published &= self.publish(message),
-                Action::Subscribe(filters) if filters.is_empty() => {
-                    let more = self.profile.subscribed(&self.cache, self.node_stats());
-                    queue.extend(more);
+        let mut queue = VecDeque::from(outgoing);
+        while let Some(out) = queue.pop_front() {
+            match out {
+                Outgoing::Publish(_) if !self.connected => all_published = false,
+                Outgoing::Publish(message) => {
+                    match publish(&self.client, &self.stats, self.max_packet_size, message) {
+                        Ok(()) => {}
+                        Err(Unsent::TooLarge) => all_published = false,
+                        Err(Unsent::QueueFull) => {
+                            Counters::bump(&self.stats.messages_dropped);
+                            tracing::warn!(
+                                "uplink queue full; message dropped (its samples are queued on disk)"
+                            );
+                            all_published = false;
+                        }
+                    }
                 }
-                Action::Subscribe(filters) => {
+                Outgoing::Subscribe(filters) if filters.is_empty() => {
+                    queue.extend(self.node.subscribed(self.backlog()));
+                }
+                Outgoing::Subscribe(filters) => {
                     let filters = filters
                         .into_iter()
                         .map(|(path, q)| SubscribeFilter::new(path, qos(q)));
@@ -391,16 +385,7 @@ impl Publisher {
                         tracing::error!(error = %e, "cannot subscribe; commands will not arrive");
                     }
                 }
-                Action::Write(write) => {
-                    if let Err(rejection) = self.writes.send(write, &self.config) {
-                        queue.push_back(Action::Reject(rejection));
-                    }
-                }
-                Action::Reject(rejection) => {
-                    Counters::add(&self.stats.commands_rejected, rejection.count());
-                    tracing::warn!(%rejection, "command refused; nothing written");
-                }
-                Action::LeaveServer => {
+                Outgoing::LeaveServer => {
                     if let Err(e) = self.client.try_disconnect() {
                         tracing::warn!(error = %e, "cannot send DISCONNECT");
                     }
@@ -409,35 +394,47 @@ impl Publisher {
         }
         all_published
     }
+}
 
-    fn publish(&mut self, message: Message) -> bool {
-        if !self.connected {
-            return false;
-        }
-        if message.wire_size() > self.max_packet_size {
-            Counters::bump(&self.stats.messages_dropped);
-            tracing::error!(
-                topic = %message.topic,
-                bytes = message.wire_size(),
-                max_packet_size = self.max_packet_size,
-                "message larger than [upstream] max_packet_size; not sent"
-            );
-            return false;
-        }
-        let Message {
-            topic,
-            payload,
-            qos: q,
-            retain,
-        } = message;
-        if let Err(e) = self.client.try_publish(topic, qos(q), retain, payload) {
-            Counters::bump(&self.stats.messages_dropped);
-            tracing::warn!(error = %e, "uplink queue full; message dropped (its samples are queued on disk)");
-            return false;
-        }
-        metrics::published("upstream");
-        true
+/// Why a message did not go out.
+enum Unsent {
+    /// Larger than `[upstream] max_packet_size`: rumqttc would fail the whole
+    /// connection on it, so it is dropped and counted instead.
+    TooLarge,
+    /// rumqttc's request queue is full: the uplink is slower than the devices.
+    QueueFull,
+}
+
+/// Hands `message` to the connection without waiting, for live values and
+/// the backlog alike. An oversized message is dropped and counted here; a
+/// full queue is the caller's to judge (a stored batch stays on disk).
+fn publish(
+    client: &AsyncClient,
+    counters: &Counters,
+    max_packet_size: usize,
+    message: Message,
+) -> Result<(), Unsent> {
+    if message.wire_size() > max_packet_size {
+        Counters::bump(&counters.messages_dropped);
+        tracing::error!(
+            topic = %message.topic,
+            bytes = message.wire_size(),
+            max_packet_size,
+            "message larger than [upstream] max_packet_size; not sent"
+        );
+        return Err(Unsent::TooLarge);
     }
+    let Message {
+        topic,
+        payload,
+        qos: q,
+        retain,
+    } = message;
+    if client.try_publish(topic, qos(q), retain, payload).is_err() {
+        return Err(Unsent::QueueFull);
+    }
+    metrics::published("upstream");
+    Ok(())
 }
 
 async fn drain(link: &mut mpsc::Receiver<ConnectionEvent>) {
