@@ -158,7 +158,7 @@ impl Gateway {
 
     /// Serves until `shutdown` is cancelled or a sink ends by itself (only
     /// when the sources are gone), reloading the device map on SIGHUP; then
-    /// stops the sources and gives the sinks [`SINK_GRACE`] to publish what
+    /// stops the sources and gives the sinks `SINK_GRACE` to publish what
     /// they said last.
     pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

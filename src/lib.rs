@@ -2,53 +2,56 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: bus tasks poll devices and emit events; the publisher
-//! keeps the last values, lets the profile (Sparkplug B or plain JSON) turn
-//! events into MQTT messages, and hands them to the uplink connection.
-//! Commands flow back once: the profile validates them into writes, which
-//! the engine routes to the bus task owning the device.
+//! The folders follow the data: sources poll devices and emit events; the
+//! profile turns events into messages; the store keeps what cannot go out
+//! yet; the sinks publish, upstream and into the local broker. Commands come
+//! back once, through the profile's rules and the write router, to the task
+//! that owns the device. Each layer imports only the layers listed above it
+//! (`tests/layers.rs` holds the code to that).
 //!
-//! - [`config`]: TOML text → validated [`config::Config`], with file:line diagnostics.
-//! - [`value`]: typed values, quality and samples.
-//! - [`modbus::codec`]: registers ⇄ values (byte/word order, bits, strings, scaling); pure.
-//! - [`modbus::plan`]: the read planner (coalescing, self-healing splits); pure.
-//! - [`modbus::link`]: one bus connection with timeouts, resync and reconnect; reads and writes.
-//! - [`modbus::cycle`]: one device's poll cycle and its decoding.
-//! - [`modbus::bus`]: the per-bus task: schedules, offline/backoff, report by exception, writes.
-//! - [`exception`]: report by exception (deadbands).
-//! - [`gpio`]: GPIO devices: drivers (cdev, rppal, sim), debouncing, pulse counters, outputs.
-//! - [`engine`]: spawns the bus and GPIO tasks, merges their events, routes writes, puts reloaded device maps in force.
-//! - [`reload`]: what a SIGHUP's new device map changes; pure.
-//! - [`command`]: the rules a write must pass and its register image; pure.
-//! - [`stats`]: the gateway's counters.
-//! - [`last_values`]: the last value of every metric and each device's state.
-//! - [`profile`]: what a profile answers with ([`profile::Action`]) and the profile switch.
-//! - [`sparkplug`]: Sparkplug B schema, topics, payloads, seq/bdSeq, the edge node session; pure.
-//! - [`plain`]: the plain JSON profile; pure.
-//! - [`mqtt`]: the upstream connection task (reconnect, next server, will per connect) and TLS.
-//! - [`publisher`]: the task between the bus tasks and the uplink.
-//! - [`broker`]: the embedded local MQTT broker (rmqtt) with fieldmq's logins and topic ACLs.
-//! - [`local`]: fieldmq's data into the local broker, and local clients' commands back.
-//! - [`buffer`]: the store-and-forward disk queue (segment log) and the stored sample format.
-//! - [`forward`]: store-and-forward: what waits on disk, the replay window, the paced drain.
-//! - [`simulator`]: a Modbus device simulator (TCP, RTU, RTU over TCP) for tests, benchmarks and demos.
-//! - [`demo`]: the simulated meter and GPIO panel behind `fieldmq demo`.
-//! - [`tail`]: `fieldmq tail`'s decoding of Sparkplug B (names from births) into readable lines; pure.
-//! - [`backoff`]: exponential backoff with jitter.
-//! - [`blocking`]: disk work from async tasks without stalling the other tasks.
-//! - [`atomic_file`]: crash-safe replacement of small state files (bdSeq, counter totals, queue cursor).
-//! - [`liveness`]: whether the long-running tasks keep their promises to come back (watchdog, `/healthz`).
-//! - [`health`]: the `[health]` endpoint: `/healthz` and Prometheus `/metrics`.
-//! - [`systemd`]: readiness, reload and watchdog notifications to systemd.
+//! - [`core`]: the shared vocabulary, importing nothing else: values and
+//!   samples, device events, writes and refusals, messages, register layouts.
+//! - [`ops`]: what every layer uses to stay observable and durable: the one
+//!   counter system ([`ops::metrics`]), liveness, the health endpoint,
+//!   systemd, backoff, disk work off the async threads, atomic state files.
+//! - [`config`]: TOML text → validated [`config::Config`], with file:line
+//!   diagnostics; one file per section; what a reload changes.
+//! - [`acquire`]: the sources. [`acquire::modbus`] (codec and read planner,
+//!   pure; the link, the poll cycle, the bus task), [`acquire::gpio`], the
+//!   deadband filter, the engine that runs a task per bus and per GPIO
+//!   device, and the write router back to them.
+//! - [`profile`]: pure transforms from events to actions: the Sparkplug B
+//!   edge node ([`profile::sparkplug`]), the plain JSON profile, the rules a
+//!   command must pass, the last value of every metric.
+//! - [`store`]: what survives a restart: the store-and-forward queue on
+//!   disk, the replay window and paced drain in front of it, the bdSeq.
+//! - [`sink`]: where actions go: the uplink (connection, TLS, the queue in
+//!   front), the local broker and its feed, or the log; what both keep about
+//!   the node ([`sink::node`]).
+//! - [`gateway`]: the wiring of a running gateway: sources, the event tee,
+//!   sinks, health, SIGHUP. Usable in-process.
+//! - [`sim`]: the Modbus device simulator and the demo's devices.
 //! - [`fuzz`]: arbitrary bytes into each input path, for `fuzz/` and the corpus replay test.
+//!
+//! The binary's `cli/` (one file per subcommand) sits on top of all of it.
+
+// In the order data flows through them (rustfmt keeps blank-line groups apart).
+pub mod core;
+
+pub mod ops;
+
+pub mod config;
 
 pub mod acquire;
-pub mod config;
-pub mod core;
-pub mod fuzz;
-pub mod gateway;
-pub mod ops;
+
 pub mod profile;
-pub mod sim;
-pub mod sink;
+
 pub mod store;
+
+pub mod sink;
+
+pub mod gateway;
+
+pub mod sim;
+
+pub mod fuzz;
