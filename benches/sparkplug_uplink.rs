@@ -20,7 +20,7 @@ use fieldmq::profile::sparkplug::edge::EdgeNode;
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::metric;
 use fieldmq::sim::Simulator;
-use fieldmq::sink::uplink::Publisher;
+use fieldmq::sink::uplink::Uplink;
 use prost::Message as _;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
@@ -173,7 +173,7 @@ async fn latency() {
 
     let shutdown = CancellationToken::new();
     let mut engine = Engine::start(Arc::clone(&config), &shutdown);
-    let publisher = Publisher::start(
+    let publisher = Uplink::start(
         Arc::clone(&config),
         engine.writes.clone(),
         Arc::clone(&engine.stats),

@@ -22,7 +22,7 @@ use crate::config::reload::Reload;
 use crate::core::event::DeviceEvent;
 use crate::ops::health::{self, HealthError, Probe};
 use crate::ops::systemd;
-use crate::sink::uplink::{Publisher, StartError};
+use crate::sink::uplink::{StartError, Uplink};
 
 /// How long the sinks wait, after a stop signal, for the sources to finish
 /// (a bus transaction under way takes up to its timeout).
@@ -109,16 +109,14 @@ impl Gateway {
         }
         let local_broker = !sinks.is_empty();
         if config.upstream.is_some() {
-            let publisher = Publisher::start(
+            let uplink = Uplink::start(
                 Arc::clone(&config),
                 engine.writes.clone(),
                 Arc::clone(&engine.stats),
                 engine.liveness.pulse("uplink"),
             )?;
             let stop = stop_sinks.clone();
-            sinks.push(Box::new(move |events| {
-                Box::pin(publisher.run(events, stop))
-            }));
+            sinks.push(Box::new(move |events| Box::pin(uplink.run(events, stop))));
         } else {
             let (config, stop) = (Arc::clone(&config), stop_sinks.clone());
             sinks.push(Box::new(move |events| {
@@ -182,7 +180,7 @@ impl Gateway {
         match drained {
             Ok(done) => done?,
             Err(_) => {
-                tracing::warn!(grace = ?SINK_GRACE, "sources did not stop in time; stopping the publishers anyway");
+                tracing::warn!(grace = ?SINK_GRACE, "sources did not stop in time; stopping the sinks anyway");
                 self.stop_sinks.cancel();
                 while let Some(done) = self.sinks.join_next().await {
                     done?;

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::TaskChannels;
 use crate::acquire::gpio::GpioTask;
-use crate::acquire::modbus::bus::{BusChannels, BusTask};
+use crate::acquire::modbus::bus::BusTask;
 use crate::acquire::router::WriteRouter;
 use crate::config::reload::Reload;
 use crate::config::{Acquisition, Config};
@@ -106,7 +107,7 @@ impl Engine {
                 task: None,
             };
         };
-        let channels = BusChannels {
+        let channels = TaskChannels {
             events: feed.clone(),
             writes: write_rx,
             stats: Arc::clone(&self.stats),

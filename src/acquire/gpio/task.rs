@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::counter::{CounterStore, RateMeter};
 use super::debounce::Debouncer;
 use super::lines::{Edge, GpioError, LineKind, LineRequest, Lines};
-use crate::acquire::modbus::bus::BusChannels;
+use crate::acquire::TaskChannels;
 use crate::acquire::modbus::cycle::{MetricReading, Raw};
 use crate::config::{Attachment, Config, Device};
 use crate::config::{GpioChip, PinRole};
@@ -70,7 +70,7 @@ impl GpioTask {
     pub fn new(
         config: Arc<Config>,
         device: DeviceId,
-        channels: BusChannels,
+        channels: TaskChannels,
         uplink: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Option<GpioTask> {

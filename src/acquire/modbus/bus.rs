@@ -8,6 +8,7 @@
 //! exponential backoff, so a dead unit costs its line one timeout per backoff
 //! period and the live units keep their rate.
 
+use crate::acquire::TaskChannels;
 use crate::core::event::DeviceEvent;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,25 +76,12 @@ pub struct BusTask {
 /// refused as busy.
 pub const WRITES_PER_DUE_POLL: usize = 1;
 
-/// The channels a bus task is connected to.
-#[derive(Debug)]
-pub struct BusChannels {
-    /// Where it reports.
-    pub events: mpsc::Sender<DeviceEvent<Config>>,
-    /// Writes for its devices, carried out between poll cycles.
-    pub writes: mpsc::Receiver<Write>,
-    /// Counters it adds to.
-    pub stats: Arc<Counters>,
-    /// Its promise to come back ([`crate::ops::liveness`]).
-    pub pulse: Pulse,
-}
-
 impl BusTask {
     /// A task for bus `bus` of `config`, sending what it learns to `events`.
     pub fn new(
         config: Arc<Config>,
         bus: usize,
-        channels: BusChannels,
+        channels: TaskChannels,
         shutdown: CancellationToken,
     ) -> Option<BusTask> {
         let settings = config.buses.get(bus)?;

@@ -34,7 +34,7 @@ use crate::sink::uplink::options::{mqtt_options, tls_config};
 use crate::store::bdseq::BdSeqStore;
 use crate::store::forward::{DeviceKeys, Forwarder};
 
-/// Link events waiting for the publisher.
+/// Connection events waiting for the uplink.
 const LINK_QUEUE: usize = 64;
 /// How long a stopping gateway waits for its farewell to reach the server.
 const FAREWELL_GRACE: Duration = Duration::from_secs(3);
@@ -43,7 +43,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(100);
 /// Margin added to two keep-alive periods for the replay window.
 const WINDOW_MARGIN: Duration = Duration::from_secs(5);
 
-/// Why the publisher could not start.
+/// Why the uplink could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The config has no `[upstream]`.
@@ -54,9 +54,9 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
-/// The publisher and its connection task.
+/// The uplink: the node as upstream sees it, its connection task and the queue in front.
 #[derive(Debug)]
-pub struct Publisher {
+pub struct Uplink {
     node: NodeState,
     client: AsyncClient,
     link: mpsc::Receiver<ConnectionEvent>,
@@ -71,7 +71,7 @@ pub struct Publisher {
     dropped_logged: u64,
 }
 
-impl Publisher {
+impl Uplink {
     /// Builds the profile and starts the connection to `[upstream]`.
     /// Fails only on what the config check could not see (TLS files that do not parse).
     pub fn start(
@@ -79,7 +79,7 @@ impl Publisher {
         writes: WriteRouter,
         stats: Arc<Counters>,
         pulse: Pulse,
-    ) -> Result<Publisher, StartError> {
+    ) -> Result<Uplink, StartError> {
         let upstream = config.upstream.as_ref().ok_or(StartError::NoUpstream)?;
         let tls = tls_config(upstream)?;
         let servers = upstream
@@ -135,7 +135,7 @@ impl Publisher {
             stop_connection.clone(),
         )
         .ok_or(StartError::NoUpstream)?;
-        Ok(Publisher {
+        Ok(Uplink {
             max_packet_size: upstream.max_packet_size,
             node: NodeState::new(config, profile, writes, Arc::clone(&stats), "upstream"),
             client,
@@ -340,7 +340,7 @@ impl Publisher {
                 self.send(outgoing);
             }
             ConnectionEvent::Disconnected { reason, ack } => {
-                tracing::debug!(%reason, "publisher paused");
+                tracing::debug!(%reason, "uplink paused");
                 if self.connected {
                     self.forwarder.link_lost();
                 }
