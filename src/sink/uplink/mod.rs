@@ -10,6 +10,7 @@
 
 pub mod connection;
 pub mod options;
+pub mod receipts;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,8 +41,6 @@ const LINK_QUEUE: usize = 64;
 const FAREWELL_GRACE: Duration = Duration::from_secs(3);
 /// How often the backlog drain runs; `[buffer] drain_rate` is spread over these ticks.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
-/// Margin added to two keep-alive periods for the replay window.
-const WINDOW_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the uplink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +57,13 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Uplink {
     node: NodeState,
-    client: AsyncClient,
+    outbox: Outbox,
     link: mpsc::Receiver<ConnectionEvent>,
     connection: JoinHandle<()>,
     stop_connection: CancellationToken,
     connected: bool,
+    confirm_interval: Duration,
     stats: Arc<Counters>,
-    max_packet_size: usize,
     forwarder: Forwarder,
     pulse: Pulse,
     /// Samples dropped as last logged.
@@ -96,18 +95,16 @@ impl Uplink {
                 .then(|| BdSeqStore::new(&config.node.data_dir)),
             will: Box::new(move |epoch| will_profile.will(epoch)),
         };
-        // A dead link is noticed after up to two keep-alive periods without an answer.
-        let window = upstream.keep_alive * 2 + WINDOW_MARGIN;
         let dir = config.node.data_dir.join("buffer");
         let opened = crate::ops::blocking::file_work(|| {
-            Forwarder::open(&dir, &config.buffer, window, DeviceKeys::of(&config))
+            Forwarder::open(&dir, &config.buffer, DeviceKeys::of(&config))
         });
         let forwarder = match opened {
             Ok(forwarder) => forwarder,
             Err(e) => {
                 // Polling and the local broker matter more than the backlog.
                 tracing::error!(error = %e, "store-and-forward queue cannot be opened; running without it: values that cannot go out now are dropped and counted");
-                Forwarder::unavailable(window, DeviceKeys::of(&config))
+                Forwarder::unavailable(DeviceKeys::of(&config))
             }
         };
         stats.queue_unavailable.store(
@@ -136,9 +133,15 @@ impl Uplink {
         )
         .ok_or(StartError::NoUpstream)?;
         Ok(Uplink {
-            max_packet_size: upstream.max_packet_size,
+            outbox: Outbox {
+                client,
+                stats: Arc::clone(&stats),
+                max_packet_size: upstream.max_packet_size,
+                handed: 0,
+                proven: 0,
+            },
+            confirm_interval: upstream.confirm_interval,
             node: NodeState::new(config, profile, writes, Arc::clone(&stats), "upstream"),
-            client,
             link,
             connection: tokio::spawn(connection.run()),
             stop_connection,
@@ -163,6 +166,8 @@ impl Uplink {
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sync_tick = tokio::time::interval(self.node.config.buffer.sync);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut confirm_tick = tokio::time::interval(self.confirm_interval);
+        confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             // The drain tick turns this loop at least that often.
             self.pulse.within(DRAIN_TICK);
@@ -189,6 +194,7 @@ impl Uplink {
                     self.send(outgoing);
                 }
                 _ = drain_tick.tick() => self.drain(),
+                _ = confirm_tick.tick(), if self.connected => self.outbox.ask_for_proof(),
                 _ = sync_tick.tick() => {
                     crate::ops::blocking::file_work(|| self.forwarder.sync());
                     self.log_drops();
@@ -224,8 +230,9 @@ impl Uplink {
             return;
         };
         if published && self.connected && self.node.profile.ready(*device) {
-            let now = tokio::time::Instant::now().into_std();
-            self.forwarder.sent_live(*device, samples, now);
+            // The event's messages were the last handed over.
+            self.forwarder
+                .sent_live(*device, samples, self.outbox.handed);
         } else {
             self.forwarder.store(*device, samples);
         }
@@ -233,8 +240,6 @@ impl Uplink {
 
     /// Sends the next slice of the backlog, if the profile is ready for it.
     fn drain(&mut self) {
-        let now = tokio::time::Instant::now().into_std();
-        self.forwarder.expire(now);
         if !self.connected || !(self.forwarder.has_backlog() || self.forwarder.is_stalled()) {
             return;
         }
@@ -243,24 +248,20 @@ impl Uplink {
         let ready: Vec<bool> = (0..self.node.config.devices.len())
             .map(|d| self.node.profile.ready(d))
             .collect();
-        let (profile, client, stats) = (&mut self.node.profile, &self.client, &self.stats);
-        let max_packet_size = self.max_packet_size;
+        let (profile, outbox) = (&mut self.node.profile, &mut self.outbox);
         let forwarder = &mut self.forwarder;
         crate::ops::blocking::file_work(|| {
             forwarder.drain(
                 per_tick as usize,
-                now,
                 |device| ready.get(device).copied().unwrap_or(false),
                 |device, samples| {
                     for message in profile.history(device, samples) {
                         // An oversized batch is dropped (and counted); a full queue ends this tick.
-                        if let Err(Unsent::QueueFull) =
-                            publish(client, stats, max_packet_size, message)
-                        {
-                            return false;
+                        if let Err(Unsent::QueueFull) = outbox.publish(message) {
+                            return None;
                         }
                     }
-                    true
+                    Some(outbox.handed)
                 },
             )
         });
@@ -285,7 +286,7 @@ impl Uplink {
             let outgoing = self.node.farewell();
             self.send(outgoing);
             // Must follow the farewell: under MQTT 3.1.1 a clean DISCONNECT discards the will.
-            if let Err(e) = self.client.try_disconnect() {
+            if let Err(e) = self.outbox.client.try_disconnect() {
                 tracing::warn!(error = %e, "cannot send DISCONNECT");
             }
         }
@@ -312,9 +313,15 @@ impl Uplink {
         match event {
             ConnectionEvent::Connected { epoch, .. } => {
                 self.connected = true;
+                self.outbox.handed = 0;
+                self.outbox.proven = 0;
                 let actions = self.node.profile.connected(epoch);
                 let outgoing = self.node.settle(actions);
                 self.send(outgoing);
+            }
+            ConnectionEvent::Confirmed { upto } => {
+                self.outbox.proven = upto;
+                self.forwarder.confirmed(upto);
             }
             ConnectionEvent::Subscribed { refused } => {
                 if refused > 0 {
@@ -362,7 +369,7 @@ impl Uplink {
             match out {
                 Outgoing::Publish(_) if !self.connected => all_published = false,
                 Outgoing::Publish(message) => {
-                    match publish(&self.client, &self.stats, self.max_packet_size, message) {
+                    match self.outbox.publish(message) {
                         Ok(()) => {}
                         Err(Unsent::TooLarge) => all_published = false,
                         Err(Unsent::QueueFull) => {
@@ -381,12 +388,12 @@ impl Uplink {
                     let filters = filters
                         .into_iter()
                         .map(|(path, q)| SubscribeFilter::new(path, qos(q)));
-                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                    if let Err(e) = self.outbox.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot subscribe; commands will not arrive");
                     }
                 }
                 Outgoing::LeaveServer => {
-                    if let Err(e) = self.client.try_disconnect() {
+                    if let Err(e) = self.outbox.client.try_disconnect() {
                         tracing::warn!(error = %e, "cannot send DISCONNECT");
                     }
                 }
@@ -405,36 +412,60 @@ enum Unsent {
     QueueFull,
 }
 
-/// Hands `message` to the connection without waiting, for live values and
-/// the backlog alike. An oversized message is dropped and counted here; a
-/// full queue is the caller's to judge (a stored batch stays on disk).
-fn publish(
-    client: &AsyncClient,
-    counters: &Counters,
+/// The client handle, and the messages handed to it on this connection,
+/// numbered from 1 as [`receipts::Receipts`] counts them.
+#[derive(Debug)]
+struct Outbox {
+    client: AsyncClient,
+    stats: Arc<Counters>,
     max_packet_size: usize,
-    message: Message,
-) -> Result<(), Unsent> {
-    if message.wire_size() > max_packet_size {
-        Counters::bump(&counters.messages_dropped);
-        tracing::error!(
-            topic = %message.topic,
-            bytes = message.wire_size(),
-            max_packet_size,
-            "message larger than [upstream] max_packet_size; not sent"
-        );
-        return Err(Unsent::TooLarge);
+    /// The number of the last message handed over.
+    handed: u64,
+    /// The number of the last message proven received.
+    proven: u64,
+}
+
+impl Outbox {
+    /// Hands `message` to the connection without waiting, for live values
+    /// and the backlog alike. An oversized message is dropped and counted
+    /// here; a full queue is the caller's to judge (a stored batch stays on disk).
+    fn publish(&mut self, message: Message) -> Result<(), Unsent> {
+        if message.wire_size() > self.max_packet_size {
+            Counters::bump(&self.stats.messages_dropped);
+            tracing::error!(
+                topic = %message.topic,
+                bytes = message.wire_size(),
+                max_packet_size = self.max_packet_size,
+                "message larger than [upstream] max_packet_size; not sent"
+            );
+            return Err(Unsent::TooLarge);
+        }
+        let Message {
+            topic,
+            payload,
+            qos: q,
+            retain,
+        } = message;
+        if self
+            .client
+            .try_publish(topic, qos(q), retain, payload)
+            .is_err()
+        {
+            return Err(Unsent::QueueFull);
+        }
+        self.handed += 1;
+        metrics::published("upstream");
+        Ok(())
     }
-    let Message {
-        topic,
-        payload,
-        qos: q,
-        retain,
-    } = message;
-    if client.try_publish(topic, qos(q), retain, payload).is_err() {
-        return Err(Unsent::QueueFull);
+
+    /// While messages wait for proof, a PINGREQ behind them asks for it.
+    /// rumqttc (patched, see vendor/README.md) skips it while an earlier one
+    /// is unanswered, so a slow server gets at most one at a time.
+    fn ask_for_proof(&mut self) {
+        if self.handed > self.proven && self.client.try_ping().is_err() {
+            tracing::debug!("uplink queue full; delivery proof asked for later");
+        }
     }
-    metrics::published("upstream");
-    Ok(())
 }
 
 async fn drain(link: &mut mpsc::Receiver<ConnectionEvent>) {

@@ -213,6 +213,17 @@ impl AsyncClient {
         Ok(())
     }
 
+    /// Attempts to send a MQTT PingReq to the `EventLoop`, in order with
+    /// the requests sent before it. Its PingResp proves that the broker
+    /// received everything sent before it on this connection. Skipped while
+    /// an earlier PingReq awaits its answer.
+    // fieldmq patch: 0.25.1 sends pings only on its keep-alive timer.
+    pub fn try_ping(&self) -> Result<(), ClientError> {
+        let request = Request::PingReq(PingReq);
+        self.request_tx.try_send(request)?;
+        Ok(())
+    }
+
     /// Sends a MQTT disconnect to the `EventLoop`
     pub async fn disconnect(&self) -> Result<(), ClientError> {
         let request = Request::Disconnect(Disconnect);

@@ -162,6 +162,7 @@ impl EventLoop {
                 self.pending.clear();
             }
             self.network = Some(network);
+            self.state.ping_timeout = self.mqtt_options.keep_alive;
 
             if self.keepalive_timeout.is_none() && !self.mqtt_options.keep_alive.is_zero() {
                 self.keepalive_timeout = Some(Box::pin(time::sleep(self.mqtt_options.keep_alive)));
@@ -182,7 +183,17 @@ impl EventLoop {
     }
 
     /// Select on network and requests and generate keepalive pings when necessary
+    // fieldmq patch: a skipped ping (see `MqttState::outgoing_ping`) yields
+    // no event, so select again rather than unwrap an empty event queue.
     async fn select(&mut self) -> Result<Event, ConnectionError> {
+        loop {
+            if let Some(event) = self.select_once().await? {
+                return Ok(event);
+            }
+        }
+    }
+
+    async fn select_once(&mut self) -> Result<Option<Event>, ConnectionError> {
         let network = self.network.as_mut().unwrap();
         // let await_acks = self.state.await_acks;
         let inflight_full = self.state.inflight >= self.mqtt_options.inflight;
@@ -191,7 +202,7 @@ impl EventLoop {
 
         // Read buffered events from previous polls before calling a new poll
         if let Some(event) = self.state.events.pop_front() {
-            return Ok(event);
+            return Ok(Some(event));
         }
 
         let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
@@ -206,7 +217,7 @@ impl EventLoop {
                     Ok(inner) => inner?,
                     Err(_)=> return Err(ConnectionError::FlushTimeout),
                 };
-                Ok(self.state.events.pop_front().unwrap())
+                Ok(self.state.events.pop_front())
             },
              // Handles pending and new requests.
             // If available, prioritises pending requests from previous session.
@@ -249,7 +260,7 @@ impl EventLoop {
                         Ok(inner) => inner?,
                         Err(_)=> return Err(ConnectionError::FlushTimeout),
                     };
-                    Ok(self.state.events.pop_front().unwrap())
+                    Ok(self.state.events.pop_front())
                 }
                 Err(_) => Err(ConnectionError::RequestsDone),
             },
@@ -267,7 +278,7 @@ impl EventLoop {
                     Ok(inner) => inner?,
                     Err(_)=> return Err(ConnectionError::FlushTimeout),
                 };
-                Ok(self.state.events.pop_front().unwrap())
+                Ok(self.state.events.pop_front())
             }
         }
     }

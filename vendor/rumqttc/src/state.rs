@@ -4,7 +4,10 @@ use crate::mqttbytes::v4::*;
 use crate::mqttbytes::{self, *};
 use fixedbitset::FixedBitSet;
 use std::collections::VecDeque;
-use std::{io, time::Instant};
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
 /// Errors during state handling
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,12 @@ pub struct MqttState {
     pub events: VecDeque<Event>,
     /// Indicates if acknowledgements should be send immediately
     pub manual_acks: bool,
+    // fieldmq patch: pings may be requested between keep-alive pings, so
+    // an unanswered ping is a dead link only once it is a keep-alive old.
+    /// When the unanswered ping was sent
+    ping_sent: Instant,
+    /// How long a ping may wait for its answer (the keep-alive); zero: for ever
+    pub(crate) ping_timeout: Duration,
 }
 
 impl MqttState {
@@ -96,6 +105,8 @@ impl MqttState {
             // TODO: Optimize these sizes later
             events: VecDeque::with_capacity(100),
             manual_acks,
+            ping_sent: Instant::now(),
+            ping_timeout: Duration::ZERO,
         }
     }
 
@@ -386,11 +397,17 @@ impl MqttState {
         }
 
         // raise error if last ping didn't receive ack
+        // fieldmq patch: within its time an unanswered ping makes another
+        // one needless; it is skipped, with no packet and no event.
         if self.await_pingresp {
+            if self.ping_timeout.is_zero() || self.ping_sent.elapsed() < self.ping_timeout {
+                return Ok(None);
+            }
             return Err(StateError::AwaitPingResp);
         }
 
         self.await_pingresp = true;
+        self.ping_sent = Instant::now();
 
         debug!(
             "Pingreq,
@@ -503,6 +520,7 @@ impl MqttState {
 #[cfg(test)]
 mod test {
     use super::{MqttState, StateError};
+    use std::time::Duration;
     use crate::mqttbytes::v4::*;
     use crate::mqttbytes::*;
     use crate::{Event, Incoming, Outgoing, Request};
@@ -771,7 +789,13 @@ mod test {
     #[test]
     fn outgoing_ping_handle_should_throw_errors_for_no_pingresp() {
         let mut mqtt = build_mqttstate();
+        // fieldmq patch: a ping is late only after the keep-alive.
+        mqtt.ping_timeout = Duration::from_millis(50);
         mqtt.outgoing_ping().unwrap();
+        let events = mqtt.events.len();
+        assert!(matches!(mqtt.outgoing_ping(), Ok(None)), "skipped within its time");
+        assert_eq!(mqtt.events.len(), events, "a skipped ping makes no event");
+        std::thread::sleep(Duration::from_millis(60));
 
         // network activity other than pingresp
         let publish = build_outgoing_publish(QoS::AtLeastOnce);
