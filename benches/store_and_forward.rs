@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench --bench store_and_forward`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fieldmq::config::{BufferPolicy, DEFAULT_DRAIN_RATE};
 use fieldmq::core::value::{Quality, Sample, Value};
@@ -49,7 +49,7 @@ fn main() {
         ..BufferPolicy::default()
     };
     let keys = DeviceKeys::from_keys((0..DEVICES as u32).collect());
-    let mut f = Forwarder::open(dir.path(), &policy, Duration::ZERO, keys).expect("open");
+    let mut f = Forwarder::open(dir.path(), &policy, keys).expect("open");
     let batches = (3600 * HZ * DEVICES) as u64;
     let started = Instant::now();
     let mut last_sync = Instant::now();
@@ -78,21 +78,22 @@ fn main() {
     );
     let started = Instant::now();
     let mut sent = 0u64;
-    let now = Instant::now();
+    let mut messages = 0u64;
     loop {
         let d = f.drain(
             1000,
-            now,
             |_| true,
             |_, s| {
                 sent += s.len() as u64;
-                true
+                messages += 1;
+                Some(messages)
             },
         );
         if d.sent == 0 {
             break;
         }
-        f.expire(now);
+        // The server proves each round at once.
+        f.confirmed(messages);
     }
     f.sync();
     let drain = started.elapsed();

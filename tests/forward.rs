@@ -1,4 +1,4 @@
-//! Store-and-forward against a real mosquitto that goes away: every sample
+//! Store-and-forward against a real mosquitto whose link goes away: every sample
 //! taken while the uplink was down arrives afterwards, in order, flagged
 //! historical. The simulated devices count their reads, so each sample has
 //! a number and a gap or a repeat is visible.
@@ -13,6 +13,7 @@ use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::metric;
 use fieldmq::sim::Simulator;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received, free_port};
+use support::relay::Relay;
 use support::tcp_simulator;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -64,15 +65,18 @@ timeout = "500ms"
     text
 }
 
-/// An uplink (mosquitto) that can be cut and restored, the simulator, and a
-/// gateway whose Sparkplug stream is recorded from its births on.
+/// An uplink that can be cut and restored (a relay in front of mosquitto),
+/// the simulator, and a gateway whose Sparkplug stream an observer on the
+/// broker records from its births on. The broker and the observer stay up
+/// throughout, so the record holds exactly what crossed the relay.
 struct Outage {
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
-    port: u16,
-    broker: Option<Mosquitto>,
+    broker: Mosquitto,
+    relay: Relay,
+    observer: Peer,
     gateway: Gateway,
-    /// Everything an upstream subscriber received so far.
+    /// Everything the observer received so far.
     messages: Vec<Received>,
     _sim: Simulator,
 }
@@ -81,51 +85,48 @@ impl Outage {
     /// Starts everything, waits for the births and records `lead` of live data.
     async fn start(metrics: usize, extra: &str, lead: Duration) -> Outage {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let broker = Mosquitto::start_on(port).await;
+        let broker = Mosquitto::start().await;
+        let relay = Relay::start(broker.port).await;
         let sim = Simulator::new();
         for unit in 1..=3 {
             sim.count_reads(unit, 0);
         }
         let (sim_addr, _server) = tcp_simulator(&sim).await;
         let config = dir.path().join("fieldmq.toml");
-        let text = gateway_config(sim_addr, &broker.url(), dir.path(), metrics, extra);
+        let text = gateway_config(sim_addr, &relay.url(), dir.path(), metrics, extra);
         std::fs::write(&config, text).expect("write config");
-        let mut before = Peer::connect(port, "before", &["spBv1.0/#"]).await;
+        let mut observer = Peer::connect(broker.port, "observer", &["spBv1.0/#"]).await;
         let gateway = Gateway::run(&config, dir.path(), "gateway");
-        let mut messages = births(&mut before).await;
-        messages.extend(before.collect_for(lead).await);
+        let mut messages = births(&mut observer).await;
+        messages.extend(observer.collect_for(lead).await);
         Outage {
             dir,
             config,
-            port,
-            broker: Some(broker),
+            broker,
+            relay,
+            observer,
             gateway,
             messages,
             _sim: sim,
         }
     }
 
-    /// The uplink goes away.
-    async fn cut(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            broker.stop().await;
-        }
+    /// The uplink goes away: its connection drops and new ones are refused.
+    fn cut(&mut self) {
+        self.relay.cut();
     }
 
     /// The uplink comes back; what arrives within `window` is recorded.
     async fn restore(&mut self, window: Duration) {
-        self.broker = Some(Mosquitto::start_on(self.port).await);
-        let mut after = Peer::connect(self.port, "after", &["spBv1.0/#"]).await;
-        self.messages.extend(after.collect_for(window).await);
+        self.relay.restore().await;
+        self.messages
+            .extend(self.observer.collect_for(window).await);
     }
 
     /// Stops the gateway and reads what was recorded.
     async fn finish(self) -> (Stream, tempfile::TempDir) {
         self.gateway.terminate().await;
-        if let Some(broker) = self.broker {
-            broker.stop().await;
-        }
+        self.broker.stop().await;
         let mut stream = Stream::default();
         stream.read(&self.messages);
         (stream, self.dir)
@@ -260,7 +261,7 @@ async fn a_thirty_second_outage_loses_nothing() {
     let local = format!("[broker]\nlisten = \"127.0.0.1:{local_port}\"");
     let mut outage = Outage::start(1, &local, SECOND).await;
     let mut hmi = Peer::connect(local_port, "hmi", &["plant/gw/+/count0"]).await;
-    outage.cut().await;
+    outage.cut();
     // A local client keeps getting live values from the embedded broker while the uplink is gone.
     let mut last = 0;
     for second in 0..30 {
@@ -295,7 +296,7 @@ async fn a_thirty_second_outage_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_buffered_survives_kill_9_in_the_middle_of_an_outage() {
     let mut outage = Outage::start(1, NO_LOCAL_BROKER, 2 * SECOND).await;
-    outage.cut().await;
+    outage.cut();
     tokio::time::sleep(10 * SECOND).await;
     outage.gateway.kill().await;
     outage.gateway = Gateway::run(&outage.config, outage.dir.path(), "second");
@@ -320,7 +321,7 @@ async fn past_capacity_the_oldest_are_dropped_counted_exactly_and_memory_stays_f
         SECOND,
     )
     .await;
-    outage.cut().await;
+    outage.cut();
     tokio::time::sleep(12 * SECOND).await;
     let rss_full = outage.gateway.rss_kib();
     tokio::time::sleep(12 * SECOND).await;

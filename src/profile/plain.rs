@@ -30,6 +30,13 @@ pub const OFFLINE: &str = "OFFLINE";
 pub struct PlainNode {
     config: Arc<Config>,
     connected: bool,
+    /// The node state and the known values went out on this connection:
+    /// values may follow. Before that they wait in the queue.
+    announced: bool,
+    /// Per device, the newest sample time the announcement carried. A
+    /// stored sample of that time is one it already published (the
+    /// announcement has each metric's newest), so the replay leaves it out.
+    announced_marks: Vec<u64>,
     /// Per device, per metric.
     topics: Vec<Vec<String>>,
     /// `/set` topic → the writable metric it writes.
@@ -62,8 +69,10 @@ impl PlainNode {
             }
         }
         PlainNode {
-            config,
             connected: false,
+            announced: false,
+            announced_marks: vec![0; config.devices.len()],
+            config,
             topics,
             set_topics,
         }
@@ -109,6 +118,7 @@ impl PlainNode {
 
     /// Subscribed: announce the node online and publish every state and known value.
     pub fn subscribed(&mut self, cache: &LastValues) -> Vec<Action> {
+        self.announced = true;
         let mut actions = vec![Action::Publish(Message {
             topic: self.node_state_topic(),
             payload: ONLINE.into(),
@@ -118,7 +128,11 @@ impl PlainNode {
         for device in 0..self.config.devices.len() {
             actions.extend(self.device_state(device, cache.is_online(device)));
             if cache.is_online(device) {
-                actions.extend(cache.snapshot(device).iter().filter_map(|s| self.sample(s)));
+                let snapshot = cache.snapshot(device);
+                if let Some(mark) = self.announced_marks.get_mut(device) {
+                    *mark = snapshot.iter().map(|s| s.timestamp_ms).max().unwrap_or(0);
+                }
+                actions.extend(snapshot.iter().filter_map(|s| self.sample(s)));
             }
         }
         actions
@@ -127,6 +141,7 @@ impl PlainNode {
     /// The connection is gone.
     pub fn disconnected(&mut self) {
         self.connected = false;
+        self.announced = false;
     }
 
     fn sample(&self, sample: &Sample) -> Option<Action> {
@@ -149,16 +164,18 @@ impl PlainNode {
         })
     }
 
-    /// Whether values may go out now: connected.
+    /// Whether values may go out now: connected and announced.
     pub fn ready(&self) -> bool {
-        self.connected
+        self.announced
     }
 
     /// Stored samples, with their original timestamps and not retained (a
-    /// retained value must stay the newest one).
+    /// retained value must stay the newest one); without those the
+    /// announcement already published.
     pub fn history(&self, samples: &[Sample]) -> Vec<Message> {
         samples
             .iter()
+            .filter(|s| self.announced_marks.get(s.device) != Some(&s.timestamp_ms))
             .filter_map(|s| self.sample_message(s))
             .map(|message| Message {
                 retain: false,
@@ -169,7 +186,7 @@ impl PlainNode {
 
     /// Device events become value and state messages.
     pub fn event(&mut self, event: &DeviceEvent<Config>) -> Vec<Action> {
-        if !self.connected {
+        if !self.announced {
             return Vec::new();
         }
         match event {
@@ -206,8 +223,10 @@ impl PlainNode {
             }
         }
         let old_sets = std::mem::take(&mut self.set_topics);
+        // Marks are by device index; after a reload only a new announcement sets them.
         *self = PlainNode {
             connected: self.connected,
+            announced: self.announced,
             ..PlainNode::new(config)
         };
         let mut filters: Vec<(String, Qos)> = self
@@ -279,6 +298,7 @@ impl PlainNode {
             return Vec::new();
         }
         self.connected = false;
+        self.announced = false;
         vec![Action::Publish(self.will())]
     }
 }
@@ -308,4 +328,84 @@ pub fn payload(sample: &Sample, unit: Option<&str>) -> String {
         }
     }
     serde_json::Value::Object(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::value::Value;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[node]
+group_id = "g"
+node_id = "n"
+[upstream]
+url = "mqtt://b"
+profile = "plain"
+[[bus]]
+name = "b"
+kind = "tcp"
+address = "127.0.0.1:502"
+[[device]]
+name = "d"
+bus = "b"
+unit = 1
+[[device.metric]]
+name = "level"
+table = "holding"
+address = 0
+type = "u16"
+"#;
+
+    fn sample(v: u16, timestamp_ms: u64) -> Sample {
+        Sample {
+            device: 0,
+            metric: 0,
+            value: Some(Value::U16(v)),
+            quality: Quality::Good,
+            timestamp_ms,
+        }
+    }
+
+    fn values(actions: &[Message]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn values_wait_for_the_announcement_which_the_replay_does_not_repeat() {
+        let config = Arc::new(Config::from_toml(Path::new("t.toml"), CONFIG).unwrap());
+        let mut cache = LastValues::new(&config);
+        let mut node = PlainNode::new(config);
+        let stored = [sample(5, 1), sample(7, 2)];
+        let online = DeviceEvent::Online {
+            device: 0,
+            samples: stored.to_vec(),
+        };
+        cache.apply(&online);
+        node.connected();
+        assert!(!node.ready());
+        assert!(
+            node.event(&online).is_empty(),
+            "nothing before the announcement"
+        );
+        let announced = node.subscribed(&cache);
+        assert!(node.ready());
+        assert!(
+            announced
+                .iter()
+                .any(|a| matches!(a, Action::Publish(m) if m.topic == "g/n/d/level")),
+            "the newest value is announced"
+        );
+        assert_eq!(
+            values(&node.history(&stored)),
+            vec![r#"{"quality":"good","ts":1,"value":5}"#],
+            "value 7 of time 2 went out with the announcement"
+        );
+        node.disconnected();
+        assert!(!node.ready());
+    }
 }

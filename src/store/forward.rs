@@ -426,7 +426,10 @@ mod tests {
 
     /// Drains everything `ready` allows, as (device, number) pairs; the
     /// batches are messages 1, 2, … of the connection.
-    fn drain_all(f: &mut Forwarder, ready: impl Fn(DeviceId) -> bool + Copy) -> Vec<(DeviceId, u32)> {
+    fn drain_all(
+        f: &mut Forwarder,
+        ready: impl Fn(DeviceId) -> bool + Copy,
+    ) -> Vec<(DeviceId, u32)> {
         let mut out = Vec::new();
         for _ in 0..100 {
             let d = f.drain(7, ready, |device, samples| {
@@ -540,7 +543,10 @@ mod tests {
         f.link_lost();
         let out = numbers(drain_all(&mut f, |_| true));
         let expected: Vec<u32> = (1..=seq as u32).collect();
-        assert_eq!(out, expected, "spilled then replayed, nothing lost or repeated");
+        assert_eq!(
+            out, expected,
+            "spilled then replayed, nothing lost or repeated"
+        );
     }
 
     #[test]

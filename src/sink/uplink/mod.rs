@@ -368,19 +368,17 @@ impl Uplink {
         while let Some(out) = queue.pop_front() {
             match out {
                 Outgoing::Publish(_) if !self.connected => all_published = false,
-                Outgoing::Publish(message) => {
-                    match self.outbox.publish(message) {
-                        Ok(()) => {}
-                        Err(Unsent::TooLarge) => all_published = false,
-                        Err(Unsent::QueueFull) => {
-                            Counters::bump(&self.stats.messages_dropped);
-                            tracing::warn!(
-                                "uplink queue full; message dropped (its samples are queued on disk)"
-                            );
-                            all_published = false;
-                        }
+                Outgoing::Publish(message) => match self.outbox.publish(message) {
+                    Ok(()) => {}
+                    Err(Unsent::TooLarge) => all_published = false,
+                    Err(Unsent::QueueFull) => {
+                        Counters::bump(&self.stats.messages_dropped);
+                        tracing::warn!(
+                            "uplink queue full; message dropped (its samples are queued on disk)"
+                        );
+                        all_published = false;
                     }
-                }
+                },
                 Outgoing::Subscribe(filters) if filters.is_empty() => {
                     queue.extend(self.node.subscribed(self.backlog()));
                 }

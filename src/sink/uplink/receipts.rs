@@ -107,7 +107,10 @@ mod tests {
             None,
             "an older answer proves nothing new"
         );
-        let suback = SubAck::new(3, vec![SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce)]);
+        let suback = SubAck::new(
+            3,
+            vec![SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce)],
+        );
         assert_eq!(r.incoming(&Incoming::SubAck(suback)), None);
         assert_eq!(r.incoming(&Incoming::PubAck(PubAck::new(4))), Some(4));
         assert_eq!(
