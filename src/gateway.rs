@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::config::reload::Reload;
 use crate::core::event::DeviceEvent;
 use crate::ops::health::{self, HealthError, Probe};
-use crate::ops::systemd;
+use crate::ops::{memory, systemd};
 use crate::sink::uplink::{StartError, Uplink};
 
 /// How long the sinks wait, after a stop signal, for the sources to finish
@@ -161,11 +161,15 @@ impl Gateway {
     pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(GatewayError::Signal)?;
+        // The first tick comes at once: the device map was just parsed.
+        let mut trim = tokio::time::interval(memory::TRIM_INTERVAL);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = self.sinks.join_next() => break,
                 Some(()) = hangup.recv() => reload(&mut self.engine).await,
+                _ = trim.tick() => memory::return_freed(),
             }
         }
         systemd::stopping();

@@ -7,5 +7,6 @@ pub mod backoff;
 pub mod blocking;
 pub mod health;
 pub mod liveness;
+pub mod memory;
 pub mod metrics;
 pub mod systemd;

@@ -11,7 +11,7 @@ pub mod sparkplug;
 
 use std::sync::Arc;
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, Node, Profile};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::value::{DeviceId, Sample};
@@ -39,11 +39,13 @@ impl NodeProfile {
         }
     }
 
-    /// The last will for a connection whose epoch (Sparkplug: bdSeq) is `epoch`.
-    pub fn will(&self, epoch: u64) -> Message {
-        match self {
-            NodeProfile::Sparkplug(node) => node.will(epoch),
-            NodeProfile::Plain(node) => node.will(),
+    /// The last will of `node` speaking `profile`, for a connection whose
+    /// epoch (Sparkplug: bdSeq) is `epoch`; without building the profile's
+    /// tables, which a will does not need.
+    pub fn will_of(node: &Node, profile: Profile, epoch: u64) -> Message {
+        match profile {
+            Profile::Sparkplug => crate::profile::sparkplug::edge::will(node, epoch),
+            Profile::Plain => crate::profile::plain::will(node),
         }
     }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, TopicTemplate};
+use crate::config::{Config, Node, TopicTemplate};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::message::Qos;
@@ -79,8 +79,7 @@ impl PlainNode {
     }
 
     fn node_state_topic(&self) -> String {
-        let node = &self.config.node;
-        format!("{}/{}/state", node.group_id, node.node_id)
+        node_state_topic(&self.config.node)
     }
 
     fn device_state(&self, device: DeviceId, online: bool) -> Option<Action> {
@@ -96,12 +95,7 @@ impl PlainNode {
 
     /// The retained `OFFLINE` node state.
     pub fn will(&self) -> Message {
-        Message {
-            topic: self.node_state_topic(),
-            payload: OFFLINE.into(),
-            qos: Qos::AtLeastOnce,
-            retain: true,
-        }
+        will(&self.config.node)
     }
 
     /// Connected: subscribe to the `/set` topics of writable metrics.
@@ -300,6 +294,20 @@ impl PlainNode {
         self.connected = false;
         self.announced = false;
         vec![Action::Publish(self.will())]
+    }
+}
+
+fn node_state_topic(node: &Node) -> String {
+    format!("{}/{}/state", node.group_id, node.node_id)
+}
+
+/// The will of `node`: its retained `OFFLINE` state.
+pub fn will(node: &Node) -> Message {
+    Message {
+        topic: node_state_topic(node),
+        payload: OFFLINE.into(),
+        qos: Qos::AtLeastOnce,
+        retain: true,
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::config::Config;
+use crate::config::{Config, Node};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::message::Qos;
@@ -128,12 +128,7 @@ impl EdgeNode {
 
     /// The NDEATH will: QoS 1, not retained, carrying `bd_seq` (tck-id-payloads-ndeath-will-message-*).
     pub fn will(&self, bd_seq: u64) -> Message {
-        Message {
-            topic: self.topic(MessageType::NDeath),
-            payload: node_death(bd_seq, now_ms()).encode_to_vec(),
-            qos: Qos::AtLeastOnce,
-            retain: false,
-        }
+        will(&self.config.node, bd_seq)
     }
 
     /// A connection whose will carries `bd_seq` is up: subscribe first.
@@ -618,6 +613,16 @@ fn describe(m: &Metric) -> String {
     match m.datatype {
         Some(t) => format!("datatype {t} with {field}"),
         None => field.to_owned(),
+    }
+}
+
+/// The will of `node` for a connection whose bdSeq is `bd_seq`: its NDEATH.
+pub fn will(node: &Node, bd_seq: u64) -> Message {
+    Message {
+        topic: Topic::node(&node.group_id, MessageType::NDeath, &node.node_id).to_string(),
+        payload: node_death(bd_seq, now_ms()).encode_to_vec(),
+        qos: Qos::AtLeastOnce,
+        retain: false,
     }
 }
 

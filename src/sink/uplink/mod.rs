@@ -68,6 +68,8 @@ pub struct Uplink {
     pulse: Pulse,
     /// Samples dropped as last logged.
     dropped_logged: u64,
+    /// Messages refused by a full uplink queue since last logged.
+    queue_full_unlogged: u64,
 }
 
 impl Uplink {
@@ -87,13 +89,15 @@ impl Uplink {
             .map(|s| (s.url.clone(), mqtt_options(upstream, s, tls.as_ref())))
             .collect();
         let host = upstream.primary_host.clone();
-        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host.clone());
-        let will_profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host);
+        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host);
         let greeting = Greeting {
             epochs: profile
                 .needs_epoch()
                 .then(|| BdSeqStore::new(&config.node.data_dir)),
-            will: Box::new(move |epoch| will_profile.will(epoch)),
+            will: {
+                let (node, kind) = (config.node.clone(), upstream.profile);
+                Box::new(move |epoch| NodeProfile::will_of(&node, kind, epoch))
+            },
         };
         let dir = config.node.data_dir.join("buffer");
         let opened = crate::ops::blocking::file_work(|| {
@@ -150,6 +154,7 @@ impl Uplink {
             forwarder,
             pulse,
             dropped_logged: 0,
+            queue_full_unlogged: 0,
         })
     }
 
@@ -268,6 +273,13 @@ impl Uplink {
     }
 
     fn log_drops(&mut self) {
+        if self.queue_full_unlogged > 0 {
+            tracing::warn!(
+                messages = self.queue_full_unlogged,
+                "uplink queue was full: messages not sent (their samples are queued on disk)"
+            );
+            self.queue_full_unlogged = 0;
+        }
         let dropped = self.forwarder.dropped();
         if dropped > self.dropped_logged {
             tracing::warn!(
@@ -373,9 +385,14 @@ impl Uplink {
                     Err(Unsent::TooLarge) => all_published = false,
                     Err(Unsent::QueueFull) => {
                         Counters::bump(&self.stats.messages_dropped);
-                        tracing::warn!(
-                            "uplink queue full; message dropped (its samples are queued on disk)"
-                        );
+                        // One line when it starts, then a count per sync period
+                        // (log_drops): a burst of thousands must not flood the journal.
+                        if self.queue_full_unlogged == 0 {
+                            tracing::warn!(
+                                "uplink queue full; messages are not sent (their samples are queued on disk)"
+                            );
+                        }
+                        self.queue_full_unlogged += 1;
                         all_published = false;
                     }
                 },
