@@ -90,6 +90,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fieldmq::ops::memory::limit_fragmentation();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let outcome = match cli.command {
