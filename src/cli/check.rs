@@ -97,8 +97,12 @@ pub fn print_check(config: &Config) {
             .filter_map(|d| Some((d, d.modbus().filter(|m| m.bus == index)?)))
         {
             let plan = ReadPlan::for_device(device);
+            let model = device
+                .model
+                .as_ref()
+                .map_or_else(String::new, |m| format!(" (model {m})"));
             say!(
-                "  device {} unit {} every {}: {} metrics in {} requests",
+                "  device {} unit {}{model} every {}: {} metrics in {} requests",
                 device.name,
                 modbus.unit,
                 humantime::format_duration(device.poll),
@@ -111,11 +115,13 @@ pub fn print_check(config: &Config) {
                     .iter()
                     .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
                     .collect();
+                // The wire address, and the register number manuals print.
                 say!(
-                    "    FC{:02} {:<8} start {:<5} count {:<4} -> {}",
+                    "    FC{:02} {:<8} start {:<5} ({:<6}) count {:<4} -> {}",
                     request.table.read_function(),
                     request.table.name(),
                     request.start,
+                    request.table.modicon(request.start),
                     request.count,
                     names.join(", ")
                 );

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::model::{ModelRef, Source, merged};
 use super::raw::RawConfig;
 use crate::core::layout::{ByteOrder, WordOrder};
 use crate::core::message::Qos;
@@ -17,11 +18,6 @@ use std::path::PathBuf;
 use super::{
     BufferPolicy, Bus, Config, Device, Diagnostic, LocalBrokerSettings, Node, Parity, Profile,
 };
-
-/// Where an optional value starts, or 0 when it is absent.
-pub(super) fn span_start<T>(value: &Option<Spanned<T>>) -> usize {
-    value.as_ref().map_or(0, |v| v.span().start)
-}
 
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
@@ -37,7 +33,8 @@ pub(super) struct Publishing {
 
 /// Collects diagnostics while turning raw values into validated ones.
 pub(super) struct Checker<'a> {
-    pub(super) text: &'a str,
+    /// The text spans point into now: the config file or an included one.
+    pub(super) source: Source<'a>,
     pub(super) diagnostics: Vec<Diagnostic>,
     /// The plain topic template has errors of its own.
     pub(super) broken_template: bool,
@@ -66,7 +63,7 @@ pub(super) const PARITIES: [(&str, Parity); 3] = [
 ];
 pub(super) const BUS_KINDS: [&str; 3] = ["tcp", "rtu", "rtu-over-tcp"];
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     /// An error at each key of `keys` that was written, saying why it does not belong there.
     pub(super) fn refuse_present(
         &mut self,
@@ -82,12 +79,13 @@ impl Checker<'_> {
     }
 
     pub(super) fn error(&mut self, span: Range<usize>, context: &str, message: String) {
-        self.error_at(line_of(self.text, span.start), context, message);
+        self.error_at(line_of(self.source.text, span.start), context, message);
     }
 
     /// A problem with no value to point at, reported at `line`.
     pub(super) fn error_at(&mut self, line: usize, context: &str, message: String) {
         self.diagnostics.push(Diagnostic {
+            file: self.source.file.map(Path::to_path_buf),
             line,
             context: context.to_owned(),
             message,
@@ -231,7 +229,13 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
+    /// The whole file; `included` are the models of the files it includes.
+    pub(super) fn config(
+        &mut self,
+        path: &Path,
+        raw: &'a RawConfig,
+        included: Vec<ModelRef<'a>>,
+    ) -> Config {
         self.topic_id("[node]", "group_id", &raw.node.group_id);
         self.topic_id("[node]", "node_id", &raw.node.node_id);
         let base = path.parent().unwrap_or(Path::new("."));
@@ -263,22 +267,45 @@ impl Checker<'_> {
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
         self.shared_ports(&raw.bus);
+        let main = self.source;
+        let models = raw
+            .model
+            .iter()
+            .map(|m| ModelRef {
+                source: main,
+                raw: m,
+            })
+            .chain(included)
+            .collect();
+        let catalog = self.catalog(models);
         let mut devices: Vec<Device> = Vec::with_capacity(raw.device.len());
+        let mut metrics_written = Vec::with_capacity(raw.device.len());
         for d in &raw.device {
+            let model = self.model_of(d, &catalog);
+            let entries = merged(d, model, main);
             let device = match &d.gpio {
                 Some(backend) => {
+                    if let Some(m) = &d.model {
+                        let ctx = format!("device \"{}\"", d.name.get_ref());
+                        self.error(
+                            m.span(),
+                            &ctx,
+                            "model applies only to Modbus devices".into(),
+                        );
+                    }
                     let defaults = self.publishing(d);
                     self.gpio_device(d, backend, base, defaults)
                 }
-                None => self.device(d, &raw.bus, &buses),
+                None => self.device(d, model, &entries, &raw.bus, &buses),
             };
             devices.push(device);
+            metrics_written.push(entries);
         }
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)
         {
-            self.plain_topics(&node, &u.topic_template, &devices, &raw.device);
+            self.plain_topics(&node, &u.topic_template, &devices, &metrics_written);
         }
         Config {
             path: path.to_owned(),

@@ -5,18 +5,22 @@ use toml::Spanned;
 
 use super::check::{
     BYTE_ORDERS, Checker, DEFAULT_MAX_BACKOFF, DEFAULT_OFFLINE_AFTER, DEFAULT_POLL, DEFAULT_RETAIN,
-    Publishing, QOS_LEVELS, WORD_ORDERS, span_start,
+    Publishing, QOS_LEVELS, WORD_ORDERS,
 };
-use super::raw::{RawBus, RawDevice, RawMetric};
+use super::model::{Entry, ModelRef};
+use super::raw::{RawBus, RawDevice, RawMetric, RawModel};
 use super::{Attachment, Bus, Device, Metric, ModbusUnit, Register, Source, Transport};
 use crate::core::layout::{ByteOrder, Limits, RegisterLayout, Scaling, Table, WordOrder};
 use crate::core::message::Qos;
 use crate::core::value::DataType;
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    /// A Modbus device with `entries`, its metrics after `model`.
     pub(super) fn device(
         &mut self,
         raw: &RawDevice,
+        model: Option<ModelRef<'a>>,
+        entries: &[Entry<'a>],
         raw_buses: &[RawBus],
         buses: &[Bus],
     ) -> Device {
@@ -78,51 +82,77 @@ impl Checker<'_> {
                 1
             }
         };
+        let model_ctx = model.map(|m| format!("{ctx} (model \"{}\")", m.raw.name.get_ref()));
         let defaults = Limits::default();
         let limits = Limits {
-            max_registers: raw
-                .max_read_registers
-                .as_ref()
-                .and_then(|v| self.int(&ctx, "max_read_registers", v, 1, 125))
+            max_registers: self
+                .inherited(
+                    &ctx,
+                    raw.max_read_registers.as_ref(),
+                    model,
+                    |m| m.max_read_registers.as_ref(),
+                    |c, ctx, v| c.int(ctx, "max_read_registers", v, 1, 125),
+                )
                 .unwrap_or(defaults.max_registers),
             max_bits: raw
                 .max_read_bits
                 .as_ref()
                 .and_then(|v| self.int(&ctx, "max_read_bits", v, 1, 2000))
                 .unwrap_or(defaults.max_bits),
-            max_gap: raw
-                .max_gap
-                .as_ref()
-                .and_then(|v| self.int(&ctx, "max_gap", v, 0, 2000))
+            max_gap: self
+                .inherited(
+                    &ctx,
+                    raw.max_gap.as_ref(),
+                    model,
+                    |m| m.max_gap.as_ref(),
+                    |c, ctx, v| c.int(ctx, "max_gap", v, 0, 2000),
+                )
                 .unwrap_or(defaults.max_gap),
         };
-        let byte_order = raw
-            .byte_order
-            .as_ref()
-            .and_then(|v| self.choice(&ctx, "byte_order", v, &BYTE_ORDERS))
-            .unwrap_or_default();
-        let word_order = raw
-            .word_order
-            .as_ref()
-            .and_then(|v| self.choice(&ctx, "word_order", v, &WORD_ORDERS))
-            .unwrap_or_default();
-        if raw.metric.is_empty() {
-            self.error(
-                raw.name.span(),
+        let byte_order = self
+            .inherited(
                 &ctx,
-                "device has no [[device.metric]] entries".into(),
-            );
+                raw.byte_order.as_ref(),
+                model,
+                |m| m.byte_order.as_ref(),
+                |c, ctx, v| c.choice(ctx, "byte_order", v, &BYTE_ORDERS),
+            )
+            .unwrap_or_default();
+        let word_order = self
+            .inherited(
+                &ctx,
+                raw.word_order.as_ref(),
+                model,
+                |m| m.word_order.as_ref(),
+                |c, ctx, v| c.choice(ctx, "word_order", v, &WORD_ORDERS),
+            )
+            .unwrap_or_default();
+        if entries.is_empty() {
+            let message = match model {
+                Some(_) => "neither the device nor its model has metrics",
+                None => "device has no [[device.metric]] entries",
+            };
+            self.error(raw.name.span(), &ctx, message.into());
         }
         self.unique(&ctx, "metric", raw.metric.iter().map(|m| &m.name));
         let defaults = self.publishing(raw);
-        let metrics: Vec<Metric> = raw
-            .metric
+        let metrics: Vec<Metric> = entries
             .iter()
-            .map(|m| self.metric(&ctx, m, byte_order, word_order, &limits, defaults))
+            .map(|e| {
+                let ctx = if e.from_model {
+                    model_ctx.as_deref().unwrap_or(&ctx)
+                } else {
+                    &ctx
+                };
+                self.in_source(e.source, |c| {
+                    c.metric(ctx, e.raw, byte_order, word_order, &limits, defaults)
+                })
+            })
             .collect();
-        self.overlaps(&ctx, &raw.metric, &metrics);
+        self.overlaps(&ctx, entries, &metrics);
         Device {
             name: raw.name.get_ref().clone(),
+            model: model.map(|m| m.raw.name.get_ref().clone()),
             attachment: Attachment::Modbus(ModbusUnit {
                 bus: bus.unwrap_or(0),
                 unit,
@@ -172,6 +202,59 @@ impl Checker<'_> {
         })
     }
 
+    /// A device setting: its own value, else its model's (checked, and its
+    /// errors reported, where the model is written).
+    fn inherited<V: 'a, T>(
+        &mut self,
+        ctx: &str,
+        own: Option<&Spanned<V>>,
+        model: Option<ModelRef<'a>>,
+        of_model: impl Fn(&'a RawModel) -> Option<&'a Spanned<V>>,
+        check: impl Fn(&mut Self, &str, &Spanned<V>) -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = own {
+            return check(self, ctx, v);
+        }
+        let m = model?;
+        let v = of_model(m.raw)?;
+        let ctx = format!("{ctx} (model \"{}\")", m.raw.name.get_ref());
+        self.in_source(m.source, |c| check(c, &ctx, v))
+    }
+
+    /// `register = 40001`: the table and wire address it stands for, as if
+    /// written as `table` and `address` at the number's position.
+    fn register_number(
+        &mut self,
+        ctx: &str,
+        raw: &RawMetric,
+        number: &Spanned<i64>,
+    ) -> (Spanned<String>, Spanned<i64>) {
+        for key in [
+            raw.table.as_ref().map(|_| "table"),
+            raw.address.as_ref().map(|_| "address"),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.error(
+                number.span(),
+                ctx,
+                format!("register = {} and {key} both give the register; write either register (one-based, as the manual numbers it) or table + address (the address on the wire)", number.get_ref()),
+            );
+        }
+        let (table, address) = u32::try_from(*number.get_ref())
+            .map_err(|_| format!("{} is not a register number", number.get_ref()))
+            .and_then(Table::from_modicon)
+            .unwrap_or_else(|why| {
+                self.error(number.span(), ctx, format!("register = {why}"));
+                (Table::Holding, 0)
+            });
+        (
+            Spanned::new(number.span(), table.name().to_owned()),
+            Spanned::new(number.span(), i64::from(address)),
+        )
+    }
+
     pub(super) fn metric(
         &mut self,
         device_ctx: &str,
@@ -198,9 +281,14 @@ impl Checker<'_> {
         self.refuse_present(&ctx, &gpio_only, |key| {
             format!("{key} applies only to GPIO devices (gpio = \"...\")")
         });
-        let raw_table = self.required(&ctx, "table", &raw.table, &raw.name, "holding".into());
         let raw_type = self.required(&ctx, "type", &raw.data_type, &raw.name, "u16".into());
-        let raw_address = self.required(&ctx, "address", &raw.address, &raw.name, 0);
+        let (raw_table, raw_address) = match &raw.register {
+            Some(number) => self.register_number(&ctx, raw, number),
+            None => (
+                self.required(&ctx, "table", &raw.table, &raw.name, "holding".into()),
+                self.required(&ctx, "address", &raw.address, &raw.name, 0),
+            ),
+        };
         let table = self
             .choice(&ctx, "table", &raw_table, &Table::ALL)
             .unwrap_or(Table::Holding);
@@ -433,7 +521,7 @@ impl Checker<'_> {
     /// Two register metrics may share registers only as two views of the very
     /// same registers, or when one of them is a bool picked out of a register.
     /// Anything else (a float starting inside another float) is a typo in the map.
-    pub(super) fn overlaps(&mut self, ctx: &str, raw: &[RawMetric], metrics: &[Metric]) {
+    pub(super) fn overlaps(&mut self, ctx: &str, entries: &[Entry<'a>], metrics: &[Metric]) {
         let mut order: Vec<(usize, &Register)> = metrics
             .iter()
             .enumerate()
@@ -451,12 +539,12 @@ impl Checker<'_> {
                     || ra.layout.data_type == DataType::Bool
                     || rb.layout.data_type == DataType::Bool;
                 if !compatible {
-                    let ((first, rf), (second, rs)) =
-                        if span_start(&raw[a].address) <= span_start(&raw[b].address) {
-                            ((a, ra), (b, rb))
-                        } else {
-                            ((b, rb), (a, ra))
-                        };
+                    // Reported at the one written later (in metric order).
+                    let ((first, rf), (second, rs)) = if a <= b {
+                        ((a, ra), (b, rb))
+                    } else {
+                        ((b, rb), (a, ra))
+                    };
                     let message = format!(
                         "registers {}..{} overlap metric \"{}\" at {}..{}; only identical spans or bools may share registers",
                         rs.address,
@@ -465,14 +553,17 @@ impl Checker<'_> {
                         rf.address,
                         rf.span().end() - 1,
                     );
-                    self.error(
-                        raw[second]
-                            .address
-                            .as_ref()
-                            .map_or(raw[second].name.span(), Spanned::span),
-                        &format!("{ctx}, metric \"{}\"", metrics[second].name),
-                        message,
-                    );
+                    let Some(entry) = entries.get(second) else {
+                        continue;
+                    };
+                    let raw = entry.raw;
+                    let span = raw
+                        .address
+                        .as_ref()
+                        .or(raw.register.as_ref())
+                        .map_or(raw.name.span(), Spanned::span);
+                    let ctx = format!("{ctx}, metric \"{}\"", metrics[second].name);
+                    self.in_source(entry.source, |c| c.error(span, &ctx, message));
                 }
             }
         }

@@ -29,7 +29,7 @@ pub enum ConfigError {
 fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
     let lines: Vec<String> = diagnostics
         .iter()
-        .map(|d| format!("{}:{d}", path.display()))
+        .map(|d| format!("{}:{d}", d.file.as_deref().unwrap_or(path).display()))
         .collect();
     lines.join("\n")
 }
@@ -37,6 +37,8 @@ fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The included file it is in; `None` for the config file itself.
+    pub file: Option<PathBuf>,
     /// 1-based line of the offending value.
     pub line: usize,
     /// What the value belongs to, e.g. `device "meter1", metric "voltage/L1"`; may be empty.

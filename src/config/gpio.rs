@@ -207,6 +207,7 @@ impl Checker<'_> {
             }
         }
         Device {
+            model: None,
             name: raw.name.get_ref().clone(),
             attachment: Attachment::Gpio(GpioChip { backend, chip }),
             poll: self.duration(&ctx, "poll", raw.poll.as_ref(), DEFAULT_RATE_PERIOD),
@@ -233,6 +234,7 @@ impl Checker<'_> {
         let register_only = [
             ("table", raw.table.as_ref().map(Spanned::span)),
             ("address", raw.address.as_ref().map(Spanned::span)),
+            ("register", raw.register.as_ref().map(Spanned::span)),
             ("type", raw.data_type.as_ref().map(Spanned::span)),
             ("byte_order", raw.byte_order.as_ref().map(Spanned::span)),
             ("word_order", raw.word_order.as_ref().map(Spanned::span)),

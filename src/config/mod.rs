@@ -19,6 +19,7 @@ mod device;
 mod diagnostic;
 mod gpio;
 mod health;
+mod model;
 mod raw;
 pub mod reload;
 mod upstream;
@@ -156,6 +157,8 @@ pub enum Parity {
 pub struct Device {
     /// Unique name; also the Sparkplug device id.
     pub name: String,
+    /// The `[[model]]` its metrics and defaults come from, if any.
+    pub model: Option<String>,
     /// How it is reached: a Modbus bus, or the board's GPIO lines.
     pub attachment: Attachment,
     /// Poll period (GPIO: how often counter totals and rates are reported).
@@ -327,21 +330,41 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
             invalid(vec![Diagnostic {
+                file: None,
                 line,
                 context: String::new(),
                 message: e.message().trim_end().to_owned(),
             }])
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (files, mut problems) = model::read_included(base, raw.include.as_ref(), text);
+        let (parsed, unparsed) = model::parse_included(&files);
+        problems.extend(unparsed);
+        let included = parsed
+            .iter()
+            .flat_map(|(i, file)| {
+                let source = model::Source {
+                    file: Some(files[*i].path.as_path()),
+                    text: &files[*i].text,
+                };
+                file.model
+                    .iter()
+                    .map(move |raw| model::ModelRef { source, raw })
+            })
+            .collect();
         let mut check = Checker {
-            text,
-            diagnostics: Vec::new(),
+            source: model::Source { file: None, text },
+            diagnostics: problems,
             broken_template: false,
         };
-        let config = check.config(path, raw);
+        let config = check.config(path, &raw, included);
         if check.diagnostics.is_empty() {
             Ok(config)
         } else {
-            check.diagnostics.sort_by_key(|d| d.line);
+            // The config file's problems first, then each included file's.
+            check
+                .diagnostics
+                .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             Err(invalid(check.diagnostics))
         }
     }

@@ -11,6 +11,8 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Files of `[[model]]` tables, as globs relative to this file.
+    pub include: Option<Spanned<Vec<Spanned<String>>>>,
     pub node: RawNode,
     pub upstream: Option<RawUpstream>,
     pub buffer: Option<RawBuffer>,
@@ -20,6 +22,29 @@ pub struct RawConfig {
     pub bus: Vec<RawBus>,
     #[serde(default)]
     pub device: Vec<RawDevice>,
+    #[serde(default)]
+    pub model: Vec<RawModel>,
+}
+
+/// A file brought in by `include`: models only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelFile {
+    #[serde(default)]
+    pub model: Vec<RawModel>,
+}
+
+/// `[[model]]`: a device type's metrics and defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: Spanned<String>,
+    pub byte_order: Option<Spanned<String>>,
+    pub word_order: Option<Spanned<String>>,
+    pub max_read_registers: Option<Spanned<i64>>,
+    pub max_gap: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub metric: Vec<RawMetric>,
 }
 
 /// `[node]`
@@ -141,6 +166,7 @@ pub struct RawBus {
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
     pub name: Spanned<String>,
+    pub model: Option<Spanned<String>>,
     pub bus: Option<Spanned<String>>,
     pub unit: Option<Spanned<i64>>,
     pub gpio: Option<Spanned<String>>,
@@ -166,6 +192,8 @@ pub struct RawMetric {
     pub name: Spanned<String>,
     pub table: Option<Spanned<String>>,
     pub address: Option<Spanned<i64>>,
+    /// One-based Modicon number (40001, 400001) instead of table + address.
+    pub register: Option<Spanned<i64>>,
     #[serde(rename = "type")]
     pub data_type: Option<Spanned<String>>,
     pub byte_order: Option<Spanned<String>>,

@@ -761,3 +761,197 @@ fn gpio_mistakes_are_refused_with_their_line() {
         );
     }
 }
+
+/// A site with two meters of one model (kept in an included file) and a
+/// PLC written with register numbers.
+const SITE: &str = r#"
+include = ["models/*.toml"]
+
+[node]
+group_id = "plant1"
+node_id = "gw"
+
+[[bus]]
+name = "rs485"
+kind = "rtu"
+port = "/dev/ttyUSB0"
+
+[[device]]
+name = "m1"
+bus = "rs485"
+unit = 1
+model = "meter"
+
+[[device]]
+name = "m2"
+bus = "rs485"
+unit = 2
+model = "meter"
+
+[[device.metric]]
+name = "power"
+register = 30013
+type = "f32"
+unit = "kW"
+
+[[device.metric]]
+name = "status"
+register = 40101
+type = "u16"
+"#;
+
+const METER: &str = r#"
+[[model]]
+name = "meter"
+word_order = "little"
+max_read_registers = 60
+
+[[model.metric]]
+name = "voltage"
+register = 30001
+type = "f32"
+unit = "V"
+
+[[model.metric]]
+name = "power"
+table = "input"
+address = 12
+type = "f32"
+unit = "W"
+"#;
+
+/// Writes `files` (path relative to a new directory, text) and loads `main.toml` there.
+fn load_site(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+    }
+    let config = Config::load(&dir.path().join("main.toml"));
+    (dir, config)
+}
+
+#[test]
+fn a_model_gives_its_metrics_and_defaults_and_a_device_overrides_one_by_name() {
+    let (_dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", METER)]);
+    let config = config.expect("valid");
+    let (m1, m2) = (&config.devices[0], &config.devices[1]);
+    assert_eq!(m1.model.as_deref(), Some("meter"));
+    let names = |d: &Device| d.metrics.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(m1), ["voltage", "power"]);
+    assert_eq!(
+        names(m2),
+        ["voltage", "power", "status"],
+        "own metrics follow the model's"
+    );
+    let register = |d: &Device, i: usize| d.metrics[i].register().map(|r| (r.table, r.address));
+    assert_eq!(
+        register(m1, 0),
+        Some((Table::Input, 0)),
+        "30001 is input register 0"
+    );
+    assert_eq!(register(m1, 1), Some((Table::Input, 12)));
+    assert_eq!(
+        m2.metrics[1].unit.as_deref(),
+        Some("kW"),
+        "the override replaced the whole metric"
+    );
+    assert_eq!(register(m2, 2), Some((Table::Holding, 100)));
+    let limits = |d: &Device| match &d.attachment {
+        Attachment::Modbus(u) => u.limits.max_registers,
+        Attachment::Gpio(_) => 0,
+    };
+    assert_eq!(
+        (limits(m1), limits(m2)),
+        (60, 60),
+        "defaults from the model"
+    );
+    let order = |d: &Device| d.metrics[0].register().map(|r| r.layout.word_order);
+    assert_eq!(order(m1), Some(WordOrder::Little));
+}
+
+#[test]
+fn an_error_in_a_model_points_at_the_model_file_and_names_the_device() {
+    let broken = METER.replace(
+        "type = \"f32\"\nunit = \"V\"",
+        "type = \"f33\"\nunit = \"V\"",
+    );
+    let (dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", &broken)]);
+    let message = config.expect_err("invalid").to_string();
+    let model_file = dir.path().join("models/meter.toml");
+    let expected = format!(
+        "{}:10: device \"m1\" (model \"meter\"), metric \"voltage\": unknown type \"f33\"",
+        model_file.display()
+    );
+    assert!(message.contains(&expected), "{message}");
+    assert!(
+        message.contains("device \"m2\" (model \"meter\")"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_models_missing_includes_and_duplicate_models_are_refused() {
+    let (_dir, config) = load_site(&[(
+        "main.toml",
+        &SITE.replace("model = \"meter\"", "model = \"metre\""),
+    )]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message.contains("include \"models/*.toml\": no file matches"),
+        "{message}"
+    );
+    assert!(
+        message.contains("model \"metre\" is not defined"),
+        "{message}"
+    );
+    let twice = format!("{SITE}\n{METER}");
+    let (_dir, config) = load_site(&[("main.toml", &twice), ("models/meter.toml", METER)]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message.contains("model \"meter\" is already defined"),
+        "{message}"
+    );
+    let (_dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", "[node]\n")]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message.contains("meter.toml:1: unknown field `node`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_register_number_or_a_table_and_address_but_not_both() {
+    let text = with(
+        "table   = \"input\"\naddress = 0\ntype    = \"f32\"",
+        "register = 30001\ntype    = \"f32\"",
+    );
+    let config = Config::from_toml(Path::new("x.toml"), &text).expect("valid");
+    let r = config.devices[0].metrics[0]
+        .register()
+        .map(|r| (r.table, r.address));
+    assert_eq!(r, Some((Table::Input, 0)));
+    let both = with(
+        "table   = \"input\"\naddress = 0\ntype    = \"f32\"",
+        "table = \"input\"\nregister = 30001\ntype    = \"f32\"",
+    );
+    let errs = errors(&both);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("register = 30001 and table both give the register")),
+        "{errs:?}"
+    );
+    for (number, why) in [
+        (20001, "starts with 2"),
+        (40000, "numbers count from 1"),
+        (-1, "not a register number"),
+    ] {
+        let bad = with(
+            "table   = \"input\"\naddress = 0\ntype    = \"f32\"",
+            &format!("register = {number}\ntype    = \"f32\""),
+        );
+        let errs = errors(&bad);
+        assert!(errs.iter().any(|e| e.contains(why)), "{number}: {errs:?}");
+    }
+}

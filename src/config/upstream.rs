@@ -121,7 +121,7 @@ const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
 const PROFILES: [(&str, Profile); 2] =
     [("sparkplug", Profile::Sparkplug), ("plain", Profile::Plain)];
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     pub(super) fn upstream(&mut self, raw: &RawUpstream, node: &Node, base: &Path) -> Upstream {
         let ctx = "[upstream]";
         let servers = self.servers(raw);
@@ -301,11 +301,12 @@ impl Checker<'_> {
             }
             (None, Some(urls)) => urls.get_ref().iter().collect(),
             (None, None) => {
-                self.diagnostics.push(super::Diagnostic {
-                    line: self.section_line("[upstream]"),
-                    context: ctx.into(),
-                    message: "needs url = \"mqtt://host:1883\" (or urls = [...])".into(),
-                });
+                let line = self.section_line("[upstream]");
+                self.error_at(
+                    line,
+                    ctx,
+                    "needs url = \"mqtt://host:1883\" (or urls = [...])".into(),
+                );
                 Vec::new()
             }
         };
@@ -381,7 +382,7 @@ impl Checker<'_> {
         node: &Node,
         template: &TopicTemplate,
         devices: &[Device],
-        raw_devices: &[super::raw::RawDevice],
+        written: &[Vec<super::model::Entry<'a>>],
     ) {
         let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         seen.insert(
@@ -394,8 +395,8 @@ impl Checker<'_> {
                 format!("the state of device \"{}\"", device.name),
             );
         }
-        for (device, raw_device) in devices.iter().zip(raw_devices) {
-            for (metric, raw_metric) in device.metrics.iter().zip(&raw_device.metric) {
+        for (device, entries) in devices.iter().zip(written) {
+            for (metric, entry) in device.metrics.iter().zip(entries) {
                 let topic = template.render(node, &device.name, &metric.name);
                 let set = format!("{topic}/set");
                 for (t, what) in [(topic, "topic"), (set, "/set topic")] {
@@ -405,7 +406,9 @@ impl Checker<'_> {
                             "{what} {t} is already {first}; rename the metric or change topic_template"
                         );
                         let ctx = format!("device \"{}\", metric \"{}\"", device.name, metric.name);
-                        self.error(raw_metric.name.span(), &ctx, message);
+                        self.in_source(entry.source, |c| {
+                            c.error(entry.raw.name.span(), &ctx, message);
+                        });
                     } else {
                         let label = if what == "topic" {
                             format!("the topic of {owner}")
@@ -469,7 +472,8 @@ impl Checker<'_> {
 
     /// The line of a section header, for problems with no value to point at.
     pub(super) fn section_line(&self, header: &str) -> usize {
-        self.text
+        self.source
+            .text
             .lines()
             .position(|l| l.trim() == header)
             .map_or(1, |i| i + 1)

@@ -45,6 +45,55 @@ impl Table {
         }
     }
 
+    /// The leading digit of this table in Modicon register numbers.
+    fn modicon_digit(self) -> u32 {
+        match self {
+            Table::Coil => 0,
+            Table::Discrete => 1,
+            Table::Input => 3,
+            Table::Holding => 4,
+        }
+    }
+
+    /// The one-based register number manuals print for `address` of this
+    /// table: 5 digits (40001) while the address fits, else 6 (400001).
+    pub fn modicon(self, address: u16) -> u32 {
+        let one_based = u32::from(address) + 1;
+        let width = if one_based <= 9999 { 10_000 } else { 100_000 };
+        self.modicon_digit() * width + one_based
+    }
+
+    /// The table and wire address of a Modicon register number: 5 digits
+    /// (0xxxx coil, 1xxxx discrete input, 3xxxx input, 4xxxx holding
+    /// register, one-based up to 9999) or 6 (up to x65536). A coil has no
+    /// leading digit to write, so only its 5-digit form 1..=9999 exists.
+    pub fn from_modicon(number: u32) -> Result<(Table, u16), String> {
+        let (digit, one_based) = if number < 100_000 {
+            (number / 10_000, number % 10_000)
+        } else if number < 1_000_000 {
+            (number / 100_000, number % 100_000)
+        } else {
+            return Err(format!("{number} has more than 6 digits"));
+        };
+        let table = match digit {
+            0 => Table::Coil,
+            1 => Table::Discrete,
+            3 => Table::Input,
+            4 => Table::Holding,
+            d => {
+                return Err(format!(
+                    "{number} starts with {d}, which names no table (0 coil, 1 discrete input, 3 input register, 4 holding register)"
+                ));
+            }
+        };
+        match one_based.checked_sub(1).map(u16::try_from) {
+            Some(Ok(address)) => Ok((table, address)),
+            _ => Err(format!(
+                "{number} is not a register: numbers count from 1 (x0001 or x00001) up to x9999 or x65536"
+            )),
+        }
+    }
+
     /// The config name of this table.
     pub fn name(self) -> &'static str {
         Table::ALL
@@ -215,6 +264,40 @@ impl Scaling {
         match raw_type {
             DataType::F32 | DataType::F64 => raw,
             _ => raw.round(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modicon_numbers_map_to_tables_and_wire_addresses_and_back() {
+        for (number, table, address) in [
+            (1, Table::Coil, 0),
+            (9999, Table::Coil, 9998),
+            (10001, Table::Discrete, 0),
+            (30001, Table::Input, 0),
+            (40001, Table::Holding, 0),
+            (40100, Table::Holding, 99),
+            (49999, Table::Holding, 9998),
+            (400001, Table::Holding, 0),
+            (465536, Table::Holding, 65535),
+            (310000, Table::Input, 9999),
+        ] {
+            assert_eq!(
+                Table::from_modicon(number),
+                Ok((table, address)),
+                "{number}"
+            );
+        }
+        assert_eq!(Table::Holding.modicon(0), 40001);
+        assert_eq!(Table::Holding.modicon(9998), 49999);
+        assert_eq!(Table::Holding.modicon(9999), 410000);
+        assert_eq!(Table::Coil.modicon(4), 5);
+        for bad in [0, 10000, 20001, 40000, 465537, 400000, 1_000_000] {
+            assert!(Table::from_modicon(bad).is_err(), "{bad}");
         }
     }
 }

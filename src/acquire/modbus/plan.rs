@@ -373,4 +373,45 @@ mod tests {
             (0, 2, 5, 1)
         );
     }
+
+    #[test]
+    fn thirty_meters_of_one_model_have_one_meters_plan_thirty_times() {
+        let mut text = String::from(
+            "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n\
+             [[bus]]\nname = \"b\"\nkind = \"rtu\"\nport = \"/dev/ttyUSB0\"\n\
+             [[model]]\nname = \"meter\"\nmax_read_registers = 20\n",
+        );
+        for (i, register) in [30001, 30007, 30013, 30071, 40001].iter().enumerate() {
+            text += &format!(
+                "[[model.metric]]\nname = \"m{i}\"\nregister = {register}\ntype = \"f32\"\n"
+            );
+        }
+        for unit in 1..=30 {
+            text += &format!(
+                "[[device]]\nname = \"meter{unit}\"\nbus = \"b\"\nunit = {unit}\nmodel = \"meter\"\n"
+            );
+        }
+        let config =
+            crate::config::Config::from_toml(std::path::Path::new("t.toml"), &text).expect("valid");
+        let plans: Vec<ReadPlan> = config.devices.iter().map(ReadPlan::for_device).collect();
+        assert_eq!(plans.len(), 30);
+        assert!(
+            plans.iter().all(|p| p == &plans[0]),
+            "the same plan for each"
+        );
+        let requests: Vec<(Table, u16, u16)> = plans[0]
+            .requests()
+            .iter()
+            .map(|r| (r.table, r.start, r.count))
+            .collect();
+        assert_eq!(
+            requests,
+            vec![
+                (Table::Input, 0, 14),
+                (Table::Input, 70, 2),
+                (Table::Holding, 0, 2)
+            ],
+            "the model's limits (20 registers) split the input registers"
+        );
+    }
 }

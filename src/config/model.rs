@@ -1,0 +1,237 @@
+//! `[[model]]` and `include`: a device type's metrics and defaults written
+//! once, in the config or in files it includes, and used by any number of
+//! devices with `model = "NAME"`.
+//!
+//! A model's metrics are checked for each device that uses it, in the
+//! model's own file: an error points at the model's line and says which
+//! device used it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::Diagnostic;
+use super::check::{Checker, line_of};
+use super::raw::{RawDevice, RawMetric, RawModel, RawModelFile};
+
+/// Text a span points into: the config file (`file: None`) or an included one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub(super) file: Option<&'a Path>,
+    pub(super) text: &'a str,
+}
+
+/// A file `include` named, as read.
+#[derive(Debug)]
+pub(super) struct Included {
+    pub(super) path: PathBuf,
+    pub(super) text: String,
+}
+
+/// A model and the text it was written in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ModelRef<'a> {
+    pub(super) source: Source<'a>,
+    pub(super) raw: &'a RawModel,
+}
+
+/// One metric of a device once its model is applied, with the text it was written in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry<'a> {
+    pub(super) source: Source<'a>,
+    pub(super) raw: &'a RawMetric,
+    /// Written in the model (not overridden by the device).
+    pub(super) from_model: bool,
+}
+
+/// Reads the files `include` names; globs are taken relative to `base`. A
+/// pattern that is not a glob, matches nothing or names an unreadable file
+/// is a diagnostic at that pattern.
+pub(super) fn read_included(
+    base: &Path,
+    include: Option<&Spanned<Vec<Spanned<String>>>>,
+    text: &str,
+) -> (Vec<Included>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let mut problem = |pattern: &Spanned<String>, message: String| {
+        problems.push(Diagnostic {
+            file: None,
+            line: line_of(text, pattern.span().start),
+            context: String::new(),
+            message: format!("include \"{}\": {message}", pattern.get_ref()),
+        });
+    };
+    for pattern in include.map(|i| i.get_ref().as_slice()).unwrap_or_default() {
+        let full = base.join(pattern.get_ref());
+        let paths = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => paths,
+            Err(e) => {
+                problem(pattern, format!("not a file pattern: {e}"));
+                continue;
+            }
+        };
+        let mut matched: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+        matched.sort();
+        if matched.is_empty() {
+            problem(pattern, format!("no file matches {}", full.display()));
+        }
+        for path in matched {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => files.push(Included { path, text }),
+                Err(e) => problem(pattern, format!("cannot read {}: {e}", path.display())),
+            }
+        }
+    }
+    (files, problems)
+}
+
+/// Parses included files; one that is not a file of `[[model]]` tables is a
+/// diagnostic in that file.
+pub(super) fn parse_included(files: &[Included]) -> (Vec<(usize, RawModelFile)>, Vec<Diagnostic>) {
+    let mut parsed = Vec::new();
+    let mut problems = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        match toml::from_str::<RawModelFile>(&file.text) {
+            Ok(models) => parsed.push((i, models)),
+            Err(e) => problems.push(Diagnostic {
+                file: Some(file.path.clone()),
+                line: e.span().map_or(1, |s| line_of(&file.text, s.start)),
+                context: String::new(),
+                message: format!(
+                    "{} (an included file holds only [[model]] tables)",
+                    e.message().trim_end()
+                ),
+            }),
+        }
+    }
+    (parsed, problems)
+}
+
+/// A device's metrics after its model: the model's in its order, each
+/// replaced whole by the device's metric of the same name, then the
+/// device's own.
+pub(super) fn merged<'a>(
+    device: &'a RawDevice,
+    model: Option<ModelRef<'a>>,
+    main: Source<'a>,
+) -> Vec<Entry<'a>> {
+    let own = |raw: &'a RawMetric| Entry {
+        source: main,
+        raw,
+        from_model: false,
+    };
+    let Some(model) = model else {
+        return device.metric.iter().map(own).collect();
+    };
+    let overrides: HashMap<&str, &RawMetric> = device
+        .metric
+        .iter()
+        .map(|m| (m.name.get_ref().as_str(), m))
+        .collect();
+    let mut entries: Vec<Entry<'a>> = model
+        .raw
+        .metric
+        .iter()
+        .map(|m| match overrides.get(m.name.get_ref().as_str()) {
+            Some(mine) => own(mine),
+            None => Entry {
+                source: model.source,
+                raw: m,
+                from_model: true,
+            },
+        })
+        .collect();
+    let in_model = |name: &str| model.raw.metric.iter().any(|m| m.name.get_ref() == name);
+    entries.extend(
+        device
+            .metric
+            .iter()
+            .filter(|m| !in_model(m.name.get_ref()))
+            .map(own),
+    );
+    entries
+}
+
+impl<'a> Checker<'a> {
+    /// Runs `check` with errors pointing into `source`.
+    pub(super) fn in_source<R>(
+        &mut self,
+        source: Source<'a>,
+        check: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let outer = std::mem::replace(&mut self.source, source);
+        let result = check(self);
+        self.source = outer;
+        result
+    }
+
+    /// The models by name; a name given twice is an error at the second.
+    pub(super) fn catalog(&mut self, models: Vec<ModelRef<'a>>) -> HashMap<String, ModelRef<'a>> {
+        let mut catalog: HashMap<String, ModelRef<'a>> = HashMap::new();
+        for model in models {
+            let name = model.raw.name.get_ref();
+            match catalog.get(name) {
+                Some(first) => {
+                    let place = first
+                        .source
+                        .file
+                        .map_or_else(|| "this file".to_owned(), |f| f.display().to_string());
+                    let line = line_of(first.source.text, first.raw.name.span().start);
+                    self.in_source(model.source, |c| {
+                        c.error(
+                            model.raw.name.span(),
+                            &format!("model \"{name}\""),
+                            format!("model \"{name}\" is already defined ({place}, line {line})"),
+                        );
+                    });
+                }
+                None => {
+                    self.in_source(model.source, |c| {
+                        c.topic_id(&format!("model \"{name}\""), "name", &model.raw.name);
+                        c.unique(
+                            &format!("model \"{name}\""),
+                            "metric",
+                            model.raw.metric.iter().map(|m| &m.name),
+                        );
+                    });
+                    catalog.insert(name.clone(), model);
+                }
+            }
+        }
+        catalog
+    }
+
+    /// The model `device` names, if it names one that exists.
+    pub(super) fn model_of(
+        &mut self,
+        device: &RawDevice,
+        catalog: &HashMap<String, ModelRef<'a>>,
+    ) -> Option<ModelRef<'a>> {
+        let name = device.model.as_ref()?;
+        let found = catalog.get(name.get_ref()).copied();
+        if found.is_none() {
+            let mut known: Vec<&str> = catalog.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            let message = if known.is_empty() {
+                format!(
+                    "model \"{}\" is not defined: no [[model]] in this file or its include files",
+                    name.get_ref()
+                )
+            } else {
+                format!(
+                    "model \"{}\" is not defined, expected one of: {}",
+                    name.get_ref(),
+                    known.join(", ")
+                )
+            };
+            self.error(
+                name.span(),
+                &format!("device \"{}\"", device.name.get_ref()),
+                message,
+            );
+        }
+        found
+    }
+}
