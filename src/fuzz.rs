@@ -176,6 +176,7 @@ pub fn modbus_response(data: &[u8]) {
                     mask: 0x0100,
                     on: true,
                 },
+                false,
             )
             .await;
         link.close().await;

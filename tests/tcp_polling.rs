@@ -7,6 +7,7 @@ use std::time::Duration;
 use fieldmq::core::event::DeviceEvent;
 use fieldmq::core::layout::Table;
 use fieldmq::core::value::{Fault, Quality, Value};
+use fieldmq::core::write::{Write, WriteImage};
 use fieldmq::sim::{Served, Simulator};
 use support::{Running, config, good_value, samples_in, tcp_simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -400,4 +401,103 @@ type = "u16"
     assert!(polled >= 12, "meter polled {polled} times in 1 s at 50 ms");
     run.stop().await;
     server.abort();
+}
+
+#[tokio::test]
+async fn write_multiple_uses_fc15_and_fc16_even_for_one_coil_or_register() {
+    let sim = Simulator::new();
+    sim.set_bits(1, Table::Coil, 0, &[false]);
+    sim.set_registers(1, Table::Holding, 0, &[0; 30]);
+    let (addr, _server) = tcp_simulator(&sim).await;
+    let text = |multiple: bool| {
+        format!(
+            r#"
+[node]
+group_id = "plant1"
+node_id = "gw"
+
+[[bus]]
+name = "net"
+kind = "tcp"
+address = "{addr}"
+
+[[device]]
+name = "drive"
+bus = "net"
+unit = 1
+poll = "50ms"
+write_multiple = {multiple}
+
+[[device.metric]]
+name = "run"
+register = 1
+type = "bool"
+writable = true
+
+[[device.metric]]
+name = "speed"
+register = 40011
+type = "u16"
+writable = true
+
+[[device.metric]]
+name = "reset"
+register = 40021
+type = "bool"
+bit = 2
+writable = true
+"#
+        )
+    };
+    for (multiple, expected) in [
+        (false, vec![(5, 0), (6, 10), (6, 20)]),
+        (true, vec![(15, 0), (16, 10), (16, 20)]),
+    ] {
+        let before = support::writes(&sim).len();
+        let mut running = Running::start(config(&text(multiple)));
+        running.samples_of(0, 2 * SECOND).await;
+        let images = [
+            (0, Value::Bool(true), WriteImage::Coil(true)),
+            (1, Value::U16(1500), WriteImage::Registers(vec![1500])),
+            (
+                2,
+                Value::Bool(true),
+                WriteImage::RegisterBit {
+                    mask: 1 << 2,
+                    on: true,
+                },
+            ),
+        ];
+        for (metric, value, image) in images {
+            let write = Write {
+                device: 0,
+                metric,
+                value,
+                image,
+            };
+            running
+                .engine
+                .writes
+                .send(write, &running.config)
+                .expect("routed");
+            running
+                .until(2 * SECOND, "the write's outcome", |e| match e {
+                    DeviceEvent::Written {
+                        metric: m, outcome, ..
+                    } if *m == metric => Some(outcome.clone()),
+                    _ => None,
+                })
+                .await
+                .unwrap_or_else(|f| panic!("write of metric {metric}: {f}"));
+        }
+        assert_eq!(
+            support::writes(&sim)[before..],
+            expected,
+            "write_multiple = {multiple}"
+        );
+        assert_eq!(sim.registers(1, Table::Holding, 10, 1), Some(vec![1500]));
+        assert_eq!(sim.registers(1, Table::Holding, 20, 1), Some(vec![4]));
+        running.stop().await;
+        sim.set_registers(1, Table::Holding, 20, &[0]);
+    }
 }

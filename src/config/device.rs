@@ -157,6 +157,7 @@ impl<'a> Checker<'a> {
                 bus: bus.unwrap_or(0),
                 unit,
                 limits,
+                write_multiple: raw.write_multiple.as_ref().is_some_and(|w| *w.get_ref()),
             }),
             poll: self.duration(&ctx, "poll", raw.poll.as_ref(), DEFAULT_POLL),
             offline_after: raw

@@ -166,6 +166,11 @@ impl Checker<'_> {
             ),
             ("byte_order", raw.byte_order.as_ref().map(Spanned::span)),
             ("word_order", raw.word_order.as_ref().map(Spanned::span)),
+            (
+                "write_multiple",
+                raw.write_multiple.as_ref().map(Spanned::span),
+            ),
+            ("max_gap", raw.max_gap.as_ref().map(Spanned::span)),
         ];
         self.refuse_present(&ctx, &modbus_only, |key| {
             format!("{key} applies only to Modbus devices, not gpio = \"...\"")

@@ -189,6 +189,9 @@ pub struct ModbusUnit {
     pub unit: u8,
     /// Request size limits for the planner.
     pub limits: Limits,
+    /// Every write uses FC 16 (registers) or FC 15 (coils), even for one:
+    /// for devices that do not implement FC 06 / FC 05.
+    pub write_multiple: bool,
 }
 
 impl Device {

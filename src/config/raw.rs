@@ -181,6 +181,7 @@ pub struct RawDevice {
     pub max_backoff: Option<Spanned<String>>,
     pub qos: Option<Spanned<i64>>,
     pub retain: Option<Spanned<bool>>,
+    pub write_multiple: Option<Spanned<bool>>,
     #[serde(default)]
     pub metric: Vec<RawMetric>,
 }

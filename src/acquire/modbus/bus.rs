@@ -242,7 +242,12 @@ impl BusTask {
         };
         let outcome = match self
             .link
-            .write(slot.unit, register.address, &write.image)
+            .write(
+                slot.unit,
+                register.address,
+                &write.image,
+                modbus.write_multiple,
+            )
             .await
         {
             Ok(Ok(())) => Ok(()),

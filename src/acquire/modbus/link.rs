@@ -159,19 +159,29 @@ impl Link {
     }
 
     /// Writes `image` at `address` of `unit`: FC 05 for a coil, FC 06 for one
-    /// register, FC 16 for several, and FC 03 + FC 06 for a bit of a register.
+    /// register, FC 16 for several, and FC 03 + FC 06 for a bit of a register;
+    /// with `multiple`, FC 15 and FC 16 only.
     /// The answer is the device's exception code when it refused.
     pub async fn write(
         &mut self,
         unit: u8,
         address: u16,
         image: &WriteImage,
+        multiple: bool,
     ) -> Result<Result<(), u8>, LinkError> {
-        let request = match image {
-            WriteImage::Coil(on) => Request::WriteSingleCoil(address, *on),
-            WriteImage::Registers(regs) if regs.len() == 1 => {
-                Request::WriteSingleRegister(address, regs[0])
+        let one_register = |word: u16| {
+            if multiple {
+                Request::WriteMultipleRegisters(address, vec![word].into())
+            } else {
+                Request::WriteSingleRegister(address, word)
             }
+        };
+        let request = match image {
+            WriteImage::Coil(on) if multiple => {
+                Request::WriteMultipleCoils(address, vec![*on].into())
+            }
+            WriteImage::Coil(on) => Request::WriteSingleCoil(address, *on),
+            WriteImage::Registers(regs) if regs.len() == 1 => one_register(regs[0]),
             WriteImage::Registers(regs) => {
                 Request::WriteMultipleRegisters(address, regs.clone().into())
             }
@@ -184,13 +194,14 @@ impl Link {
                     Err(code) => return Ok(Err(code)),
                 };
                 let word = if *on { current | mask } else { current & !mask };
-                Request::WriteSingleRegister(address, word)
+                one_register(word)
             }
         };
         match self.transact(unit, request).await? {
             Err(code) => Ok(Err(code)),
             Ok(
                 Response::WriteSingleCoil(..)
+                | Response::WriteMultipleCoils(..)
                 | Response::WriteSingleRegister(..)
                 | Response::WriteMultipleRegisters(..),
             ) => Ok(Ok(())),
