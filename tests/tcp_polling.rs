@@ -501,3 +501,134 @@ writable = true
         sim.set_registers(1, Table::Holding, 20, &[0]);
     }
 }
+
+/// A TCP relay in front of the simulator that notes when each connection
+/// was accepted and when each request (a chunk from the gateway) arrived.
+#[derive(Debug, Default)]
+struct Wire {
+    /// Per connection: accepted at, and each request's arrival.
+    connections: Vec<(std::time::Instant, Vec<std::time::Instant>)>,
+}
+
+async fn recording_relay(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Wire>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let wire = std::sync::Arc::new(std::sync::Mutex::new(Wire::default()));
+    let log = std::sync::Arc::clone(&wire);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let index = {
+                let mut w = log.lock().expect("wire");
+                w.connections.push((std::time::Instant::now(), Vec::new()));
+                w.connections.len() - 1
+            };
+            let log = std::sync::Arc::clone(&log);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let mut buf = [0u8; 512];
+                loop {
+                    let n = match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    log.lock().expect("wire").connections[index]
+                        .1
+                        .push(std::time::Instant::now());
+                    if server.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let mut reply = [0u8; 512];
+                    match server.read(&mut reply).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(m) => {
+                            if client.write_all(&reply[..m]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, wire)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_delay_request_delay_and_close_after_poll_shape_the_traffic() {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Holding, 0, &[0; 300]);
+    let (sim_addr, _server) = tcp_simulator(&sim).await;
+    let (addr, wire) = recording_relay(sim_addr).await;
+    // Three requests per cycle (the registers are too far apart to merge).
+    let text = format!(
+        r#"
+[node]
+group_id = "plant1"
+node_id = "gw"
+
+[[bus]]
+name = "net"
+kind = "tcp"
+address = "{addr}"
+
+[[device]]
+name = "flow"
+bus = "net"
+unit = 1
+poll = "300ms"
+connect_delay = "150ms"
+request_delay = "60ms"
+close_after_poll = true
+
+[[device.metric]]
+name = "a"
+register = 40001
+type = "u16"
+
+[[device.metric]]
+name = "b"
+register = 40101
+type = "u16"
+
+[[device.metric]]
+name = "c"
+register = 40201
+type = "u16"
+"#
+    );
+    let mut running = Running::start(config(&text));
+    running.samples_of(0, 3 * SECOND).await;
+    // Unchanged values are not reported: let the cycles run.
+    tokio::time::sleep(1500 * Duration::from_millis(1)).await;
+    running.stop().await;
+    let wire = wire.lock().expect("wire");
+    assert!(
+        wire.connections.len() >= 3,
+        "a connection per cycle: {}",
+        wire.connections.len()
+    );
+    // The last connection may have been cut short by the stop.
+    let whole = wire.connections.len() - 1;
+    for (accepted, requests) in &wire.connections[..whole] {
+        let Some(first) = requests.first() else {
+            continue;
+        };
+        assert!(
+            first.duration_since(*accepted) >= Duration::from_millis(140),
+            "the first request waited for connect_delay: {:?}",
+            first.duration_since(*accepted)
+        );
+        assert_eq!(requests.len(), 3, "one cycle per connection");
+        for pair in requests.windows(2) {
+            assert!(
+                pair[1].duration_since(pair[0]) >= Duration::from_millis(55),
+                "request_delay between requests: {:?}",
+                pair[1].duration_since(pair[0])
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ use super::check::{
 };
 use super::model::{Entry, ModelRef};
 use super::raw::{RawBus, RawDevice, RawMetric, RawModel};
-use super::{Attachment, Bus, Device, Metric, ModbusUnit, Register, Source, Transport};
+use super::{Attachment, Bus, Device, Metric, ModbusUnit, Quirks, Register, Source, Transport};
 use crate::core::layout::{ByteOrder, Limits, RegisterLayout, Scaling, Table, WordOrder};
 use crate::core::message::Qos;
 use crate::core::value::DataType;
@@ -158,6 +158,15 @@ impl<'a> Checker<'a> {
                 unit,
                 limits,
                 write_multiple: raw.write_multiple.as_ref().is_some_and(|w| *w.get_ref()),
+                quirks: Quirks {
+                    connect_delay: self
+                        .any_duration(&ctx, "connect_delay", raw.connect_delay.as_ref())
+                        .unwrap_or_default(),
+                    request_delay: self
+                        .any_duration(&ctx, "request_delay", raw.request_delay.as_ref())
+                        .unwrap_or_default(),
+                    close_after_poll: raw.close_after_poll.as_ref().is_some_and(|c| *c.get_ref()),
+                },
             }),
             poll: self.duration(&ctx, "poll", raw.poll.as_ref(), DEFAULT_POLL),
             offline_after: raw

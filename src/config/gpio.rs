@@ -171,6 +171,18 @@ impl Checker<'_> {
                 raw.write_multiple.as_ref().map(Spanned::span),
             ),
             ("max_gap", raw.max_gap.as_ref().map(Spanned::span)),
+            (
+                "connect_delay",
+                raw.connect_delay.as_ref().map(Spanned::span),
+            ),
+            (
+                "request_delay",
+                raw.request_delay.as_ref().map(Spanned::span),
+            ),
+            (
+                "close_after_poll",
+                raw.close_after_poll.as_ref().map(Spanned::span),
+            ),
         ];
         self.refuse_present(&ctx, &modbus_only, |key| {
             format!("{key} applies only to Modbus devices, not gpio = \"...\"")

@@ -192,6 +192,21 @@ pub struct ModbusUnit {
     /// Every write uses FC 16 (registers) or FC 15 (coils), even for one:
     /// for devices that do not implement FC 06 / FC 05.
     pub write_multiple: bool,
+    /// How the device must be talked to beyond the protocol.
+    pub quirks: Quirks,
+}
+
+/// What real devices need beyond the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quirks {
+    /// Wait after a TCP connect before the first request (devices that drop
+    /// a request sent the moment they accept).
+    pub connect_delay: Duration,
+    /// Quiet time on the bus before each request to this unit.
+    pub request_delay: Duration,
+    /// Hold the connection only for this device's cycle: for devices that
+    /// serve one client at a time.
+    pub close_after_poll: bool,
 }
 
 impl Device {

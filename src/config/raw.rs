@@ -182,6 +182,9 @@ pub struct RawDevice {
     pub qos: Option<Spanned<i64>>,
     pub retain: Option<Spanned<bool>>,
     pub write_multiple: Option<Spanned<bool>>,
+    pub connect_delay: Option<Spanned<String>>,
+    pub request_delay: Option<Spanned<String>>,
+    pub close_after_poll: Option<Spanned<bool>>,
     #[serde(default)]
     pub metric: Vec<RawMetric>,
 }

@@ -168,7 +168,12 @@ impl BusTask {
             return true;
         };
         let started = Instant::now();
+        let quirks = device.modbus().map(|m| m.quirks).unwrap_or_default();
+        self.link.serve(quirks);
         let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut slot.plan).await;
+        if quirks.close_after_poll {
+            self.link.close().await;
+        }
         Counters::bump(&self.stats.polls);
         record_cycle(device, &cycle, started.elapsed());
         let now = Instant::now();
@@ -240,6 +245,7 @@ impl BusTask {
         ) else {
             return true;
         };
+        self.link.serve(modbus.quirks);
         let outcome = match self
             .link
             .write(
@@ -275,6 +281,9 @@ impl BusTask {
             let mut plan = ReadPlan::build([(write.metric, register.span())], modbus.limits);
             let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut plan).await;
             let samples = samples_of(slot.id, device, &plan, &cycle);
+            if modbus.quirks.close_after_poll {
+                self.link.close().await;
+            }
             for sample in &samples {
                 slot.filter.record(sample);
             }

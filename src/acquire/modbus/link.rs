@@ -19,7 +19,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
-use crate::config::{Bus, Parity, SerialLine, Transport};
+use crate::config::{Bus, Parity, Quirks, SerialLine, Transport};
 use crate::core::layout::Table;
 use crate::core::value::Fault;
 use crate::core::write::WriteImage;
@@ -76,6 +76,10 @@ pub struct Link {
     retry: Option<(Instant, String)>,
     /// The bus must stay quiet until then (silent interval, turnaround, late-reply window).
     quiet_until: Instant,
+    /// When the last transaction ended.
+    last_done: Instant,
+    /// What the device being served needs.
+    quirks: Quirks,
 }
 
 impl std::fmt::Debug for Link {
@@ -96,6 +100,8 @@ impl Link {
             reconnect: Backoff::new(RECONNECT_BASE, RECONNECT_MAX),
             retry: None,
             quiet_until: Instant::now(),
+            last_done: Instant::now(),
+            quirks: Quirks::default(),
         }
     }
 
@@ -114,6 +120,11 @@ impl Link {
             context: Some(context),
             ..Link::new(bus)
         }
+    }
+
+    /// The transactions that follow are for a device with `quirks`.
+    pub fn serve(&mut self, quirks: Quirks) {
+        self.quirks = quirks;
     }
 
     /// Reads `count` bits or registers from `table` of `unit`.
@@ -225,14 +236,23 @@ impl Link {
         // tokio's timer rounds a deadline up to its next millisecond tick:
         // sleeping when the quiet time is already over would cost up to a
         // millisecond per transaction on a TCP bus that needs no gap.
-        if self.quiet_until > Instant::now() {
-            sleep_until(self.quiet_until).await;
+        let quiet = self
+            .quiet_until
+            .max(self.last_done + self.quirks.request_delay);
+        if quiet > Instant::now() {
+            sleep_until(quiet).await;
         }
         let limit = self.bus.timeout;
+        let fresh = self.context.is_none();
+        let connect_delay = self.quirks.connect_delay;
         let context = self.connected().await?;
+        if fresh && !connect_delay.is_zero() {
+            tokio::time::sleep(connect_delay).await;
+        }
         context.set_slave(Slave(unit));
         let outcome = timeout(limit, context.call(request)).await;
-        self.quiet_until = Instant::now() + self.gap();
+        self.last_done = Instant::now();
+        self.quiet_until = self.last_done + self.gap();
         match outcome {
             Err(_) => {
                 self.resync();
