@@ -203,7 +203,14 @@ async fn outage_with_kill(profile: Profile) {
         let missing: Vec<u64> = (first..=last)
             .filter(|v| values.binary_search(v).is_err())
             .collect();
-        assert!(missing.is_empty(), "{device}: values lost: {missing:?}");
+        let around: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| missing.iter().any(|m| s.value.abs_diff(*m) <= 1))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{device}: values lost: {missing:?}, neighbours {around:?} (events {events:?})"
+        );
         assert!(
             last - first >= 4 * 40,
             "{device}: {first}..{last} does not span the outage"

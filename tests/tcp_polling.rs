@@ -632,3 +632,69 @@ type = "u16"
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_metric_is_read_on_its_own_period_and_the_first_report_has_every_metric() {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Input, 0, &[0; 200]);
+    let (addr, _server) = tcp_simulator(&sim).await;
+    let text = format!(
+        r#"
+[node]
+group_id = "plant1"
+node_id = "gw"
+
+[[bus]]
+name = "net"
+kind = "tcp"
+address = "{addr}"
+
+[[device]]
+name = "meter"
+bus = "net"
+unit = 1
+poll = "100ms"
+
+[[device.metric]]
+name = "power"
+register = 30001
+type = "u16"
+
+[[device.metric]]
+name = "energy"
+register = 30101
+type = "u16"
+poll = "1s"
+"#
+    );
+    let mut running = Running::start(config(&text));
+    let first = running
+        .until(2 * SECOND, "the first report", |e| match e {
+            DeviceEvent::Online { samples, .. } => Some(samples.clone()),
+            _ => None,
+        })
+        .await;
+    let metrics: Vec<usize> = first.iter().map(|s| s.metric).collect();
+    assert_eq!(
+        metrics,
+        vec![0, 1],
+        "the Online event has both scan classes"
+    );
+    tokio::time::sleep(2100 * Duration::from_millis(1)).await;
+    running.stop().await;
+    let reads = |start: u16| {
+        sim.served()
+            .iter()
+            .filter(|s| s.function == 4 && s.start == start)
+            .count()
+    };
+    let (fast, slow) = (reads(0), reads(100));
+    assert!(
+        (15..=26).contains(&fast),
+        "power read every 100 ms: {fast} reads"
+    );
+    assert!(
+        (2..=4).contains(&slow),
+        "energy read every 1 s: {slow} reads"
+    );
+}

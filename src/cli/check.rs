@@ -96,35 +96,49 @@ pub fn print_check(config: &Config) {
             .iter()
             .filter_map(|d| Some((d, d.modbus().filter(|m| m.bus == index)?)))
         {
-            let plan = ReadPlan::for_device(device);
             let model = device
                 .model
                 .as_ref()
                 .map_or_else(String::new, |m| format!(" (model {m})"));
-            say!(
-                "  device {} unit {}{model} every {}: {} metrics in {} requests",
-                device.name,
-                modbus.unit,
-                humantime::format_duration(device.poll),
-                device.metrics.len(),
-                plan.requests().len()
-            );
-            for request in plan.requests() {
-                let names: Vec<&str> = request
-                    .members
+            let periods = device.periods();
+            for (n, period) in periods.iter().enumerate() {
+                let plan = ReadPlan::for_period(device, *period);
+                let metrics = device
+                    .metrics
                     .iter()
-                    .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
-                    .collect();
-                // The wire address, and the register number manuals print.
-                say!(
-                    "    FC{:02} {:<8} start {:<5} ({:<6}) count {:<4} -> {}",
-                    request.table.read_function(),
-                    request.table.name(),
-                    request.start,
-                    request.table.modicon(request.start),
-                    request.count,
-                    names.join(", ")
-                );
+                    .filter(|m| device.period_of(m) == *period)
+                    .count();
+                let every = humantime::format_duration(*period);
+                if n == 0 {
+                    say!(
+                        "  device {} unit {}{model} every {every}: {metrics} metrics in {} requests",
+                        device.name,
+                        modbus.unit,
+                        plan.requests().len()
+                    );
+                } else {
+                    say!(
+                        "   and every {every}: {metrics} metrics in {} requests",
+                        plan.requests().len()
+                    );
+                }
+                for request in plan.requests() {
+                    let names: Vec<&str> = request
+                        .members
+                        .iter()
+                        .filter_map(|m| device.metrics.get(m.metric).map(|m| m.name.as_str()))
+                        .collect();
+                    // The wire address, and the register number manuals print.
+                    say!(
+                        "    FC{:02} {:<8} start {:<5} ({:<6}) count {:<4} -> {}",
+                        request.table.read_function(),
+                        request.table.name(),
+                        request.start,
+                        request.table.modicon(request.start),
+                        request.count,
+                        names.join(", ")
+                    );
+                }
             }
         }
     }

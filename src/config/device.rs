@@ -454,6 +454,10 @@ impl<'a> Checker<'a> {
             writable,
             min: raw.min.as_ref().map(|v| *v.get_ref()),
             max: raw.max.as_ref().map(|v| *v.get_ref()),
+            poll: raw
+                .poll
+                .as_ref()
+                .map(|p| self.duration(&ctx, "poll", Some(p), DEFAULT_POLL)),
             qos: raw
                 .qos
                 .as_ref()

@@ -252,6 +252,7 @@ impl Checker<'_> {
             ("table", raw.table.as_ref().map(Spanned::span)),
             ("address", raw.address.as_ref().map(Spanned::span)),
             ("register", raw.register.as_ref().map(Spanned::span)),
+            ("poll", raw.poll.as_ref().map(Spanned::span)),
             ("type", raw.data_type.as_ref().map(Spanned::span)),
             ("byte_order", raw.byte_order.as_ref().map(Spanned::span)),
             ("word_order", raw.word_order.as_ref().map(Spanned::span)),
@@ -337,6 +338,7 @@ impl Checker<'_> {
             max: None,
             qos,
             retain,
+            poll: None,
         };
         if output {
             let safe_after = raw

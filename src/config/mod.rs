@@ -218,6 +218,19 @@ impl Device {
         }
     }
 
+    /// How often `metric` is read: its own period, else the device's.
+    pub fn period_of(&self, metric: &Metric) -> Duration {
+        metric.poll.unwrap_or(self.poll)
+    }
+
+    /// Its scan classes: the distinct poll periods of its metrics, shortest first.
+    pub fn periods(&self) -> Vec<Duration> {
+        let mut periods: Vec<Duration> = self.metrics.iter().map(|m| self.period_of(m)).collect();
+        periods.sort_unstable();
+        periods.dedup();
+        periods
+    }
+
     /// Whether it is a unit on bus `bus`.
     pub fn is_on_bus(&self, bus: usize) -> bool {
         self.modbus().is_some_and(|m| m.bus == bus)
@@ -260,6 +273,8 @@ pub struct Metric {
     pub qos: Qos,
     /// Plain profile: whether its messages are retained.
     pub retain: bool,
+    /// Its own poll period (scan class); `None`: the device's.
+    pub poll: Option<Duration>,
 }
 
 /// Where a metric's value comes from.

@@ -198,6 +198,8 @@ pub struct RawMetric {
     pub address: Option<Spanned<i64>>,
     /// One-based Modicon number (40001, 400001) instead of table + address.
     pub register: Option<Spanned<i64>>,
+    /// Its own poll period (scan class).
+    pub poll: Option<Spanned<String>>,
     #[serde(rename = "type")]
     pub data_type: Option<Spanned<String>>,
     pub byte_order: Option<Spanned<String>>,

@@ -34,23 +34,31 @@ use crate::ops::metrics::Counters;
 /// in the first seconds after it died.
 const OFFLINE_FIRST_RETRY: Duration = Duration::from_secs(1);
 
-/// Polling state of one device.
-struct Slot {
+/// What is known of one device, whatever its scan classes.
+struct Unit {
     id: DeviceId,
     unit: u8,
-    plan: ReadPlan,
     filter: ChangeFilter,
-    next_due: Instant,
     failures: u32,
     /// `None` until the first cycle decides it.
     online: Option<bool>,
     retry: Backoff,
 }
 
+/// One scan class of a device: the metrics it reads at one period.
+struct Slot {
+    /// Index into [`BusTask::units`].
+    unit: usize,
+    period: Duration,
+    plan: ReadPlan,
+    next_due: Instant,
+}
+
 /// Polls every device of one bus until shut down.
 pub struct BusTask {
     config: Arc<Config>,
     link: Link,
+    units: Vec<Unit>,
     slots: Vec<Slot>,
     events: mpsc::Sender<DeviceEvent<Config>>,
     writes: mpsc::Receiver<Write>,
@@ -89,25 +97,35 @@ impl BusTask {
         // The longest a transaction may take: its timeout plus the quiet time around it.
         let timeout = settings.timeout + settings.turnaround;
         let now = Instant::now();
-        let slots = config
+        let mut units = Vec::new();
+        let mut slots = Vec::new();
+        for (id, d, modbus) in config
             .devices
             .iter()
             .enumerate()
             .filter_map(|(id, d)| Some((id, d, d.modbus().filter(|m| m.bus == bus)?)))
-            .map(|(id, d, modbus)| Slot {
+        {
+            for period in d.periods() {
+                slots.push(Slot {
+                    unit: units.len(),
+                    period,
+                    plan: ReadPlan::for_period(d, period),
+                    next_due: now,
+                });
+            }
+            units.push(Unit {
                 id,
                 unit: modbus.unit,
-                plan: ReadPlan::for_device(d),
                 filter: ChangeFilter::new(d.metrics.iter().map(|m| m.deadband).collect()),
-                next_due: now,
                 failures: 0,
                 online: None,
                 retry: Backoff::new(d.poll.max(OFFLINE_FIRST_RETRY), d.max_backoff.max(d.poll)),
-            })
-            .collect();
+            });
+        }
         Some(BusTask {
             config,
             link,
+            units,
             slots,
             events: channels.events,
             writes: channels.writes,
@@ -147,8 +165,12 @@ impl BusTask {
                 }
                 () = sleep_until(due) => {}
             }
-            let requests = self.slots[index].plan.requests().len() as u32;
-            self.pulse.within(self.timeout * (requests + 1));
+            let requests: usize = self
+                .classes_due(index)
+                .iter()
+                .map(|&i| self.slots[i].plan.requests().len())
+                .sum();
+            self.pulse.within(self.timeout * (requests as u32 + 1));
             if !self.poll_slot(index).await {
                 break;
             }
@@ -160,65 +182,100 @@ impl BusTask {
         (0..self.slots.len()).min_by_key(|&i| self.slots[i].next_due)
     }
 
-    /// Polls one device and reports; `false` when the receiver is gone.
+    /// The scan classes a poll of slot `index` reads: that one alone while
+    /// its device is online; every class of the device while it is not, so
+    /// its `Online` event (and a Sparkplug DBIRTH made from it) carries
+    /// every metric.
+    fn classes_due(&self, index: usize) -> Vec<usize> {
+        let Some(unit) = self.slots.get(index).map(|s| s.unit) else {
+            return Vec::new();
+        };
+        if self.units.get(unit).is_some_and(|u| u.online == Some(true)) {
+            return vec![index];
+        }
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].unit == unit)
+            .collect()
+    }
+
+    /// Polls one scan class of a device (every class while it is not
+    /// online) and reports; `false` when the receiver is gone.
     async fn poll_slot(&mut self, index: usize) -> bool {
         let config = Arc::clone(&self.config);
-        let slot = &mut self.slots[index];
-        let Some(device) = config.devices.get(slot.id) else {
+        let classes = self.classes_due(index);
+        let Some(u) = self.slots.get(index).map(|s| s.unit) else {
             return true;
         };
-        let started = Instant::now();
+        let (id, unit_id) = (self.units[u].id, self.units[u].unit);
+        let Some(device) = config.devices.get(id) else {
+            return true;
+        };
         let quirks = device.modbus().map(|m| m.quirks).unwrap_or_default();
         self.link.serve(quirks);
-        let cycle = cycle::poll(&mut self.link, &device.name, slot.unit, &mut slot.plan).await;
+        let mut answered = false;
+        let mut fault = None;
+        let mut samples = Vec::new();
+        for &class in &classes {
+            let started = Instant::now();
+            let slot = &mut self.slots[class];
+            let cycle = cycle::poll(&mut self.link, &device.name, unit_id, &mut slot.plan).await;
+            record_cycle(device, &cycle, started.elapsed());
+            answered |= cycle.answered;
+            if !cycle.answered && fault.is_none() {
+                fault = Some(first_fault(&cycle));
+            }
+            samples.extend(samples_of(id, device, &slot.plan, &cycle));
+        }
         if quirks.close_after_poll {
             self.link.close().await;
         }
+        // Events carry samples in metric order, whichever classes were read.
+        samples.sort_by_key(|s| s.metric);
         Counters::bump(&self.stats.polls);
-        record_cycle(device, &cycle, started.elapsed());
         let now = Instant::now();
         let mut events = Vec::new();
-        let mut samples = samples_of(slot.id, device, &slot.plan, &cycle);
-        if cycle.answered {
-            slot.failures = 0;
-            slot.retry.reset();
-            slot.next_due = next_tick(slot.next_due, device.poll, now);
-            if slot.online != Some(true) {
-                if slot.online == Some(false) {
+        let state = &mut self.units[u];
+        if answered {
+            state.failures = 0;
+            state.retry.reset();
+            for &class in &classes {
+                let slot = &mut self.slots[class];
+                slot.next_due = next_tick(slot.next_due, slot.period, now);
+            }
+            if state.online != Some(true) {
+                if state.online == Some(false) {
                     tracing::info!(device = %device.name, "device answers again");
                 }
-                slot.online = Some(true);
+                state.online = Some(true);
                 for sample in &samples {
-                    slot.filter.record(sample);
+                    state.filter.record(sample);
                 }
                 events.push(DeviceEvent::Online {
-                    device: slot.id,
+                    device: id,
                     samples: std::mem::take(&mut samples),
                 });
             }
         } else {
             Counters::bump(&self.stats.poll_failures);
-            slot.failures = slot.failures.saturating_add(1);
-            if slot.online != Some(false) && slot.failures >= device.offline_after {
-                slot.online = Some(false);
-                let fault = first_fault(&cycle);
-                tracing::warn!(device = %device.name, %fault, failures = slot.failures, "device offline; retrying with backoff");
-                events.push(DeviceEvent::Offline {
-                    device: slot.id,
-                    fault,
-                });
+            state.failures = state.failures.saturating_add(1);
+            if state.online != Some(false) && state.failures >= device.offline_after {
+                state.online = Some(false);
+                let fault = fault.unwrap_or(Fault::Timeout);
+                tracing::warn!(device = %device.name, %fault, failures = state.failures, "device offline; retrying with backoff");
+                events.push(DeviceEvent::Offline { device: id, fault });
             }
-            slot.next_due = if slot.online == Some(false) {
-                now + slot.retry.next_delay()
-            } else {
-                next_tick(slot.next_due, device.poll, now)
-            };
+            let retry = (state.online == Some(false)).then(|| now + state.retry.next_delay());
+            for &class in &classes {
+                let slot = &mut self.slots[class];
+                slot.next_due = retry.unwrap_or_else(|| next_tick(slot.next_due, slot.period, now));
+            }
         }
-        metrics::device_up(&device.name, slot.online == Some(true));
-        samples.retain(|s| slot.filter.admit(s));
+        let state = &mut self.units[u];
+        metrics::device_up(&device.name, state.online == Some(true));
+        samples.retain(|s| state.filter.admit(s));
         if !samples.is_empty() {
             events.push(DeviceEvent::Samples {
-                device: slot.id,
+                device: id,
                 samples,
             });
         }
@@ -230,7 +287,7 @@ impl BusTask {
     /// to see the outcome. `false` when nobody listens any more.
     async fn write(&mut self, write: Write) -> bool {
         let config = Arc::clone(&self.config);
-        let Some(slot) = self.slots.iter_mut().find(|s| s.id == write.device) else {
+        let Some(slot) = self.units.iter_mut().find(|s| s.id == write.device) else {
             return true;
         };
         let Some(device) = config.devices.get(slot.id) else {

@@ -8,9 +8,10 @@
 //! hole inside it), the request is bisected at a metric boundary and the plan
 //! keeps the split, so later cycles do not repeat the failure.
 
-use crate::config::Device;
+use crate::config::{Device, Metric};
 use crate::core::layout::{Limits, Span, Table};
 use std::fmt;
+use std::time::Duration;
 
 /// A metric served by a request, located relative to the request's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +119,24 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    /// The requests of one poll cycle of `device`.
+    /// The requests that read every metric of `device` once.
     pub fn for_device(device: &Device) -> ReadPlan {
+        ReadPlan::for_metrics(device, |_| true)
+    }
+
+    /// The requests of `device`'s scan class `period`: only its metrics
+    /// polled that often, so a slow metric is not read on the fast cycle.
+    pub fn for_period(device: &Device, period: Duration) -> ReadPlan {
+        ReadPlan::for_metrics(device, |m| device.period_of(m) == period)
+    }
+
+    fn for_metrics(device: &Device, pick: impl Fn(&Metric) -> bool) -> ReadPlan {
         ReadPlan::build(
             device
                 .metrics
                 .iter()
                 .enumerate()
+                .filter(|(_, m)| pick(m))
                 .filter_map(|(i, m)| Some((i, m.register()?.span()))),
             device.modbus().map(|m| m.limits).unwrap_or_default(),
         )
