@@ -328,3 +328,32 @@ async fn a_retained_set_left_on_the_broker_is_never_applied_and_a_live_one_once(
     gw.terminate().await;
     s.server.abort();
 }
+
+#[tokio::test]
+async fn an_unchanged_value_is_published_again_after_republish() {
+    let s = Setup::new().await;
+    let mut client =
+        Peer::connect(s.broker.port, "late", &["site/gw/boiler/temperature/flow"]).await;
+    let gw = s.start("republish = \"1s\"", "gw");
+    let first = client
+        .next_on("site/gw/boiler/temperature/flow", 10 * SECOND)
+        .await;
+    let again = client.collect_for(3500 * Duration::from_millis(1)).await;
+    gw.terminate().await;
+    let stamps: Vec<u64> = std::iter::once(&first)
+        .chain(&again)
+        .map(|m| {
+            let json = json_of(&m.payload);
+            assert_eq!(json["value"], serde_json::json!(65.2), "the same value");
+            json["ts"].as_u64().expect("ts")
+        })
+        .collect();
+    assert!(
+        (3..=6).contains(&stamps.len()),
+        "published about every second though unchanged: {stamps:?}"
+    );
+    assert!(
+        stamps.windows(2).all(|w| w[1] >= w[0] + 900),
+        "each time as of its republishing, a period apart: {stamps:?}"
+    );
+}

@@ -72,6 +72,7 @@ pub struct RawUpstream {
     pub client_id: Option<Spanned<String>>,
     pub keep_alive: Option<Spanned<String>>,
     pub confirm_interval: Option<Spanned<String>>,
+    pub republish: Option<Spanned<String>>,
     pub max_backoff: Option<Spanned<String>>,
     pub clean_session: Option<Spanned<bool>>,
     pub max_packet_size: Option<Spanned<i64>>,

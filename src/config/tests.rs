@@ -408,6 +408,14 @@ fn upstream_mistakes_are_refused_with_their_line() {
             "keep_alive must be at least 1s",
         ),
         (
+            "url = \"mqtt://b\"\nrepublish = \"10m\"",
+            "republish applies only to profile = \"plain\"",
+        ),
+        (
+            "url = \"mqtt://b\"\nprofile = \"plain\"\nrepublish = \"500ms\"",
+            "republish must be at least 1s",
+        ),
+        (
             "url = \"mqtt://b\"\nconfirm_interval = \"10ms\"",
             "confirm_interval must be between 50ms and keep_alive (30s)",
         ),

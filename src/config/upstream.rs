@@ -97,6 +97,9 @@ pub struct Upstream {
     pub profile: Profile,
     /// Plain profile: the topic of each metric.
     pub topic_template: TopicTemplate,
+    /// Plain profile: a value unchanged for this long is published again,
+    /// for consumers that join late and get no retained message.
+    pub republish: Option<Duration>,
 }
 
 /// Default MQTT keep-alive. Short enough that a dead link is noticed within
@@ -248,6 +251,16 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        let republish = raw.republish.as_ref().and_then(|r| {
+            if profile == Profile::Sparkplug {
+                self.error(r.span(), ctx, "republish applies only to profile = \"plain\"; Sparkplug births carry the current values".into());
+            }
+            let period = self.any_duration(ctx, "republish", Some(r))?;
+            if period < Duration::from_secs(1) {
+                self.error(r.span(), ctx, "republish must be at least 1s".into());
+            }
+            Some(period)
+        });
         let topic_template = match &raw.topic_template {
             Some(t) => {
                 if profile == Profile::Sparkplug {
@@ -274,6 +287,7 @@ impl<'a> Checker<'a> {
                 .and_then(|v| self.int(ctx, "max_packet_size", v, 1024, MQTT_MAX_PACKET_SIZE))
                 .unwrap_or(DEFAULT_MAX_PACKET_SIZE),
             primary_host: raw.primary_host.as_ref().map(|h| h.get_ref().clone()),
+            republish,
             profile,
             topic_template,
         }

@@ -119,6 +119,36 @@ impl NodeState {
         self.settle(actions)
     }
 
+    /// Values unchanged for `period` or longer on online devices, reported
+    /// again as of `now_ms` (the device still answers with them), through
+    /// the profile like any report; the cache then counts from now.
+    pub fn republish(&mut self, period: std::time::Duration, now_ms: u64) -> Vec<Outgoing> {
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let mut actions = Vec::new();
+        for device in 0..self.config.devices.len() {
+            if !self.cache.is_online(device) {
+                continue;
+            }
+            let samples: Vec<_> = self
+                .cache
+                .snapshot(device)
+                .into_iter()
+                .filter(|s| now_ms.saturating_sub(s.timestamp_ms) >= period_ms)
+                .map(|s| crate::core::value::Sample {
+                    timestamp_ms: now_ms,
+                    ..s
+                })
+                .collect();
+            if samples.is_empty() {
+                continue;
+            }
+            let event = DeviceEvent::Samples { device, samples };
+            self.cache.apply(&event);
+            actions.extend(self.profile.event(&event, &self.cache));
+        }
+        self.settle(actions)
+    }
+
     /// The goodbye before the sink closes.
     pub fn farewell(&mut self) -> Vec<Outgoing> {
         let actions = self.profile.farewell();

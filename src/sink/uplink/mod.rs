@@ -63,6 +63,8 @@ pub struct Uplink {
     stop_connection: CancellationToken,
     connected: bool,
     confirm_interval: Duration,
+    /// Plain profile: how long a value may go unpublished.
+    republish: Option<Duration>,
     stats: Arc<Counters>,
     forwarder: Forwarder,
     pulse: Pulse,
@@ -145,6 +147,7 @@ impl Uplink {
                 proven: 0,
             },
             confirm_interval: upstream.confirm_interval,
+            republish: upstream.republish,
             node: NodeState::new(config, profile, writes, Arc::clone(&stats), "upstream"),
             link,
             connection: tokio::spawn(connection.run()),
@@ -173,6 +176,12 @@ impl Uplink {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut confirm_tick = tokio::time::interval(self.confirm_interval);
         confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Checked ten times a period (1 s..1 min): a value is republished at most that late.
+        let republish_every = self.republish.map_or(Duration::from_secs(60), |p| {
+            (p / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        });
+        let mut republish_tick = tokio::time::interval(republish_every);
+        republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             // The drain tick turns this loop at least that often.
             self.pulse.within(DRAIN_TICK);
@@ -200,6 +209,7 @@ impl Uplink {
                 }
                 _ = drain_tick.tick() => self.drain(),
                 _ = confirm_tick.tick(), if self.connected => self.outbox.ask_for_proof(),
+                _ = republish_tick.tick(), if self.connected && self.republish.is_some() => self.republish(),
                 _ = sync_tick.tick() => {
                     crate::ops::blocking::file_work(|| self.forwarder.sync());
                     self.log_drops();
@@ -241,6 +251,17 @@ impl Uplink {
         } else {
             self.forwarder.store(*device, samples);
         }
+    }
+
+    /// Publishes again what has not changed for `[upstream] republish`.
+    fn republish(&mut self) {
+        let Some(period) = self.republish else {
+            return;
+        };
+        // Before the announcement the profile publishes nothing; the
+        // announcement itself sends every value.
+        let outgoing = self.node.republish(period, crate::core::value::now_ms());
+        self.send(outgoing);
     }
 
     /// Sends the next slice of the backlog, if the profile is ready for it.
