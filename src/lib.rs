@@ -13,9 +13,11 @@
 //!   samples, device events, writes and refusals, messages, register layouts.
 //! - [`ops`]: what every layer uses to stay observable and durable: the one
 //!   counter system ([`ops::metrics`]), liveness, the health endpoint,
-//!   systemd, backoff, disk work off the async threads, atomic state files.
+//!   systemd, backoff, disk work off the async threads, atomic state files,
+//!   freed heap returned to the system.
 //! - [`config`]: TOML text → validated [`config::Config`], with file:line
-//!   diagnostics; one file per section; what a reload changes.
+//!   diagnostics; one file per section; device models and include; what a
+//!   reload changes.
 //! - [`acquire`]: the sources. [`acquire::modbus`] (codec and read planner,
 //!   pure; the link, the poll cycle, the bus task), [`acquire::gpio`], the
 //!   deadband filter, the engine that runs a task per bus and per GPIO
@@ -25,7 +27,7 @@
 //!   command must pass, the last value of every metric.
 //! - [`store`]: what survives a restart: the store-and-forward queue on
 //!   disk, the replay window and paced drain in front of it, the bdSeq.
-//! - [`sink`]: where actions go: the uplink (connection, TLS, the queue in
+//! - [`sink`]: where actions go: the uplink (connection, proof of delivery, TLS, the queue in
 //!   front), the local broker and its feed, or the log; what both keep about
 //!   the node ([`sink::node`]).
 //! - [`gateway`]: the wiring of a running gateway: sources, the event tee,
