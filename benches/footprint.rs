@@ -132,16 +132,18 @@ fn config_text(data_dir: &Path, upstream_port: u16, ports: &[&str], registers: u
          [broker]\nenabled = false\n",
         data_dir.display()
     );
+    // Identical devices, written as a site would write them: one model.
+    text.push_str("[[model]]\nname = \"bench\"\n");
+    for r in 0..registers {
+        text.push_str(&format!(
+            "[[model.metric]]\nname = \"r{r}\"\ntable = \"holding\"\naddress = {r}\ntype = \"u16\"\n"
+        ));
+    }
     for (i, port) in ports.iter().enumerate() {
         text.push_str(&format!(
             "[[bus]]\nname = \"b{i}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
-             [[device]]\nname = \"d{i}\"\nbus = \"b{i}\"\nunit = 1\npoll = \"1s\"\n"
+             [[device]]\nname = \"d{i}\"\nbus = \"b{i}\"\nunit = 1\npoll = \"1s\"\nmodel = \"bench\"\n"
         ));
-        for r in 0..registers {
-            text.push_str(&format!(
-                "[[device.metric]]\nname = \"r{r}\"\ntable = \"holding\"\naddress = {r}\ntype = \"u16\"\n"
-            ));
-        }
     }
     text
 }
@@ -393,7 +395,7 @@ fn parts(devices: usize, registers: u16) -> Vec<(&'static str, usize)> {
     // whose read and write buffers start at 8 KiB each (seen in heaptrack).
     let framing = devices * 2 * 8 * 1024;
     vec![
-        ("device map (Config)", config_bytes),
+        ("device map (Config, one model)", config_bytes),
         ("read plans", plan_bytes),
         ("report-by-exception state", filter_bytes),
         ("last values (uplink)", cache_bytes),

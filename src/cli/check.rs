@@ -171,7 +171,7 @@ fn print_pins(device: &fieldmq::config::Device) {
         device.metrics.len(),
         humantime::format_duration(device.poll)
     );
-    for metric in &device.metrics {
+    for metric in device.metrics.iter() {
         let Some(pin) = metric.pin() else { continue };
         let input = |kind: &str, line: &fieldmq::config::InputLine| {
             let pull = match line.pull {

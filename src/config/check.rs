@@ -280,6 +280,9 @@ impl<'a> Checker<'a> {
         let catalog = self.catalog(models);
         let mut devices: Vec<Device> = Vec::with_capacity(raw.device.len());
         let mut metrics_written = Vec::with_capacity(raw.device.len());
+        // Per model, the metric lists its devices came out with: thirty
+        // meters of one model hold one list, not thirty copies.
+        let mut lists: HashMap<&str, Vec<std::sync::Arc<[super::Metric]>>> = HashMap::new();
         for d in &raw.device {
             let model = self.model_of(d, &catalog);
             let entries = merged(d, model, main);
@@ -298,6 +301,14 @@ impl<'a> Checker<'a> {
                 }
                 None => self.device(d, model, &entries, &raw.bus, &buses),
             };
+            let mut device = device;
+            if let Some(m) = model {
+                let known = lists.entry(m.raw.name.get_ref().as_str()).or_default();
+                match known.iter().find(|l| **l == device.metrics) {
+                    Some(same) => device.metrics = std::sync::Arc::clone(same),
+                    None => known.push(std::sync::Arc::clone(&device.metrics)),
+                }
+            }
             devices.push(device);
             metrics_written.push(entries);
         }

@@ -180,7 +180,7 @@ impl<'a> Checker<'a> {
                 raw.max_backoff.as_ref(),
                 DEFAULT_MAX_BACKOFF,
             ),
-            metrics,
+            metrics: metrics.into(),
         }
     }
 

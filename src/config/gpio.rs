@@ -235,7 +235,7 @@ impl Checker<'_> {
                 raw.max_backoff.as_ref(),
                 Duration::from_secs(60),
             ),
-            metrics,
+            metrics: metrics.into(),
         }
     }
 

@@ -26,6 +26,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::layout::{Limits, RegisterLayout, Scaling, Span, Table};
@@ -167,8 +168,9 @@ pub struct Device {
     pub offline_after: u32,
     /// Longest wait between retries of an offline device.
     pub max_backoff: Duration,
-    /// Metrics; a `MetricId` is an index into this list.
-    pub metrics: Vec<Metric>,
+    /// Metrics; a `MetricId` is an index into this list. Devices whose
+    /// metrics come out the same (one model, no overrides) share one list.
+    pub metrics: Arc<[Metric]>,
 }
 
 /// How a device is reached.
@@ -242,7 +244,7 @@ impl Device {
     pub fn key(&self) -> u32 {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(self.name.as_bytes());
-        for metric in &self.metrics {
+        for metric in self.metrics.iter() {
             hasher.update(&[0]);
             hasher.update(metric.name.as_bytes());
             hasher.update(&[0]);

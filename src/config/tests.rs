@@ -963,3 +963,22 @@ fn a_register_number_or_a_table_and_address_but_not_both() {
         assert!(errs.iter().any(|e| e.contains(why)), "{number}: {errs:?}");
     }
 }
+
+#[test]
+fn devices_of_one_model_share_one_metric_list_unless_theirs_differ() {
+    let three = format!(
+        "{SITE}\n[[device]]\nname = \"m3\"\nbus = \"rs485\"\nunit = 3\nmodel = \"meter\"\n"
+    );
+    let (_dir, config) = load_site(&[("main.toml", &three), ("models/meter.toml", METER)]);
+    let config = config.expect("valid");
+    let (m1, m2, m3) = (&config.devices[0], &config.devices[1], &config.devices[2]);
+    assert_eq!(m3.name, "m3");
+    assert!(
+        std::sync::Arc::ptr_eq(&m1.metrics, &m3.metrics),
+        "one list for both"
+    );
+    assert!(
+        !std::sync::Arc::ptr_eq(&m1.metrics, &m2.metrics),
+        "m2 overrides a metric"
+    );
+}

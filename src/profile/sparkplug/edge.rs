@@ -815,9 +815,11 @@ type = "u16"
         assert!(node.ready(0));
 
         let mut edited = (*same).clone();
-        if let Some(metric) = edited.devices[0].metrics.get_mut(1) {
+        let mut metrics = edited.devices[0].metrics.to_vec();
+        if let Some(metric) = metrics.get_mut(1) {
             metric.unit = Some("%".into());
         }
+        edited.devices[0].metrics = metrics.into();
         let edited = Arc::new(edited);
         carried.reconfigure(&same, &edited);
         let actions = node.reconfigure(Arc::clone(&edited), &carried);
