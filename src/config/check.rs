@@ -312,6 +312,7 @@ impl<'a> Checker<'a> {
             devices.push(device);
             metrics_written.push(entries);
         }
+        self.unused_models(&catalog, &raw.device);
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::Diagnostic;
-use super::check::{Checker, line_of};
+use super::check::{BYTE_ORDERS, Checker, DEFAULT_RETAIN, Publishing, WORD_ORDERS, line_of};
 use super::raw::{RawDevice, RawMetric, RawModel, RawModelFile};
+use crate::core::layout::Limits;
+use crate::core::message::Qos;
 
 /// Text a span points into: the config file (`file: None`) or an included one.
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +203,79 @@ impl<'a> Checker<'a> {
             }
         }
         catalog
+    }
+
+    /// Checks the models no device uses, once each, as a device with no
+    /// settings of its own would use them: a broken model in an included
+    /// library is reported before the day a device takes it.
+    pub(super) fn unused_models(
+        &mut self,
+        catalog: &HashMap<String, ModelRef<'a>>,
+        devices: &[RawDevice],
+    ) {
+        let mut unused: Vec<&ModelRef<'a>> = catalog
+            .values()
+            .filter(|m| {
+                !devices.iter().any(|d| {
+                    d.model
+                        .as_ref()
+                        .is_some_and(|n| n.get_ref() == m.raw.name.get_ref())
+                })
+            })
+            .collect();
+        unused.sort_by_key(|m| m.raw.name.get_ref());
+        for model in unused {
+            let ctx = format!("model \"{}\"", model.raw.name.get_ref());
+            self.in_source(model.source, |c| {
+                let defaults = Limits::default();
+                let limits = Limits {
+                    max_registers: model
+                        .raw
+                        .max_read_registers
+                        .as_ref()
+                        .and_then(|v| c.int(&ctx, "max_read_registers", v, 1, 125))
+                        .unwrap_or(defaults.max_registers),
+                    max_gap: model
+                        .raw
+                        .max_gap
+                        .as_ref()
+                        .and_then(|v| c.int(&ctx, "max_gap", v, 0, 2000))
+                        .unwrap_or(defaults.max_gap),
+                    ..defaults
+                };
+                let byte_order = model
+                    .raw
+                    .byte_order
+                    .as_ref()
+                    .and_then(|v| c.choice(&ctx, "byte_order", v, &BYTE_ORDERS))
+                    .unwrap_or_default();
+                let word_order = model
+                    .raw
+                    .word_order
+                    .as_ref()
+                    .and_then(|v| c.choice(&ctx, "word_order", v, &WORD_ORDERS))
+                    .unwrap_or_default();
+                let publishing = Publishing {
+                    qos: Qos::default(),
+                    retain: DEFAULT_RETAIN,
+                };
+                let entries: Vec<Entry<'a>> = model
+                    .raw
+                    .metric
+                    .iter()
+                    .map(|raw| Entry {
+                        source: model.source,
+                        raw,
+                        from_model: true,
+                    })
+                    .collect();
+                let metrics: Vec<_> = entries
+                    .iter()
+                    .map(|e| c.metric(&ctx, e.raw, byte_order, word_order, &limits, publishing))
+                    .collect();
+                c.overlaps(&ctx, &entries, &metrics);
+            });
+        }
     }
 
     /// The model `device` names, if it names one that exists.

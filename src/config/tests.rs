@@ -982,3 +982,22 @@ fn devices_of_one_model_share_one_metric_list_unless_theirs_differ() {
         "m2 overrides a metric"
     );
 }
+
+#[test]
+fn a_model_no_device_uses_is_checked_too() {
+    let spare = METER
+        .replace("name = \"meter\"", "name = \"spare\"")
+        .replace("f32\"\nunit = \"V\"", "f33\"\nunit = \"V\"");
+    let (_dir, config) = load_site(&[
+        ("main.toml", SITE),
+        ("models/meter.toml", METER),
+        ("models/spare.toml", &spare),
+    ]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message
+            .contains("spare.toml:10: model \"spare\", metric \"voltage\": unknown type \"f33\""),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "reported once: {message}");
+}

@@ -4,6 +4,7 @@
 //! [`Action`]s for the publisher to carry out; it never does I/O itself.
 
 pub mod action;
+pub mod announced;
 pub mod command;
 pub mod last_values;
 pub mod plain;

@@ -17,6 +17,7 @@ use crate::core::message::Qos;
 use crate::core::value::{DeviceId, MetricId, Quality, Sample};
 use crate::core::write::Rejection;
 use crate::profile::action::Action;
+use crate::profile::announced::Announced;
 use crate::profile::command::{self};
 use crate::profile::last_values::LastValues;
 
@@ -33,10 +34,8 @@ pub struct PlainNode {
     /// The node state and the known values went out on this connection:
     /// values may follow. Before that they wait in the queue.
     announced: bool,
-    /// Per device, the newest sample time the announcement carried. A
-    /// stored sample of that time is one it already published (the
-    /// announcement has each metric's newest), so the replay leaves it out.
-    announced_marks: Vec<u64>,
+    /// What the announcement carried: the replay leaves it out.
+    announced_values: Announced,
     /// Per device, per metric.
     topics: Vec<Vec<String>>,
     /// `/set` topic → the writable metric it writes.
@@ -71,7 +70,7 @@ impl PlainNode {
         PlainNode {
             connected: false,
             announced: false,
-            announced_marks: vec![0; config.devices.len()],
+            announced_values: Announced::new(config.devices.len()),
             config,
             topics,
             set_topics,
@@ -123,9 +122,7 @@ impl PlainNode {
             actions.extend(self.device_state(device, cache.is_online(device)));
             if cache.is_online(device) {
                 let snapshot = cache.snapshot(device);
-                if let Some(mark) = self.announced_marks.get_mut(device) {
-                    *mark = snapshot.iter().map(|s| s.timestamp_ms).max().unwrap_or(0);
-                }
+                self.announced_values.record(device, &snapshot);
                 actions.extend(snapshot.iter().filter_map(|s| self.sample(s)));
             }
         }
@@ -169,7 +166,7 @@ impl PlainNode {
     pub fn history(&self, samples: &[Sample]) -> Vec<Message> {
         samples
             .iter()
-            .filter(|s| self.announced_marks.get(s.device) != Some(&s.timestamp_ms))
+            .filter(|s| !self.announced_values.carried(s))
             .filter_map(|s| self.sample_message(s))
             .map(|message| Message {
                 retain: false,
@@ -217,7 +214,7 @@ impl PlainNode {
             }
         }
         let old_sets = std::mem::take(&mut self.set_topics);
-        // Marks are by device index; after a reload only a new announcement sets them.
+        // What was announced is by device index; after a reload only a new announcement counts.
         *self = PlainNode {
             connected: self.connected,
             announced: self.announced,

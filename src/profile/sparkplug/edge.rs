@@ -22,6 +22,7 @@ use crate::core::message::Qos;
 use crate::core::value::{DeviceId, Sample, now_ms};
 use crate::core::write::Rejection;
 use crate::profile::action::{Action, NodeStats};
+use crate::profile::announced::Announced;
 use crate::profile::command::{self};
 use crate::profile::last_values::LastValues;
 use crate::profile::sparkplug::host::{HostChange, PrimaryHost};
@@ -78,11 +79,8 @@ struct Session {
     born: bool,
     /// DBIRTH sent and no DDEATH since, per device.
     devices_born: Vec<bool>,
-    /// Per device, the newest sample time its last DBIRTH carried. A stored
-    /// sample of that time is one the DBIRTH already reported (a metric has
-    /// one sample per poll, and the birth has each metric's newest), so the
-    /// replay leaves it out rather than deliver it twice.
-    birth_marks: Vec<u64>,
+    /// What each device's last DBIRTH carried: the replay leaves it out.
+    births: Announced,
 }
 
 /// The edge node.
@@ -137,7 +135,7 @@ impl EdgeNode {
             bd_seq,
             born: false,
             devices_born: vec![false; self.config.devices.len()],
-            birth_marks: vec![0; self.config.devices.len()],
+            births: Announced::new(self.config.devices.len()),
         });
         let node = &self.config.node;
         let mut filters = vec![
@@ -238,9 +236,7 @@ impl EdgeNode {
         let session = self.session.as_mut().filter(|s| s.born)?;
         *session.devices_born.get_mut(device)? = true;
         let snapshot = cache.snapshot(device);
-        if let Some(mark) = session.birth_marks.get_mut(device) {
-            *mark = snapshot.iter().map(|s| s.timestamp_ms).max().unwrap_or(0);
-        }
+        session.births.record(device, &snapshot);
         let metrics = snapshot
             .iter()
             .filter_map(|s| birth_metric(&self.config, &self.aliases, s))
@@ -316,8 +312,8 @@ impl EdgeNode {
             return actions;
         };
         session.devices_born = kept;
-        // Marks are by device index; after a reload only new births set them.
-        session.birth_marks = vec![0; self.config.devices.len()];
+        // By device index; after a reload only new births count.
+        session.births = Announced::new(self.config.devices.len());
         if !session.born {
             return actions;
         }
@@ -363,18 +359,15 @@ impl EdgeNode {
         if !self.device_born(device) {
             return Vec::new();
         }
-        let mark = self
-            .session
-            .as_ref()
-            .and_then(|s| s.birth_marks.get(device))
-            .copied()
-            .unwrap_or(0);
-        if !samples.iter().any(|s| s.timestamp_ms == mark) {
+        let Some(births) = self.session.as_ref().map(|s| &s.births) else {
+            return Vec::new();
+        };
+        if !samples.iter().any(|s| births.carried(s)) {
             return vec![self.device_data(device, samples, true)];
         }
         let unreported: Vec<Sample> = samples
             .iter()
-            .filter(|s| s.timestamp_ms != mark)
+            .filter(|s| !births.carried(s))
             .cloned()
             .collect();
         if unreported.is_empty() {
@@ -786,8 +779,8 @@ type = "u16"
         };
         assert_eq!(
             replayed(&mut node, &older),
-            vec![vec![(1, true), (1, true)]],
-            "older samples are history"
+            vec![vec![(1, true)]],
+            "metric 0's older sample is history; metric 1's sample of time 1 is its newest, which the DBIRTH carried"
         );
         assert!(
             replayed(&mut node, &newest).is_empty(),
