@@ -361,6 +361,7 @@ fn parts(devices: usize, registers: u16) -> Vec<(&'static str, usize)> {
             cache.apply(&DeviceEvent::Online {
                 device: d,
                 samples: full(d),
+                identity: None,
             });
         }
         cache

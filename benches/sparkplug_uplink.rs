@@ -80,6 +80,7 @@ fn encoding() {
     cache.apply(&DeviceEvent::Online {
         device: 0,
         samples: samples.clone(),
+        identity: None,
     });
     let mut node = EdgeNode::new(Arc::clone(&config), None);
     node.connected(0);

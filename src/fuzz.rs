@@ -123,8 +123,8 @@ fn block_on<F: std::future::Future>(work: F) -> Option<F::Output> {
 }
 
 /// A device answering with `data` (first byte: 0 = Modbus TCP framing,
-/// otherwise RTU framing) to one poll cycle and one bit write, through the
-/// link, the cycle and the codec.
+/// otherwise RTU framing) to one poll cycle, an identification and one bit
+/// write, through the link, the cycle and the codec.
 pub fn modbus_response(data: &[u8]) {
     let Some((&framing, answer)) = data.split_first() else {
         return;
@@ -167,6 +167,10 @@ pub fn modbus_response(data: &[u8]) {
                 // Any bit pattern is a value; decoding must not invent NaN payload panics.
                 let _ = x.is_finite();
             }
+        }
+        if let Ok(Ok(identity)) = link.identify(unit).await {
+            // Whatever the device sent, the strings are printable.
+            assert!(!identity.to_string().chars().any(char::is_control));
         }
         let _ = link
             .write(
@@ -211,7 +215,11 @@ fn prepare(profile: &str) -> Option<(NodeProfile, LastValues, Arc<Config>)> {
             timestamp_ms: 1,
         })
         .collect();
-    let online = DeviceEvent::Online { device: 0, samples };
+    let online = DeviceEvent::Online {
+        device: 0,
+        samples,
+        identity: None,
+    };
     cache.apply(&online);
     node.connected(0);
     node.subscribed(&cache, NodeStats::default());

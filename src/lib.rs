@@ -10,7 +10,8 @@
 //! (`tests/layers.rs` holds the code to that).
 //!
 //! - [`core`]: the shared vocabulary, importing nothing else: values and
-//!   samples, device events, writes and refusals, messages, register layouts.
+//!   samples, device events, device identities, writes and refusals,
+//!   messages, register layouts.
 //! - [`ops`]: what every layer uses to stay observable and durable: the one
 //!   counter system ([`ops::metrics`]), liveness, the health endpoint,
 //!   systemd, backoff, disk work off the async threads, atomic state files,
@@ -19,7 +20,8 @@
 //!   diagnostics; one file per section; device models and include; what a
 //!   reload changes.
 //! - [`acquire`]: the sources. [`acquire::modbus`] (codec and read planner,
-//!   pure; the link, the poll cycle, the bus task), [`acquire::gpio`], the
+//!   pure; the link, the poll cycle, the bus task, the bus scan),
+//!   [`acquire::gpio`], the
 //!   deadband filter, the engine that runs a task per bus and per GPIO
 //!   device, and the write router back to them.
 //! - [`profile`]: pure transforms from events to actions: the Sparkplug B

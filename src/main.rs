@@ -1,5 +1,5 @@
-//! The `fieldmq` command: check a config, read a device once, tail MQTT, run
-//! the demo or the gateway. Parsing and dispatch only; each subcommand is in `cli/`.
+//! The `fieldmq` command: check a config, scan a bus, read a device once,
+//! tail MQTT, run the demo or the gateway. Parsing and dispatch only; each subcommand is in `cli/`.
 
 mod cli;
 
@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find the units on a bus: who answers, how fast, what they are (reads only).
+    Scan(cli::scan::ScanArgs),
     /// Run the gateway until SIGINT or SIGTERM.
     Run {
         /// The config file.
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         } => with_config(&config, |config| {
             runtime()?.block_on(cli::read::read(&config, &device, json))
         }),
+        Command::Scan(args) => runtime().and_then(|rt| rt.block_on(cli::scan::scan(args))),
         Command::Run { config } => {
             with_config(&config, |config| runtime()?.block_on(cli::run::run(config)))
         }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use fieldmq::core::identity::Identity;
 use fieldmq::core::layout::Table;
 use fieldmq::sim::Simulator;
 use support::tcp_simulator;
@@ -108,6 +109,14 @@ async fn meter_fixture() -> MeterFixture {
     let sim = Simulator::new();
     sim.set_registers(1, Table::Input, 0, &[0x4366, 0x8000]);
     sim.set_registers(1, Table::Holding, 0, &[0xFF85]);
+    sim.set_identity(
+        1,
+        Identity {
+            vendor: "ACME".into(),
+            product_code: "PM-9".into(),
+            revision: "1.2".into(),
+        },
+    );
     let (addr, server) = tcp_simulator(&sim).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "sim.toml", &sim_config(addr));
@@ -135,6 +144,11 @@ async fn read_prints_values_raw_registers_and_json_with_null_for_bad_quality() {
 
     let (code, stdout, stderr) = read(path, "meter", &[]).await;
     assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.lines().next(),
+        Some("identity: ACME PM-9 rev 1.2"),
+        "what the device says it is (function 43/14) comes first: {stdout}"
+    );
     let voltage_row = stdout
         .lines()
         .find(|l| l.starts_with("voltage"))

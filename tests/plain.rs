@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use fieldmq::core::identity::Identity;
 use fieldmq::core::layout::Table;
 use fieldmq::sim::Simulator;
 use rumqttc::QoS;
@@ -91,6 +92,14 @@ impl Setup {
         sim.set_registers(1, Table::Input, 0, &[652]);
         sim.set_bits(1, Table::Discrete, 0, &[false]);
         sim.set_registers(1, Table::Holding, 0, &[55]);
+        sim.set_identity(
+            1,
+            Identity {
+                vendor: "ACME".into(),
+                product_code: "BX-2".into(),
+                revision: "4".into(),
+            },
+        );
         let (sim_addr, server) = tcp_simulator(&sim).await;
         Setup {
             broker,
@@ -152,6 +161,14 @@ async fn metrics_are_json_on_template_topics_with_their_qos_retain_and_state() {
     assert!(topics.contains(&"site/gw/state"), "{topics:?}");
     assert!(topics.contains(&"site/gw/boiler/state"), "{topics:?}");
     assert!(topics.contains(&"site/gw/boiler/alarm"), "{topics:?}");
+    let identity = seen
+        .iter()
+        .find(|m| m.topic == "site/gw/boiler/identity" && m.retain)
+        .unwrap_or_else(|| panic!("a retained identity: {topics:?}"));
+    assert_eq!(
+        json_of(&identity.payload),
+        json!({"vendor": "ACME", "product_code": "BX-2", "revision": "4"})
+    );
     assert!(
         !topics.contains(&"site/gw/boiler/temperature/flow"),
         "retain = false: {topics:?}"

@@ -8,7 +8,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fieldmq::acquire::modbus::scan::ScanTimeouts;
 use fieldmq::core::event::DeviceEvent;
+use fieldmq::core::identity::Identity;
 use fieldmq::core::layout::Table;
 use fieldmq::core::value::{Quality, Value};
 use fieldmq::sim::Simulator;
@@ -277,5 +279,69 @@ writable = true
     }
     drain.abort();
     run.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_on_a_serial_line_finds_exactly_the_units_that_answer_within_its_bound() {
+    let pty = pty_pair().await;
+    let sim = Simulator::new();
+    sim.set_registers(2, Table::Holding, 0, &[1]);
+    sim.set_registers(5, Table::Input, 0, &[1]);
+    sim.set_identity(
+        2,
+        Identity {
+            vendor: "ACME".into(),
+            product_code: "PM-9".into(),
+            revision: "1.2".into(),
+        },
+    );
+    let server = serve(&sim, &pty.device_end);
+    let port = pty.gateway_end.display().to_string();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldmq"))
+        .args(["scan", "--rtu", &port, "--baud", "19200", "--units", "1-8"])
+        .args(["--models", "/nonexistent/*.toml", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("fieldmq runs");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let found = &json["buses"][0]["found"];
+    let units: Vec<u64> = found
+        .as_array()
+        .expect("found")
+        .iter()
+        .filter_map(|f| f["unit"].as_u64())
+        .collect();
+    assert_eq!(units, vec![2, 5], "{json}");
+    assert_eq!(found[0]["identity"]["product_code"], "PM-9");
+    assert_eq!(found[1]["identification"], "refused");
+    assert_eq!(json["buses"][0]["baud"], 19200);
+
+    let bus = fieldmq::config::Bus {
+        name: "scanned".into(),
+        transport: fieldmq::config::Transport::Rtu(fieldmq::config::SerialLine {
+            port,
+            baud: 19200,
+            parity: fieldmq::config::Parity::None,
+            data_bits: 8,
+            stop_bits: 1,
+        }),
+        timeout: Duration::from_millis(100),
+        turnaround: Duration::ZERO,
+    };
+    let bound = ScanTimeouts::for_transport(&bus.transport, None).bound(&bus, 8, 2);
+    assert!(
+        took < bound + Duration::from_secs(1),
+        "took {took:?}, bound {bound:?} (+1 s to start the process)"
+    );
     server.abort();
 }

@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use fieldmq::core::identity::Identity;
 use fieldmq::core::layout::Table;
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
@@ -114,6 +115,14 @@ fn plc() -> Simulator {
     sim.set_registers(1, Table::Holding, 0, &[200, 0x4120, 0x0000]); // 20.0 °C, 10.0
     sim.set_registers(1, Table::Holding, 10, &[0x0001, 0x0002]); // 65538
     sim.set_bits(1, Table::Coil, 0, &[false]);
+    sim.set_identity(
+        1,
+        Identity {
+            vendor: "ACME".into(),
+            product_code: "PLC-5".into(),
+            revision: "3.1".into(),
+        },
+    );
     sim
 }
 
@@ -283,6 +292,19 @@ async fn births_data_and_a_graceful_death_follow_the_specification() {
     );
     let aliases: Vec<u64> = dbirth.metrics.iter().filter_map(|m| m.alias).collect();
     assert_eq!(aliases.len(), 5, "every device metric has an alias");
+    for (name, value) in [
+        ("Properties/Vendor", "ACME"),
+        ("Properties/Product Code", "PLC-5"),
+        ("Properties/Revision", "3.1"),
+    ] {
+        let property = named(&dbirth, name);
+        assert_eq!(property.datatype, Some(12), "{name} is a String");
+        assert_eq!(
+            property.value,
+            Some(metric::Value::StringValue(value.into())),
+            "the device's answer to function 43/14"
+        );
+    }
 
     // A register change arrives as DDATA by alias only, with the next seq.
     s.sim

@@ -100,6 +100,11 @@ pub fn print_check(config: &Config) {
                 .model
                 .as_ref()
                 .map_or_else(String::new, |m| format!(" (model {m})"));
+            let model = if modbus.identify {
+                model
+            } else {
+                format!("{model}, not asked to identify")
+            };
             let periods = device.periods();
             for (n, period) in periods.iter().enumerate() {
                 let plan = ReadPlan::for_period(device, *period);

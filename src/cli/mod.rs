@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo;
 pub mod read;
 pub mod run;
+pub mod scan;
 pub mod tail;
 
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! `fieldmq read`: one poll of one device, printed as a table or as JSON.
+//! `fieldmq read`: one poll of one device, printed as a table (after what
+//! the device says it is, function 43/14, where it answers) or as JSON.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ pub async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<Exi
     })?;
     let mut plan = ReadPlan::for_device(device);
     let cycle;
+    let mut identity = None;
     let (mut readings, answered) = match &device.attachment {
         Attachment::Gpio(chip) => {
             let readings =
@@ -35,7 +37,11 @@ pub async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<Exi
                 .get(modbus.bus)
                 .context("device refers to a missing bus")?;
             let mut link = Link::new(bus);
+            link.serve(modbus.quirks);
             cycle = cycle::poll(&mut link, &device.name, modbus.unit, &mut plan).await;
+            if cycle.answered && modbus.identify {
+                identity = link.identify(modbus.unit).await.ok().and_then(Result::ok);
+            }
             link.close().await;
             (cycle::decode(device, &plan, &cycle), cycle.answered)
         }
@@ -55,6 +61,9 @@ pub async fn read(config: &Config, name: &str, json: bool) -> anyhow::Result<Exi
             .collect();
         say!("{}", serde_json::Value::Object(object));
     } else {
+        if let Some(identity) = &identity {
+            say!("identity: {identity}\n");
+        }
         let rows: Vec<[String; 5]> = readings
             .iter()
             .filter_map(|r| {

@@ -313,6 +313,7 @@ impl<'a> Checker<'a> {
             metrics_written.push(entries);
         }
         self.unused_models(&catalog, &raw.device);
+        let models = self.known_models(&catalog, path);
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)
@@ -328,6 +329,7 @@ impl<'a> Checker<'a> {
             health,
             buses,
             devices,
+            models,
         }
     }
 }

@@ -158,6 +158,7 @@ impl<'a> Checker<'a> {
                 unit,
                 limits,
                 write_multiple: raw.write_multiple.as_ref().is_some_and(|w| *w.get_ref()),
+                identify: raw.identify.as_ref().is_none_or(|i| *i.get_ref()),
                 quirks: Quirks {
                     connect_delay: self
                         .any_duration(&ctx, "connect_delay", raw.connect_delay.as_ref())

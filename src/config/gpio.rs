@@ -183,6 +183,7 @@ impl Checker<'_> {
                 "close_after_poll",
                 raw.close_after_poll.as_ref().map(Spanned::span),
             ),
+            ("identify", raw.identify.as_ref().map(Spanned::span)),
         ];
         self.refuse_present(&ctx, &modbus_only, |key| {
             format!("{key} applies only to Modbus devices, not gpio = \"...\"")

@@ -37,6 +37,7 @@ pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE, Overflow};
 use check::{Checker, line_of};
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
+pub use model::{KnownModel, ModelIdentity};
 use raw::RawConfig;
 pub use upstream::{
     ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Server, TopicTemplate, Upstream, parse_url,
@@ -61,6 +62,8 @@ pub struct Config {
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.
     pub devices: Vec<Device>,
+    /// Every model defined or included, by name.
+    pub models: Vec<KnownModel>,
 }
 
 /// `[node]`: the gateway's identity, also its Sparkplug group and edge node ids.
@@ -194,6 +197,9 @@ pub struct ModbusUnit {
     /// Every write uses FC 16 (registers) or FC 15 (coils), even for one:
     /// for devices that do not implement FC 06 / FC 05.
     pub write_multiple: bool,
+    /// Ask the device what it is (function 43/14) each time it comes online,
+    /// for births and `{device}/identity`.
+    pub identify: bool,
     /// How the device must be talked to beyond the protocol.
     pub quirks: Quirks,
 }

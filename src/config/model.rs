@@ -11,11 +11,78 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::ConfigError;
 use super::Diagnostic;
 use super::check::{BYTE_ORDERS, Checker, DEFAULT_RETAIN, Publishing, WORD_ORDERS, line_of};
 use super::raw::{RawDevice, RawMetric, RawModel, RawModelFile};
+use crate::core::identity::Identity;
 use crate::core::layout::Limits;
 use crate::core::message::Qos;
+
+/// A model as `scan` matches devices against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownModel {
+    /// What `model = "..."` names.
+    pub name: String,
+    /// How its devices answer function 43/14, if the model says.
+    pub identity: Option<ModelIdentity>,
+    /// The file it was written in.
+    pub file: PathBuf,
+}
+
+/// `[model.identity]`: the vendor and product code a device of the model reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    /// Vendor name (object 0x00).
+    pub vendor: String,
+    /// Product code (object 0x01).
+    pub product_code: String,
+}
+
+impl KnownModel {
+    /// Whether a device that answered with `identity` is of this model.
+    pub fn fits(&self, identity: &Identity) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|m| identity.is(&m.vendor, &m.product_code))
+    }
+
+    /// The models of the files `pattern` (a glob) matches, as a scan sees
+    /// them: names and identities only, each file's metrics unchecked. A
+    /// file that is not a models file is an error naming it.
+    pub fn installed(pattern: &Path) -> Result<Vec<KnownModel>, ConfigError> {
+        let paths = glob::glob(&pattern.to_string_lossy()).map_err(|e| ConfigError::Io {
+            path: pattern.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let mut models = Vec::new();
+        for path in paths.filter_map(Result::ok) {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let file = toml::from_str::<RawModelFile>(&text).map_err(|e| ConfigError::Invalid {
+                path: path.clone(),
+                diagnostics: vec![Diagnostic {
+                    file: None,
+                    line: e.span().map_or(1, |s| line_of(&text, s.start)),
+                    context: String::new(),
+                    message: e.message().trim_end().to_owned(),
+                }],
+            })?;
+            models.extend(file.model.iter().map(|m| KnownModel {
+                name: m.name.get_ref().clone(),
+                identity: m.identity.as_ref().map(|i| ModelIdentity {
+                    vendor: i.vendor.get_ref().clone(),
+                    product_code: i.product_code.get_ref().clone(),
+                }),
+                file: path.clone(),
+            }));
+        }
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(models)
+    }
+}
 
 /// Text a span points into: the config file (`file: None`) or an included one.
 #[derive(Debug, Clone, Copy)]
@@ -276,6 +343,48 @@ impl<'a> Checker<'a> {
                 c.overlaps(&ctx, &entries, &metrics);
             });
         }
+    }
+
+    /// The catalog as `scan` sees it, by name; an identity with an empty
+    /// vendor or product code is an error (it would match devices that
+    /// send nothing).
+    pub(super) fn known_models(
+        &mut self,
+        catalog: &HashMap<String, ModelRef<'a>>,
+        config_path: &Path,
+    ) -> Vec<KnownModel> {
+        let mut models: Vec<KnownModel> = catalog
+            .values()
+            .map(|model| {
+                let ctx = format!("model \"{}\"", model.raw.name.get_ref());
+                let identity = model.raw.identity.as_ref().map(|i| {
+                    self.in_source(model.source, |c| {
+                        for (key, value) in
+                            [("vendor", &i.vendor), ("product_code", &i.product_code)]
+                        {
+                            if value.get_ref().trim().is_empty() {
+                                c.error(
+                                    value.span(),
+                                    &ctx,
+                                    format!("identity.{key} must not be empty"),
+                                );
+                            }
+                        }
+                    });
+                    ModelIdentity {
+                        vendor: i.vendor.get_ref().clone(),
+                        product_code: i.product_code.get_ref().clone(),
+                    }
+                });
+                KnownModel {
+                    name: model.raw.name.get_ref().clone(),
+                    identity,
+                    file: model.source.file.unwrap_or(config_path).to_owned(),
+                }
+            })
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
     }
 
     /// The model `device` names, if it names one that exists.

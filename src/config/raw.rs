@@ -43,8 +43,17 @@ pub struct RawModel {
     pub word_order: Option<Spanned<String>>,
     pub max_read_registers: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
+    pub identity: Option<RawModelIdentity>,
     #[serde(default)]
     pub metric: Vec<RawMetric>,
+}
+
+/// `[model.identity]`: how the device answers function 43/14.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelIdentity {
+    pub vendor: Spanned<String>,
+    pub product_code: Spanned<String>,
 }
 
 /// `[node]`
@@ -186,6 +195,7 @@ pub struct RawDevice {
     pub connect_delay: Option<Spanned<String>>,
     pub request_delay: Option<Spanned<String>>,
     pub close_after_poll: Option<Spanned<bool>>,
+    pub identify: Option<Spanned<bool>>,
     #[serde(default)]
     pub metric: Vec<RawMetric>,
 }

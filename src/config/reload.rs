@@ -60,6 +60,7 @@ impl Reload {
         let config = Config {
             buses: new.buses,
             devices: new.devices,
+            models: new.models,
             broker,
             ..old.clone()
         };

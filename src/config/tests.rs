@@ -751,6 +751,13 @@ fn gpio_mistakes_are_refused_with_their_line() {
             "unit applies only to Modbus devices",
         ),
         (
+            with_panel(
+                "chip = \"/dev/gpiochip1\"",
+                "chip = \"/dev/gpiochip1\"\nidentify = true",
+            ),
+            "identify applies only to Modbus devices",
+        ),
+        (
             with_panel("gpio = \"cdev\"\nchip", "gpio = \"sim\"\nchip"),
             "chip applies only to gpio = \"cdev\"",
         ),
@@ -1000,4 +1007,59 @@ fn a_model_no_device_uses_is_checked_too() {
         "{message}"
     );
     assert_eq!(message.lines().count(), 1, "reported once: {message}");
+}
+
+#[test]
+fn a_model_may_say_how_its_devices_identify_and_scan_finds_it_by_that() {
+    let identified = METER.replace(
+        "max_read_registers = 60\n",
+        "max_read_registers = 60\nidentity = { vendor = \"ACME\", product_code = \"PM-9\" }\n",
+    );
+    let (dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", &identified)]);
+    let config = config.expect("valid");
+    let meter = config
+        .models
+        .iter()
+        .find(|m| m.name == "meter")
+        .expect("listed");
+    assert_eq!(meter.file, dir.path().join("models/meter.toml"));
+    let identity = |vendor: &str, product_code: &str| crate::core::identity::Identity {
+        vendor: vendor.into(),
+        product_code: product_code.into(),
+        revision: "1".into(),
+    };
+    assert!(meter.fits(&identity("acme", "PM-9")));
+    assert!(!meter.fits(&identity("ACME", "PM-10")));
+    let installed =
+        KnownModel::installed(&dir.path().join("models/*.toml")).expect("a models file");
+    assert_eq!(installed, vec![meter.clone()]);
+
+    let empty = identified.replace("vendor = \"ACME\"", "vendor = \" \"");
+    let (_dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", &empty)]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message.contains("meter.toml:6: model \"meter\": identity.vendor must not be empty"),
+        "{message}"
+    );
+    let (_dir, config) = load_site(&[
+        ("main.toml", SITE),
+        (
+            "models/meter.toml",
+            &identified.replace("product_code", "product"),
+        ),
+    ]);
+    let message = config.expect_err("invalid").to_string();
+    assert!(
+        message.contains("meter.toml:6: unknown field `product`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn identify_is_on_by_default_and_applies_only_to_modbus_devices() {
+    let config = Config::from_toml(Path::new("x.toml"), GOOD).expect("valid");
+    assert!(config.devices[0].modbus().is_some_and(|m| m.identify));
+    let off = with("unit = 1\n", "unit = 1\nidentify = false\n");
+    let config = Config::from_toml(Path::new("x.toml"), &off).expect("valid");
+    assert!(config.devices[0].modbus().is_some_and(|m| !m.identify));
 }

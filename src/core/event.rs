@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::core::identity::Identity;
 use crate::core::value::{DeviceId, Fault, MetricId, Sample, Value};
 
 /// What the sources tell the rest of the gateway. `Map` is the device map
@@ -28,6 +29,8 @@ pub enum DeviceEvent<Map> {
         device: DeviceId,
         /// Every metric as read in that cycle, so consumers start from a complete picture.
         samples: Vec<Sample>,
+        /// What the device said it is (function 43/14), if it says.
+        identity: Option<Arc<Identity>>,
     },
     /// A write asked for by a command was carried out, or failed at the device.
     Written {

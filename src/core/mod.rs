@@ -1,8 +1,9 @@
 //! The gateway's shared vocabulary: values and samples, device events,
-//! writes, messages, and register layouts. Imports nothing else in the crate,
+//! device identities, writes, messages, and register layouts. Imports nothing else in the crate,
 //! so every layer can use it.
 
 pub mod event;
+pub mod identity;
 pub mod layout;
 pub mod message;
 pub mod value;

@@ -1,8 +1,11 @@
 //! The last reported state of every device and metric: what a birth
 //! certificate, a reconnect or a new subscriber needs to start from.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::core::event::DeviceEvent;
+use crate::core::identity::Identity;
 use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, now_ms};
 
 /// One device's last known state.
@@ -12,6 +15,8 @@ struct DeviceState {
     /// Whether the bus task has said anything about it yet.
     known: bool,
     samples: Vec<Option<Sample>>,
+    /// What it said it is when it last came online.
+    identity: Option<Arc<Identity>>,
 }
 
 /// Last values of all devices, updated from the bus tasks' events.
@@ -30,6 +35,7 @@ impl LastValues {
                 online: false,
                 known: false,
                 samples: vec![None; d.metrics.len()],
+                identity: None,
             })
             .collect();
         LastValues { devices }
@@ -39,10 +45,15 @@ impl LastValues {
     pub fn apply(&mut self, event: &DeviceEvent<Config>) {
         match event {
             DeviceEvent::Samples { device, samples } => self.store(*device, samples),
-            DeviceEvent::Online { device, samples } => {
+            DeviceEvent::Online {
+                device,
+                samples,
+                identity,
+            } => {
                 if let Some(state) = self.devices.get_mut(*device) {
                     state.online = true;
                     state.known = true;
+                    state.identity.clone_from(identity);
                 }
                 self.store(*device, samples);
             }
@@ -81,6 +92,11 @@ impl LastValues {
                 *slot = Some(sample.clone());
             }
         }
+    }
+
+    /// What the device said it is when it last came online, if it says.
+    pub fn identity(&self, device: DeviceId) -> Option<&Identity> {
+        self.devices.get(device)?.identity.as_deref()
     }
 
     /// Whether the device answered its last poll cycles.

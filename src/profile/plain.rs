@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Node, TopicTemplate};
 use crate::core::event::DeviceEvent;
+use crate::core::identity::Identity;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::core::value::{DeviceId, MetricId, Quality, Sample};
@@ -92,6 +93,19 @@ impl PlainNode {
         }))
     }
 
+    /// `{group}/{node}/{device}/identity`: what the device said it is, as
+    /// JSON, retained so a consumer that subscribes later still learns it.
+    fn device_identity(&self, device: DeviceId, identity: &Identity) -> Option<Action> {
+        let node = &self.config.node;
+        let name = &self.config.devices.get(device)?.name;
+        Some(Action::Publish(Message {
+            topic: format!("{}/{}/{name}/identity", node.group_id, node.node_id),
+            payload: identity.to_json().to_string().into_bytes(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        }))
+    }
+
     /// The retained `OFFLINE` node state.
     pub fn will(&self) -> Message {
         will(&self.config.node)
@@ -120,6 +134,9 @@ impl PlainNode {
         })];
         for device in 0..self.config.devices.len() {
             actions.extend(self.device_state(device, cache.is_online(device)));
+            if let Some(identity) = cache.identity(device) {
+                actions.extend(self.device_identity(device, identity));
+            }
             if cache.is_online(device) {
                 let snapshot = cache.snapshot(device);
                 self.announced_values.record(device, &snapshot);
@@ -184,9 +201,18 @@ impl PlainNode {
             DeviceEvent::Samples { samples, .. } => {
                 samples.iter().filter_map(|s| self.sample(s)).collect()
             }
-            DeviceEvent::Online { device, samples } => self
+            DeviceEvent::Online {
+                device,
+                samples,
+                identity,
+            } => self
                 .device_state(*device, true)
                 .into_iter()
+                .chain(
+                    identity
+                        .as_deref()
+                        .and_then(|i| self.device_identity(*device, i)),
+                )
                 .chain(samples.iter().filter_map(|s| self.sample(s)))
                 .collect(),
             DeviceEvent::Offline { device, .. } => {
@@ -389,6 +415,7 @@ type = "u16"
         let online = DeviceEvent::Online {
             device: 0,
             samples: stored.to_vec(),
+            identity: None,
         };
         cache.apply(&online);
         node.connected();

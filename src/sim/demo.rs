@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::core::identity::Identity;
 use crate::core::layout::Table;
 use crate::sim::Simulator;
 
@@ -121,8 +122,17 @@ safe = false
 
 /// Moves the meter's readings until `shutdown`: voltages wander around
 /// 230 V, the load follows a slow cycle, energy accumulates, and the running
-/// bit flips every 10 s.
+/// bit flips every 10 s. The meter answers identification (function 43/14),
+/// so births and `fieldmq scan` show what it is.
 pub async fn animate(sim: Simulator, shutdown: CancellationToken) {
+    sim.set_identity(
+        UNIT,
+        Identity {
+            vendor: "fieldmq".into(),
+            product_code: "demo-meter".into(),
+            revision: env!("CARGO_PKG_VERSION").into(),
+        },
+    );
     let mut energy_kwh = 1234.5f64;
     let mut step = 0u64;
     let mut interval = tokio::time::interval(TICK);

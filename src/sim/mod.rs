@@ -4,7 +4,10 @@
 //! Addresses that were never set do not exist: reading them draws exception
 //! 0x02 (illegal data address), as a real device answers for a hole in its
 //! map. Unit ids that were never set do not answer at all, as an absent
-//! device on a serial line. Tests, benchmarks and the demo use it.
+//! device on a serial line. A unit answers Read Device Identification
+//! (function 43/14) only when it was given an identity, and refuses it with
+//! exception 0x01 otherwise, as devices without it do. Tests, benchmarks
+//! and the demo use it.
 
 pub mod demo;
 
@@ -16,9 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_modbus::prelude::{ConformityLevel, DeviceIdObject, ReadDeviceIdentificationResponse};
 use tokio_modbus::server::Service;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
+use crate::core::identity::{Identity, PRODUCT_CODE, REVISION, VENDOR_NAME};
 use crate::core::layout::Table;
 
 /// How many served requests the log keeps (oldest dropped first).
@@ -48,6 +53,8 @@ struct Unit {
     /// An input register that goes up by one after every read of it, so a
     /// reader can tell whether it missed or repeated a sample.
     read_counter: Option<u16>,
+    /// What the unit answers to function 43/14; `None` refuses it.
+    identity: Option<Identity>,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +122,11 @@ impl Simulator {
     /// Makes `unit` answer only after `delay` (a slow device, or one whose replies come after the timeout).
     pub fn set_delay(&self, unit: u8, delay: Duration) {
         self.lock().units.entry(unit).or_default().delay = delay;
+    }
+
+    /// Makes `unit` answer Read Device Identification with `identity`, creating the unit.
+    pub fn set_identity(&self, unit: u8, identity: Identity) {
+        self.lock().units.entry(unit).or_default().identity = Some(identity);
     }
 
     /// Current holding or input registers of a unit; `None` where an address does not exist.
@@ -244,6 +256,15 @@ impl Simulator {
                     write(&mut unit.holding, a, v).map(|()| Response::WriteMultipleRegisters(a, n)),
                 )
             }
+            Request::ReadDeviceIdentification(code, first) => (
+                43,
+                u16::from(first),
+                0,
+                unit.identity
+                    .as_ref()
+                    .ok_or(ExceptionCode::IllegalFunction)
+                    .map(|identity| identification(identity, code, first)),
+            ),
             _ => (0, 0, 0, Err(ExceptionCode::IllegalFunction)),
         };
         if state.log.len() == LOG_CAPACITY {
@@ -275,6 +296,33 @@ impl Service for Simulator {
             answer
         })
     }
+}
+
+/// A one-part identification response from object `first` on.
+fn identification(
+    identity: &Identity,
+    code: tokio_modbus::prelude::ReadCode,
+    first: u8,
+) -> Response {
+    let objects = [
+        (VENDOR_NAME, &identity.vendor),
+        (PRODUCT_CODE, &identity.product_code),
+        (REVISION, &identity.revision),
+    ]
+    .into_iter()
+    .filter(|(id, _)| *id >= first)
+    .map(|(id, text)| DeviceIdObject {
+        id,
+        value: text.clone().into_bytes().into(),
+    })
+    .collect();
+    Response::ReadDeviceIdentification(ReadDeviceIdentificationResponse {
+        read_code: code,
+        conformity_level: ConformityLevel::BasicIdentification,
+        more_follows: false,
+        next_object_id: 0,
+        device_id_objects: objects,
+    })
 }
 
 fn read_range<T: Copy>(

@@ -56,8 +56,17 @@ fn log_event(config: &Config, event: &DeviceEvent<Config>) {
         DeviceEvent::Offline { device, fault } => {
             tracing::warn!(device = device_name(*device), %fault, "offline")
         }
-        DeviceEvent::Online { device, samples } => {
-            tracing::info!(device = device_name(*device), "online");
+        DeviceEvent::Online {
+            device,
+            samples,
+            identity,
+        } => {
+            match identity {
+                Some(identity) => {
+                    tracing::info!(device = device_name(*device), %identity, "online")
+                }
+                None => tracing::info!(device = device_name(*device), "online"),
+            }
             log_event(
                 config,
                 &DeviceEvent::Samples {

@@ -120,9 +120,10 @@ pub fn good_value(samples: &[Sample], metric: usize) -> Value {
 /// snapshot that comes with a device going online.
 pub fn samples_in(event: &DeviceEvent<Config>) -> Option<(usize, &[Sample])> {
     match event {
-        DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples } => {
-            Some((*device, samples))
-        }
+        DeviceEvent::Samples { device, samples }
+        | DeviceEvent::Online {
+            device, samples, ..
+        } => Some((*device, samples)),
         _ => None,
     }
 }

@@ -164,6 +164,7 @@ impl GpioTask {
         let online = DeviceEvent::Online {
             device: self.device,
             samples: panel.snapshot(),
+            identity: None,
         };
         if self.events.send(online).await.is_err() {
             return Stop::Done;

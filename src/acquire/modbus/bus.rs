@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acquire::deadband::ChangeFilter;
 use crate::acquire::modbus::cycle::{self, Cycle};
-use crate::acquire::modbus::link::Link;
+use crate::acquire::modbus::link::{IDENTIFICATION_PARTS, Link};
 use crate::acquire::modbus::plan::ReadPlan;
 use crate::config::{Config, Device};
+use crate::core::identity::Identity;
 use crate::core::value::{DeviceId, Fault, Quality, Sample};
 use crate::core::write::Write;
 use crate::ops::backoff::Backoff;
@@ -165,17 +166,28 @@ impl BusTask {
                 }
                 () = sleep_until(due) => {}
             }
-            let requests: usize = self
-                .classes_due(index)
+            let classes = self.classes_due(index);
+            let mut requests: usize = classes
                 .iter()
                 .map(|&i| self.slots[i].plan.requests().len())
                 .sum();
+            if classes.len() > 1 || !self.is_online(index) {
+                // A device coming online is also asked what it is.
+                requests += IDENTIFICATION_PARTS;
+            }
             self.pulse.within(self.timeout * (requests as u32 + 1));
             if !self.poll_slot(index).await {
                 break;
             }
         }
         self.link.close().await;
+    }
+
+    fn is_online(&self, slot: usize) -> bool {
+        self.slots
+            .get(slot)
+            .and_then(|s| self.units.get(s.unit))
+            .is_some_and(|u| u.online == Some(true))
     }
 
     fn next_slot(&self) -> Option<usize> {
@@ -190,7 +202,7 @@ impl BusTask {
         let Some(unit) = self.slots.get(index).map(|s| s.unit) else {
             return Vec::new();
         };
-        if self.units.get(unit).is_some_and(|u| u.online == Some(true)) {
+        if self.is_online(index) {
             return vec![index];
         }
         (0..self.slots.len())
@@ -226,6 +238,11 @@ impl BusTask {
             }
             samples.extend(samples_of(id, device, &slot.plan, &cycle));
         }
+        let coming_online = answered && self.units[u].online != Some(true);
+        let identity = match device.modbus() {
+            Some(m) if coming_online && m.identify => self.identify(&device.name, unit_id).await,
+            _ => None,
+        };
         if quirks.close_after_poll {
             self.link.close().await;
         }
@@ -253,6 +270,7 @@ impl BusTask {
                 events.push(DeviceEvent::Online {
                     device: id,
                     samples: std::mem::take(&mut samples),
+                    identity,
                 });
             }
         } else {
@@ -280,6 +298,29 @@ impl BusTask {
             });
         }
         send(&self.events, events).await
+    }
+
+    /// Asks a device coming online what it is. Not knowing is no failure:
+    /// many devices do not implement function 43.
+    async fn identify(&mut self, device: &str, unit: u8) -> Option<Arc<Identity>> {
+        match self.link.identify(unit).await {
+            Ok(Ok(identity)) => {
+                tracing::info!(device, %identity, "device identified");
+                Some(Arc::new(identity))
+            }
+            Ok(Err(code)) => {
+                tracing::debug!(
+                    device,
+                    exception = code,
+                    "device refuses identification (function 43/14)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(device, error = %e, "no identification (function 43/14)");
+                None
+            }
+        }
     }
 
     /// Carries out a write, reports it, and on success reads the metric back

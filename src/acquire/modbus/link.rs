@@ -15,11 +15,12 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_modbus::client::{Client, Context, rtu, tcp};
-use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::prelude::{ReadCode, SlaveContext};
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
 use crate::config::{Bus, Parity, Quirks, SerialLine, Transport};
+use crate::core::identity::Identity;
 use crate::core::layout::Table;
 use crate::core::value::Fault;
 use crate::core::write::WriteImage;
@@ -64,6 +65,10 @@ impl From<LinkError> for Fault {
 /// A read's outcome: data, or the device's exception code.
 pub type Answer = Result<Data, u8>;
 
+/// The most responses one identification is read in: a device that keeps
+/// saying "more follows" must not hold the bus for ever.
+pub const IDENTIFICATION_PARTS: usize = 4;
+
 const RECONNECT_BASE: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
@@ -80,6 +85,10 @@ pub struct Link {
     last_done: Instant,
     /// What the device being served needs.
     quirks: Quirks,
+    /// How long a transaction may take; the bus's timeout unless set.
+    timeout: Duration,
+    /// How long the last transaction took from its request to its outcome.
+    last_exchange: Duration,
 }
 
 impl std::fmt::Debug for Link {
@@ -102,6 +111,8 @@ impl Link {
             quiet_until: Instant::now(),
             last_done: Instant::now(),
             quirks: Quirks::default(),
+            timeout: bus.timeout,
+            last_exchange: Duration::ZERO,
         }
     }
 
@@ -125,6 +136,18 @@ impl Link {
     /// The transactions that follow are for a device with `quirks`.
     pub fn serve(&mut self, quirks: Quirks) {
         self.quirks = quirks;
+    }
+
+    /// Gives the transactions that follow `limit` instead of the bus's
+    /// timeout (a scan asks short questions and long ones).
+    pub fn set_timeout(&mut self, limit: Duration) {
+        self.timeout = limit;
+    }
+
+    /// How long the last transaction took, from sending its request (after
+    /// any connect and quiet time) to its answer or its failure.
+    pub fn last_exchange(&self) -> Duration {
+        self.last_exchange
     }
 
     /// Reads `count` bits or registers from `table` of `unit`.
@@ -220,11 +243,37 @@ impl Link {
         }
     }
 
+    /// Asks `unit` what it is (function 43/14, basic objects), following
+    /// "more follows" for a few responses. The answer is the device's
+    /// exception code when it refused (0x01: it does not implement it).
+    pub async fn identify(&mut self, unit: u8) -> Result<Result<Identity, u8>, LinkError> {
+        let mut objects = Vec::new();
+        let mut next = 0;
+        for _ in 0..IDENTIFICATION_PARTS {
+            let request = Request::ReadDeviceIdentification(ReadCode::Basic, next);
+            match self.transact(unit, request).await? {
+                Err(code) => return Ok(Err(code)),
+                Ok(Response::ReadDeviceIdentification(part)) => {
+                    objects.extend(part.device_id_objects);
+                    // A next object id that does not advance would loop.
+                    if !part.more_follows || part.next_object_id <= next {
+                        break;
+                    }
+                    next = part.next_object_id;
+                }
+                Ok(other) => return Err(self.mismatch(format!("unexpected response {other:?}"))),
+            }
+        }
+        Ok(Ok(Identity::from_objects(
+            objects.iter().map(|o| (o.id, o.value.as_ref())),
+        )))
+    }
+
     /// Closes the connection; the next transaction reconnects.
     pub async fn close(&mut self) {
         if let Some(mut context) = self.context.take() {
             // Best effort: the connection is being abandoned either way.
-            let _ = timeout(self.bus.timeout, context.disconnect()).await;
+            let _ = timeout(self.timeout, context.disconnect()).await;
         }
     }
 
@@ -242,7 +291,7 @@ impl Link {
         if quiet > Instant::now() {
             sleep_until(quiet).await;
         }
-        let limit = self.bus.timeout;
+        let limit = self.timeout;
         let fresh = self.context.is_none();
         let connect_delay = self.quirks.connect_delay;
         let context = self.connected().await?;
@@ -250,8 +299,10 @@ impl Link {
             tokio::time::sleep(connect_delay).await;
         }
         context.set_slave(Slave(unit));
+        let sent = Instant::now();
         let outcome = timeout(limit, context.call(request)).await;
         self.last_done = Instant::now();
+        self.last_exchange = self.last_done.duration_since(sent);
         self.quiet_until = self.last_done + self.gap();
         match outcome {
             Err(_) => {
@@ -291,7 +342,7 @@ impl Link {
     fn resync(&mut self) {
         self.context = None;
         if matches!(self.bus.transport, Transport::Rtu(_)) {
-            self.quiet_until = Instant::now() + self.bus.timeout;
+            self.quiet_until = Instant::now() + self.timeout;
         }
     }
 

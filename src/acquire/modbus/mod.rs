@@ -5,3 +5,4 @@ pub mod codec;
 pub mod cycle;
 pub mod link;
 pub mod plan;
+pub mod scan;

@@ -38,6 +38,13 @@ use crate::profile::sparkplug::topic::{MessageType, Topic, state_topic};
 /// The gateway's version, a node property.
 pub const VERSION: &str = "Properties/Version";
 
+/// A device's vendor, product code and revision (function 43/14), device properties.
+pub const IDENTITY: [&str; 3] = [
+    "Properties/Vendor",
+    "Properties/Product Code",
+    "Properties/Revision",
+];
+
 /// Reads one figure out of the node statistics.
 type StatReader = fn(&NodeStats) -> u64;
 
@@ -237,10 +244,22 @@ impl EdgeNode {
         *session.devices_born.get_mut(device)? = true;
         let snapshot = cache.snapshot(device);
         session.births.record(device, &snapshot);
-        let metrics = snapshot
+        let mut metrics: Vec<Metric> = snapshot
             .iter()
             .filter_map(|s| birth_metric(&self.config, &self.aliases, s))
             .collect();
+        if let Some(identity) = cache.identity(device) {
+            let now = now_ms();
+            let values = [&identity.vendor, &identity.product_code, &identity.revision];
+            // Without alias: they are never in DDATA.
+            metrics.extend(IDENTITY.iter().zip(values).map(|(name, value)| Metric {
+                name: Some((*name).into()),
+                timestamp: Some(now),
+                datatype: Some(datatype::STRING),
+                value: Some(metric::Value::StringValue(value.clone())),
+                ..Metric::default()
+            }));
+        }
         let payload = Payload {
             timestamp: Some(now_ms()),
             metrics,
@@ -622,6 +641,7 @@ pub fn will(node: &Node, bd_seq: u64) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::identity::Identity;
     use crate::core::value::{Fault, Quality, Value};
     use std::path::Path;
 
@@ -678,6 +698,11 @@ type = "u16"
         let event = DeviceEvent::Online {
             device: 0,
             samples: vec![sample(0, 7), sample(1, 1)],
+            identity: Some(Arc::new(Identity {
+                vendor: "ACME".into(),
+                product_code: "PM-9".into(),
+                revision: "1.2".into(),
+            })),
         };
         cache.apply(&event);
         event
@@ -724,6 +749,30 @@ type = "u16"
                 ("spBv1.0/g/DBIRTH/n/d".into(), Some(1))
             ]
         );
+        let Some(Action::Publish(dbirth)) = births.get(1) else {
+            panic!("DBIRTH");
+        };
+        let payload = Payload::decode(dbirth.payload.as_slice()).unwrap();
+        let properties: Vec<(Option<&str>, Option<u64>, Option<&metric::Value>)> = payload
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("Properties/"))
+            })
+            .map(|m| (m.name.as_deref(), m.alias, m.value.as_ref()))
+            .collect();
+        let text = |s: &str| Some(metric::Value::StringValue(s.into()));
+        assert_eq!(
+            properties,
+            vec![
+                (Some("Properties/Vendor"), None, text("ACME").as_ref()),
+                (Some("Properties/Product Code"), None, text("PM-9").as_ref()),
+                (Some("Properties/Revision"), None, text("1.2").as_ref()),
+            ],
+            "the identity, without aliases (never in DDATA)"
+        );
         let offline = DeviceEvent::Offline {
             device: 0,
             fault: Fault::Timeout,
@@ -760,6 +809,7 @@ type = "u16"
             cache.apply(&DeviceEvent::Online {
                 device: 0,
                 samples: samples.clone(),
+                identity: None,
             });
         }
         node.connected(1);

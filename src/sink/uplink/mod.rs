@@ -239,8 +239,10 @@ impl Uplink {
     /// Samples of `event` that went out are kept for a replay; those that
     /// did not (not ready, or the uplink queue was full) wait on disk.
     fn keep(&mut self, event: &DeviceEvent<Config>, published: bool) {
-        let (DeviceEvent::Samples { device, samples } | DeviceEvent::Online { device, samples }) =
-            event
+        let (DeviceEvent::Samples { device, samples }
+        | DeviceEvent::Online {
+            device, samples, ..
+        }) = event
         else {
             return;
         };
