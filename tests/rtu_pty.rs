@@ -345,3 +345,98 @@ async fn scan_on_a_serial_line_finds_exactly_the_units_that_answer_within_its_bo
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_register_numbers_scan_classes_and_fc16_writes_on_a_serial_line() {
+    let pty = pty_pair().await;
+    let sim = Simulator::new();
+    for unit in [1, 2] {
+        sim.set_registers(unit, Table::Input, 0, &[0x4366, 0x8000]); // 230.5
+        sim.set_registers(unit, Table::Holding, 10, &[unit.into()]);
+        sim.set_registers(unit, Table::Holding, 20, &[0]);
+    }
+    let server = serve(&sim, &pty.device_end);
+    let model = r#"
+[[model]]
+name = "meter"
+
+[[model.metric]]
+name = "power"
+register = 30001
+type = "f32"
+
+[[model.metric]]
+name = "energy"
+register = 40011
+type = "u16"
+poll = "1s"
+
+[[model.metric]]
+name = "setpoint"
+register = 40021
+type = "u16"
+writable = true
+"#;
+    let devices = r#"
+[[device]]
+name = "m1"
+bus = "rs485"
+unit = 1
+poll = "100ms"
+model = "meter"
+write_multiple = true
+
+[[device]]
+name = "m2"
+bus = "rs485"
+unit = 2
+poll = "100ms"
+model = "meter"
+"#;
+    let text = format!("{}{model}", line_config(&pty.gateway_end, devices));
+    let mut run = Running::start(config(&text));
+    let first = run.samples_of(0, Duration::from_secs(5)).await;
+    assert_eq!(
+        good_value(&first, 0),
+        Value::F32(230.5),
+        "30001 is input register 0"
+    );
+    assert_eq!(
+        good_value(&first, 1),
+        Value::U16(1),
+        "40011 is holding register 10"
+    );
+    let setpoint = run.metric(0, "setpoint");
+    let write = fieldmq::profile::command::prepare(&run.config, 0, setpoint, Value::U16(42))
+        .expect("a valid write");
+    run.engine
+        .writes
+        .send(write, &run.config)
+        .expect("the write is queued");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    run.stop().await;
+    server.abort();
+
+    assert_eq!(sim.registers(1, Table::Holding, 20, 1), Some(vec![42]));
+    let served = sim.served();
+    let count = |unit: u8, function: u8, start: u16| {
+        served
+            .iter()
+            .filter(|s| (s.unit, s.function, s.start) == (unit, function, start))
+            .count()
+    };
+    assert_eq!(
+        count(1, 16, 20),
+        1,
+        "write_multiple: FC 16 for one register"
+    );
+    assert_eq!(count(1, 6, 20), 0);
+    for unit in [1, 2] {
+        let fast = count(unit, 4, 0);
+        let slow = count(unit, 3, 10);
+        assert!(
+            fast >= 10 && (2..=4).contains(&slow),
+            "unit {unit}: power read {fast} times, energy {slow} times in about 2.5 s"
+        );
+    }
+}
