@@ -366,8 +366,13 @@ fn parts(devices: usize, registers: u16) -> Vec<(&'static str, usize)> {
         }
         cache
     });
-    let (_profile, profile_bytes) =
-        kept(|| NodeProfile::new(Arc::clone(&config), Profile::Plain, None));
+    let (_profile, profile_bytes) = kept(|| {
+        NodeProfile::new(
+            Arc::clone(&config),
+            Profile::Plain,
+            fieldmq::profile::Role::Uplink,
+        )
+    });
     let changed = usize::from(registers) / CHANGING_EVERY as usize;
     let (_forwarder, window_bytes) = kept(|| {
         let mut forwarder = Forwarder::open(

@@ -82,7 +82,7 @@ fn encoding() {
         samples: samples.clone(),
         identity: None,
     });
-    let mut node = EdgeNode::new(Arc::clone(&config), None);
+    let mut node = EdgeNode::new(Arc::clone(&config), fieldmq::profile::Role::Uplink);
     node.connected(0);
 
     let rounds = 200;

@@ -204,7 +204,7 @@ fn commanded(profile: &str) -> Option<(NodeProfile, LastValues, Arc<Config>)> {
 fn prepare(profile: &str) -> Option<(NodeProfile, LastValues, Arc<Config>)> {
     let config = device_map(profile, "tcp")?;
     let kind = config.upstream.as_ref()?.profile;
-    let mut node = NodeProfile::new(Arc::clone(&config), kind, None);
+    let mut node = NodeProfile::new(Arc::clone(&config), kind, crate::profile::Role::Uplink);
     let mut cache = LastValues::new(&config);
     let samples = (0..config.devices.first()?.metrics.len())
         .map(|metric| Sample {

@@ -273,15 +273,30 @@ async fn the_demo_publishes_the_meter_and_the_gpio_panel_in_both_profiles() {
             demo.log()
         );
     }
-    // Anonymous clients may read everything but only switch the relay: a
-    // rebirth request is dropped by the broker's ACL.
+    // Anonymous clients may read everything, ask the demo node for a
+    // rebirth (so tail can name its metrics) and switch the relay through
+    // its /set topic; a DCMD is dropped by the broker's ACL.
     local.request_rebirth("demo", "fieldmq-demo").await;
+    local
+        .next_on("spBv1.0/demo/NBIRTH/fieldmq-demo", Duration::from_secs(5))
+        .await;
+    local
+        .publish(
+            "spBv1.0/demo/DCMD/fieldmq-demo/panel",
+            support::mqtt::sparkplug_command(
+                "relay",
+                fieldmq::profile::sparkplug::proto::payload::metric::Value::BooleanValue(true),
+            ),
+            false,
+        )
+        .await;
     let after = local.collect_for(Duration::from_secs(2)).await;
     assert!(
         !after
             .iter()
-            .any(|m| m.topic == "spBv1.0/demo/NBIRTH/fieldmq-demo"),
-        "anonymous clients may not send NCMD"
+            .any(|m| m.topic == "demo/fieldmq-demo/panel/relay"
+                && m.text().contains("\"value\":true")),
+        "anonymous clients may not send DCMD"
     );
     let relay_set = "demo/fieldmq-demo/panel/relay/set";
     local.publish(relay_set, b"true".to_vec(), false).await;
@@ -326,6 +341,7 @@ data_dir = "{}"
 
 [upstream]
 url = "{broker}"
+connect_jitter = "0s"
 
 [broker]
 enabled = false
@@ -451,4 +467,87 @@ async fn tail_prints_sparkplug_metrics_by_name_with_units_once_it_saw_the_births
         assert!(out.contains(wanted), "{wanted:?} in:\n{out}");
     }
     assert!(!out.contains("no birth seen"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_in_the_demo_names_every_metric_from_its_first_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::mqtt::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let demo = start_demo(dir.path(), &listen);
+    assert!(support::mqtt::wait_for_listener(port).await);
+    // tail joins after the demo's births went out, as a user does.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let url = format!("mqtt://{listen}");
+    let (tail, stderr) = start_tail(&["--url", &url, "--rebirth", "spBv1.0/demo/#"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = stop_tail(tail).await;
+    let stderr = stderr.await.expect("stderr");
+    let shown: Vec<&str> = out.lines().filter(|l| !l.contains(" NCMD ")).collect();
+    assert!(
+        shown
+            .first()
+            .is_some_and(|l| l.contains("NBIRTH demo/fieldmq-demo")),
+        "the births first:\n{out}\n{stderr}"
+    );
+    assert!(!out.contains("no birth seen"), "{out}");
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.contains("DDATA  demo/fieldmq-demo/meter") && l.contains("voltage/L1 = ")),
+        "{out}"
+    );
+    assert!(stderr.contains("births arrived"), "{stderr}");
+    assert!(demo.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_says_when_its_rebirth_request_was_probably_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::mqtt::free_port();
+    // The gateway's own broker speaks Sparkplug and lets anonymous clients
+    // read but not publish: the NCMD tail sends is dropped by the ACL.
+    let config = format!(
+        r#"
+[node]
+group_id = "plant"
+node_id = "gw"
+data_dir = "{}"
+
+[broker]
+listen = "127.0.0.1:{port}"
+profile = "sparkplug"
+
+[[device]]
+name = "panel"
+gpio = "sim"
+poll = "200ms"
+
+[[device.metric]]
+name = "water"
+pin = 1
+mode = "counter"
+sim_toggle = "50ms"
+"#,
+        dir.path().join("data").display(),
+    );
+    let path = write_config(dir.path(), "gw.toml", &config);
+    let gateway = support::mqtt::Gateway::run(&path, dir.path(), "gw");
+    assert!(support::mqtt::wait_for_listener(port).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let (tail, stderr) = start_tail(&["--url", &url, "--rebirth", "spBv1.0/#"]).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let out = stop_tail(tail).await;
+    let stderr = stderr.await.expect("stderr");
+    assert!(
+        stderr.contains("no NBIRTH from plant/gw within 5s of asking on spBv1.0/plant/NCMD/gw: the broker probably refused the request"),
+        "{stderr}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("DDATA  plant/gw/panel") && l.contains("(no birth seen)")),
+        "shown by alias after the wait:\n{out}"
+    );
+    assert!(gateway.terminate().await.success());
 }

@@ -295,7 +295,8 @@ async fn an_output_goes_safe_once_the_uplink_has_been_gone_for_safe_after() {
     let port = free_port();
     let uplink = Mosquitto::start().await;
     let upstream = format!(
-        "[upstream]\nurl = \"{}\"\nprofile = \"plain\"\nkeep_alive = \"5s\"\nmax_backoff = \"1s\"",
+        // Connect at once: until the first connect the uplink counts as gone.
+        "[upstream]\nurl = \"{}\"\nprofile = \"plain\"\nkeep_alive = \"5s\"\nmax_backoff = \"1s\"\nconnect_jitter = \"0s\"",
         uplink.url()
     );
     let pins = r#"

@@ -274,3 +274,77 @@ async fn pysparkplug_decodes_the_births_and_data_and_its_commands_are_carried_ou
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn pysparkplug_reads_compressed_births_and_data_and_sends_compressed_commands() {
+    let broker = Mosquitto::start().await;
+    let sim = Simulator::new();
+    sim.set_registers(
+        1,
+        Table::Input,
+        0,
+        &[0x4366, 0x8000, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    sim.set_bits(1, Table::Discrete, 0, &[false]);
+    sim.set_registers(1, Table::Holding, 20, &[0x4142, 0, 0, 0]); // "AB"
+    sim.set_registers(1, Table::Holding, 0, &[500]);
+    let (addr, server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fieldmq.toml");
+    let text = config(addr, broker.port, &dir.path().join("data")).replace(
+        "[upstream]\n",
+        "[upstream]\ncompression = \"gzip\"\nconnect_jitter = \"0s\"\n",
+    );
+    std::fs::write(&path, text).expect("config");
+    let mut host = PyHost::start(broker.port).await;
+    let gw = Gateway::run(&path, dir.path(), "gw");
+
+    let nbirth = host.next("NBIRTH").await;
+    assert_eq!(nbirth["compressed"], "GZIP", "{nbirth}");
+    assert_eq!(nbirth["seq"], 0);
+    let dbirth = host.next("DBIRTH").await;
+    assert_eq!(dbirth["compressed"], "GZIP");
+    assert_eq!(metric(&dbirth, "voltage/L1")["value"], json!(230.5));
+    assert_eq!(metric(&dbirth, "serial")["value"], json!("AB"));
+
+    sim.set_registers(1, Table::Input, 4, &[0x0001, 0x0000]); // 65536
+    let ddata = host
+        .next_where("live DDATA with delta", |v| {
+            v["type"] == "DDATA"
+                && v["metrics"].as_array().is_some_and(|ms| {
+                    ms.iter()
+                        .any(|m| m["name"] == "delta" && m["is_historical"] == false)
+                })
+        })
+        .await;
+    assert_eq!(ddata["compressed"], "GZIP");
+    assert_eq!(metric(&ddata, "delta")["value"], 65536);
+
+    // A DCMD compressed by the host (zlib, "DEFLATE"): carried out.
+    host.send(json!({
+        "topic": "spBv1.0/interop/DCMD/gw/meter",
+        "type": "DCMD",
+        "metrics": [{"name": "setpoint", "datatype": "UINT16", "value": 640}],
+        "compress": "DEFLATE",
+    }))
+    .await;
+    let ddata = host
+        .next_where("DDATA with the setpoint", |v| {
+            v["type"] == "DDATA"
+                && v["metrics"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["name"] == "setpoint"))
+        })
+        .await;
+    assert_eq!(metric(&ddata, "setpoint")["value"], 640);
+    assert_eq!(sim.registers(1, Table::Holding, 0, 1), Some(vec![640]));
+
+    gw.terminate().await;
+    let ndeath = host.next("NDEATH").await;
+    assert_eq!(
+        ndeath["compressed"],
+        Value::Null,
+        "the death is never compressed"
+    );
+    server.abort();
+}

@@ -13,7 +13,7 @@ use fieldmq::profile::sparkplug::proto::payload::{Metric, metric};
 use fieldmq::sim::Simulator;
 use prost::Message as _;
 use rumqttc::QoS;
-use support::mqtt::{Gateway, Mosquitto, Peer, Received};
+use support::mqtt::{Gateway, Mosquitto, Peer, Received, sparkplug_command};
 use support::tcp_simulator;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -628,6 +628,75 @@ async fn random_bytes_on_command_topics_never_crash_the_gateway_or_write() {
     )]);
     s.host.publish(&topic("NCMD"), ncmd, false).await;
     assert_eq!(s.next("NBIRTH").await.sparkplug().seq, Some(0));
+    gw.terminate().await;
+    s.server.abort();
+}
+
+#[tokio::test]
+async fn a_legacy_state_host_going_offline_and_online_is_obeyed() {
+    let mut s = Setup::new().await;
+    let gw = s.start(
+        "primary_host = \"scada\"\nprimary_host_legacy = true\nconnect_jitter = \"0s\"",
+        "gw",
+    );
+    let early = s.host.collect_for(2 * SECOND).await;
+    assert!(
+        !early.iter().any(|m| m.topic.contains("BIRTH")),
+        "no births before the host says ONLINE: {early:?}"
+    );
+    // Ignition before Sparkplug 3.0: retained text on STATE/<host id>.
+    s.host
+        .publish("STATE/scada", b"ONLINE".to_vec(), true)
+        .await;
+    let first = s.next("NBIRTH").await.sparkplug();
+    s.next("DBIRTH").await;
+
+    s.host
+        .publish("STATE/scada", b"OFFLINE".to_vec(), true)
+        .await;
+    let death = s.next("NDEATH").await.sparkplug();
+    assert_eq!(bd_seq(&death), bd_seq(&first));
+    let waiting = s.host.collect_for(2 * SECOND).await;
+    assert!(
+        !waiting.iter().any(|m| m.topic.contains("BIRTH")),
+        "{waiting:?}"
+    );
+
+    s.host
+        .publish("STATE/scada", b"ONLINE".to_vec(), true)
+        .await;
+    let second = s.next("NBIRTH").await.sparkplug();
+    assert_eq!(bd_seq(&second), bd_seq(&first) + 1);
+    gw.terminate().await;
+    s.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rebirth_requests_gives_at_most_two_rebirths() {
+    let mut s = Setup::new().await;
+    let gw = s.start("connect_jitter = \"0s\"", "gw");
+    s.next("NBIRTH").await;
+    s.next("DBIRTH").await;
+    // Past the minimum interval after the births of the connection.
+    tokio::time::sleep(1200 * Duration::from_millis(1)).await;
+    let rebirth = sparkplug_command("Node Control/Rebirth", metric::Value::BooleanValue(true));
+    let flood = tokio::time::Instant::now();
+    for _ in 0..100 {
+        s.host.publish(&topic("NCMD"), rebirth.clone(), false).await;
+        tokio::time::sleep(Duration::from_millis(9)).await;
+    }
+    assert!(
+        flood.elapsed() < 1100 * Duration::from_millis(1),
+        "{:?}",
+        flood.elapsed()
+    );
+    let after = s.host.collect_for(3 * SECOND).await;
+    let nbirths = after.iter().filter(|m| m.topic == topic("NBIRTH")).count();
+    assert!(
+        (1..=2).contains(&nbirths),
+        "100 requests in a second: {nbirths} rebirths"
+    );
+    assert!(gw.log().contains("rebirth requested"), "{}", gw.log());
     gw.terminate().await;
     s.server.abort();
 }

@@ -51,8 +51,8 @@ pub async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<Exit
     say!("  a simulated GPIO panel: a door contact, a water meter's pulses, a relay");
     say!("  live values in the embedded MQTT broker on {broker}, as plain JSON:");
     say!("    mosquitto_sub -h {host} -p {port} -t 'demo/fieldmq-demo/#' -v");
-    say!("  and as Sparkplug B (protobuf):");
-    say!("    mosquitto_sub -h {host} -p {port} -t 'spBv1.0/demo/#' -v");
+    say!("  and as Sparkplug B, decoded, with metric names from the first line:");
+    say!("    fieldmq tail --url mqtt://{host}:{port} --rebirth 'spBv1.0/demo/#'");
     say!(
         "  switch the relay: mosquitto_pub -h {host} -p {port} -t 'demo/fieldmq-demo/panel/relay/set' -m true"
     );

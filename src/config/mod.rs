@@ -40,7 +40,8 @@ pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
 pub use model::{KnownModel, ModelIdentity};
 use raw::RawConfig;
 pub use upstream::{
-    ClientCertificate, DEFAULT_MAX_PACKET_SIZE, Profile, Server, TopicTemplate, Upstream, parse_url,
+    ClientCertificate, Compression, DEFAULT_MAX_PACKET_SIZE, DEFAULT_REBIRTH_MIN_INTERVAL, Profile,
+    Server, TopicTemplate, Upstream, parse_url,
 };
 
 /// The whole validated configuration.

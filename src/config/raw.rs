@@ -86,6 +86,10 @@ pub struct RawUpstream {
     pub clean_session: Option<Spanned<bool>>,
     pub max_packet_size: Option<Spanned<i64>>,
     pub primary_host: Option<Spanned<String>>,
+    pub primary_host_legacy: Option<Spanned<bool>>,
+    pub connect_jitter: Option<Spanned<String>>,
+    pub rebirth_min_interval: Option<Spanned<String>>,
+    pub compression: Option<Spanned<String>>,
     pub profile: Option<Spanned<String>>,
     pub topic_template: Option<Spanned<String>>,
 }

@@ -1063,3 +1063,58 @@ fn identify_is_on_by_default_and_applies_only_to_modbus_devices() {
     let config = Config::from_toml(Path::new("x.toml"), &off).expect("valid");
     assert!(config.devices[0].modbus().is_some_and(|m| !m.identify));
 }
+
+#[test]
+fn connect_jitter_rebirth_interval_and_legacy_state_are_checked() {
+    let upstream = |keys: &str| {
+        with(
+            "[[bus]]\nname = \"rs485-1\"",
+            &format!("[upstream]\nurl = \"mqtt://b\"\n{keys}\n\n[[bus]]\nname = \"rs485-1\""),
+        )
+    };
+    let config = Config::from_toml(Path::new("x.toml"), &upstream("")).expect("valid");
+    let u = config.upstream.as_ref().expect("upstream");
+    assert_eq!(u.connect_jitter, Duration::from_secs(2));
+    assert_eq!(u.rebirth_min_interval, Duration::from_secs(1));
+    assert!(!u.primary_host_legacy);
+    assert_eq!(u.compression, Compression::None);
+    let set = upstream(
+        "connect_jitter = \"0s\"\nrebirth_min_interval = \"5s\"\nprimary_host = \"scada\"\nprimary_host_legacy = true",
+    );
+    let config = Config::from_toml(Path::new("x.toml"), &set).expect("valid");
+    let u = config.upstream.as_ref().expect("upstream");
+    assert_eq!(
+        (
+            u.connect_jitter,
+            u.rebirth_min_interval,
+            u.primary_host_legacy
+        ),
+        (Duration::ZERO, Duration::from_secs(5), true)
+    );
+    for (keys, why) in [
+        (
+            "primary_host_legacy = true",
+            "primary_host_legacy needs primary_host",
+        ),
+        (
+            "connect_jitter = \"10m\"",
+            "connect_jitter must be at most 5m",
+        ),
+        (
+            "rebirth_min_interval = \"2m\"",
+            "rebirth_min_interval must be at most 1m",
+        ),
+        (
+            "profile = \"plain\"\nrebirth_min_interval = \"2s\"",
+            "rebirth_min_interval applies only to profile = \"sparkplug\"",
+        ),
+        (
+            "profile = \"plain\"\ncompression = \"gzip\"",
+            "compression applies only to profile = \"sparkplug\"",
+        ),
+        ("compression = \"zip\"", "expected one of none, gzip, deflate"),
+    ] {
+        let errs = errors(&upstream(keys));
+        assert!(errs.iter().any(|e| e.contains(why)), "{keys}: {errs:?}");
+    }
+}

@@ -93,6 +93,17 @@ pub struct Upstream {
     pub max_packet_size: usize,
     /// Sparkplug primary host application id: births wait until it is online.
     pub primary_host: Option<String>,
+    /// Also follow the host's Sparkplug 2.2 STATE (`STATE/<host>`, `ONLINE`/`OFFLINE`).
+    pub primary_host_legacy: bool,
+    /// The first connect after start, and the first after the server dropped
+    /// the connection, wait a random time up to this: a fleet that restarts
+    /// or loses its broker at one instant does not come back at one instant.
+    pub connect_jitter: Duration,
+    /// Sparkplug: rebirth requests within this time of the last rebirth are
+    /// answered by one rebirth when it has passed.
+    pub rebirth_min_interval: Duration,
+    /// Sparkplug: how births and data are compressed.
+    pub compression: Compression,
     /// Sparkplug or plain.
     pub profile: Profile,
     /// Plain profile: the topic of each metric.
@@ -114,6 +125,29 @@ const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_millis(500);
 /// Below this a confirmation costs more than the duplicates it saves.
 const MIN_CONFIRM_INTERVAL: Duration = Duration::from_millis(50);
+/// How Sparkplug births and data are compressed (Tahu's wrapper payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Plain payloads.
+    #[default]
+    None,
+    /// A gzip stream.
+    Gzip,
+    /// A zlib (deflate) stream.
+    Deflate,
+}
+
+const COMPRESSIONS: [(&str, Compression); 3] = [
+    ("none", Compression::None),
+    ("gzip", Compression::Gzip),
+    ("deflate", Compression::Deflate),
+];
+
+/// Default connect jitter: a few seconds spread a fleet's reconnects over
+/// the broker's accept queue without delaying one gateway noticeably.
+const DEFAULT_CONNECT_JITTER: Duration = Duration::from_secs(2);
+/// Default least time between two rebirths.
+pub const DEFAULT_REBIRTH_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between reconnection attempts unless configured.
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Large enough for the birth of a few thousand metrics; rumqttc's own
@@ -251,6 +285,61 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        let primary_host_legacy = raw.primary_host_legacy.as_ref().is_some_and(|l| {
+            if *l.get_ref() && raw.primary_host.is_none() {
+                self.error(
+                    l.span(),
+                    ctx,
+                    "primary_host_legacy needs primary_host = \"<host id>\"".into(),
+                );
+            }
+            *l.get_ref()
+        });
+        let connect_jitter = self
+            .any_duration(ctx, "connect_jitter", raw.connect_jitter.as_ref())
+            .unwrap_or(DEFAULT_CONNECT_JITTER);
+        if let Some(j) = &raw.connect_jitter
+            && connect_jitter > Duration::from_secs(300)
+        {
+            self.error(j.span(), ctx, "connect_jitter must be at most 5m".into());
+        }
+        let rebirth_min_interval = self
+            .any_duration(
+                ctx,
+                "rebirth_min_interval",
+                raw.rebirth_min_interval.as_ref(),
+            )
+            .unwrap_or(DEFAULT_REBIRTH_MIN_INTERVAL);
+        if let Some(r) = &raw.rebirth_min_interval {
+            if profile == Profile::Plain {
+                self.error(
+                    r.span(),
+                    ctx,
+                    "rebirth_min_interval applies only to profile = \"sparkplug\"".into(),
+                );
+            } else if rebirth_min_interval > Duration::from_secs(60) {
+                self.error(
+                    r.span(),
+                    ctx,
+                    "rebirth_min_interval must be at most 1m".into(),
+                );
+            }
+        }
+        let compression = raw
+            .compression
+            .as_ref()
+            .and_then(|c| {
+                let chosen = self.choice(ctx, "compression", c, &COMPRESSIONS)?;
+                if profile == Profile::Plain && chosen != Compression::None {
+                    self.error(
+                        c.span(),
+                        ctx,
+                        "compression applies only to profile = \"sparkplug\"".into(),
+                    );
+                }
+                Some(chosen)
+            })
+            .unwrap_or_default();
         let republish = raw.republish.as_ref().and_then(|r| {
             if profile == Profile::Sparkplug {
                 self.error(r.span(), ctx, "republish applies only to profile = \"plain\"; Sparkplug births carry the current values".into());
@@ -287,6 +376,10 @@ impl<'a> Checker<'a> {
                 .and_then(|v| self.int(ctx, "max_packet_size", v, 1024, MQTT_MAX_PACKET_SIZE))
                 .unwrap_or(DEFAULT_MAX_PACKET_SIZE),
             primary_host: raw.primary_host.as_ref().map(|h| h.get_ref().clone()),
+            primary_host_legacy,
+            connect_jitter,
+            rebirth_min_interval,
+            compression,
             republish,
             profile,
             topic_template,

@@ -21,6 +21,7 @@ use crate::profile::action::{Action, NodeStats};
 use crate::profile::last_values::LastValues;
 use crate::profile::plain::PlainNode;
 use crate::profile::sparkplug::edge::EdgeNode;
+pub use crate::profile::sparkplug::edge::Role;
 
 /// The profile in use.
 #[derive(Debug, Clone)]
@@ -32,10 +33,10 @@ pub enum NodeProfile {
 }
 
 impl NodeProfile {
-    /// The profile `profile` for `config`; Sparkplug births wait for `primary_host` if given.
-    pub fn new(config: Arc<Config>, profile: Profile, primary_host: Option<String>) -> NodeProfile {
+    /// The profile `profile` for `config`, speaking to the server of `role`.
+    pub fn new(config: Arc<Config>, profile: Profile, role: Role) -> NodeProfile {
         match profile {
-            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config, primary_host)),
+            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config, role)),
             Profile::Plain => NodeProfile::Plain(PlainNode::new(config)),
         }
     }
@@ -47,6 +48,14 @@ impl NodeProfile {
         match profile {
             Profile::Sparkplug => crate::profile::sparkplug::edge::will(node, epoch),
             Profile::Plain => crate::profile::plain::will(node),
+        }
+    }
+
+    /// What is due by the clock: Sparkplug rebirth requests that were folded into one.
+    pub fn tick(&mut self, cache: &LastValues, stats: NodeStats) -> Vec<Action> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.tick(cache, stats),
+            NodeProfile::Plain(_) => Vec::new(),
         }
     }
 

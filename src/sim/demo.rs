@@ -45,11 +45,19 @@ username = "{UPLINK_USER}"
 password_file = "{data_dir}/uplink.pass"
 keep_alive = "10s"
 max_backoff = "2s"
+# One gateway, not a fleet: nothing to spread out.
+connect_jitter = "0s"
 
 [broker]
 listen = "{broker}"
-# Anyone on this machine may read everything and switch the relay, nothing else.
-anonymous_publish = ["demo/fieldmq-demo/panel/relay/set"]
+# Anyone on this machine may read everything, switch the relay and ask the
+# demo node for a rebirth (so `fieldmq tail --rebirth` names its metrics from
+# the first line), nothing else. A rebirth costs one set of births, which
+# the node sends at most once a second however often it is asked; the same
+# NCMD topic could also carry Next Server, which moves a node to the next of
+# its servers, but the demo has one server, so the worst it does is a
+# reconnect.
+anonymous_publish = ["demo/fieldmq-demo/panel/relay/set", "spBv1.0/demo/NCMD/fieldmq-demo"]
 
 [[broker.user]]
 name = "{UPLINK_USER}"

@@ -112,6 +112,13 @@ impl NodeState {
         self.settle(actions)
     }
 
+    /// What the profile has due by the clock (folded rebirth requests).
+    pub fn tick(&mut self, backlog: Backlog) -> Vec<Outgoing> {
+        let stats = self.stats_now(backlog);
+        let actions = self.profile.tick(&self.cache, stats);
+        self.settle(actions)
+    }
+
     /// The node's figures, as the stats tick reports them.
     pub fn stats(&mut self, backlog: Backlog) -> Vec<Outgoing> {
         let stats = self.stats_now(backlog);

@@ -7,17 +7,59 @@ resolved through the last birth, as a host does. A payload pysparkplug cannot
 decode is printed as {"topic", "error"} instead of ending the run.
 
 Commands are read from stdin, one JSON object per line:
-{"topic": "...", "type": "NCMD"|"DCMD", "metrics": [{"name", "datatype", "value"}]}
+{"topic": "...", "type": "NCMD"|"DCMD", "metrics": [{"name", "datatype", "value"}],
+ "compress": "GZIP"|"DEFLATE" (optional)}
 and encoded with pysparkplug (datatypes included, as Ignition sends them).
+
+Compressed payloads follow the Eclipse Tahu convention, written here from it
+with Python's own zlib and gzip: a wrapper payload with uuid
+"SPBV1.0_COMPRESSED", a String metric "algorithm" ("GZIP" or "DEFLATE", a
+zlib stream; DEFLATE when absent) and the compressed payload in body. Each
+printed line says "compressed": the algorithm, or null.
 """
 
 import argparse
+import gzip
 import json
 import sys
 import threading
+import zlib
 
 import paho.mqtt.client as mqtt
 import pysparkplug as sp
+from pysparkplug._protobuf import sparkplug_b_pb2 as pb
+
+COMPRESSED = "SPBV1.0_COMPRESSED"
+STRING = 12
+
+
+def unwrap(raw):
+    """The payload a compression wrapper carries, and its algorithm; others as they are."""
+    outer = pb.Payload()
+    outer.ParseFromString(raw)
+    if outer.uuid != COMPRESSED:
+        return raw, None
+    algorithm = "DEFLATE"
+    for m in outer.metrics:
+        if m.name == "algorithm":
+            algorithm = m.string_value.upper()
+    if algorithm == "GZIP":
+        return gzip.decompress(outer.body), algorithm
+    if algorithm == "DEFLATE":
+        return zlib.decompress(outer.body), algorithm
+    raise ValueError(f"unknown algorithm {algorithm}")
+
+
+def wrap(raw, algorithm):
+    outer = pb.Payload()
+    outer.timestamp = sp.get_current_timestamp()
+    outer.uuid = COMPRESSED
+    outer.body = gzip.compress(raw) if algorithm == "GZIP" else zlib.compress(raw)
+    m = outer.metrics.add()
+    m.name = "algorithm"
+    m.datatype = STRING
+    m.string_value = algorithm
+    return outer.SerializeToString()
 
 DECODERS = {
     "NBIRTH": sp.NBirth,
@@ -59,10 +101,11 @@ def main():
         if decoder is None:
             return
         try:
+            raw, compressed = unwrap(msg.payload)
             if kind in ("NDATA", "DDATA"):
-                payload = decoder.decode(msg.payload, birth=births.get(edge))
+                payload = decoder.decode(raw, birth=births.get(edge))
             else:
-                payload = decoder.decode(msg.payload)
+                payload = decoder.decode(raw)
             if kind in ("NBIRTH", "DBIRTH"):
                 births[edge] = payload
             metrics = []
@@ -88,6 +131,7 @@ def main():
                     "seq": getattr(payload, "seq", None),
                     "timestamp": payload.timestamp,
                     "metrics": metrics,
+                    "compressed": compressed,
                 }
             )
         except Exception as e:  # report, keep listening: the test decides
@@ -116,7 +160,10 @@ def main():
             )
             kind = sp.NCmd if cmd["type"] == "NCMD" else sp.DCmd
             payload = kind(timestamp=sp.get_current_timestamp(), metrics=metrics)
-            client.publish(cmd["topic"], payload.encode(include_dtypes=True), qos=0)
+            raw = payload.encode(include_dtypes=True)
+            if cmd.get("compress"):
+                raw = wrap(raw, cmd["compress"])
+            client.publish(cmd["topic"], raw, qos=0)
         client.disconnect()
 
     threading.Thread(target=commands, daemon=True).start()

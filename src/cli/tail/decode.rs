@@ -8,10 +8,12 @@
 //! escaped, and the births remembered are bounded, so a hostile publisher
 //! can neither drive the engineer's terminal nor fill tail's memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 
+use fieldmq::profile::sparkplug::compression;
 use fieldmq::profile::sparkplug::proto::Payload;
 use fieldmq::profile::sparkplug::proto::payload::{Metric, metric, property_value};
 use fieldmq::profile::sparkplug::topic::{MessageType, Topic};
@@ -27,6 +29,9 @@ struct Known {
 /// Births (node or device) remembered at most; beyond this one is forgotten
 /// to make room, and its data shows aliases until its next birth.
 const MAX_BIRTHS: usize = 10_000;
+/// The most a compressed payload may inflate to: more than any broker
+/// carries, less than a bomb needs.
+const MAX_INFLATED: usize = 16 << 20;
 /// Metrics remembered per birth at most.
 const MAX_METRICS_PER_BIRTH: usize = 10_000;
 
@@ -49,7 +54,28 @@ pub struct Tail {
     /// By (group, node, device): metrics by alias and by name.
     births: HashMap<(String, String, Option<String>), Births>,
     /// Nodes (group, node) already asked for a rebirth.
-    asked: HashSet<(String, String)>,
+    asked: HashMap<(String, String), Asked>,
+}
+
+/// A rebirth request of this tail and what became of it.
+#[derive(Debug)]
+struct Asked {
+    at: Instant,
+    /// Data messages not shown while the births were awaited.
+    held: usize,
+    /// Births arrived, or the wait was given up: data is shown again.
+    settled: bool,
+}
+
+/// A node that did not answer this tail's rebirth request in time.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    /// `group/node`.
+    pub node: String,
+    /// Where the request went.
+    pub ncmd: String,
+    /// Data messages not shown while waiting.
+    pub held: usize,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +93,7 @@ impl Tail {
     /// The NCMD topic to ask for a rebirth when `topic` carries data of an
     /// edge node whose NBIRTH this tail has not seen (it started later):
     /// without the births, aliases have no names. Once per node.
-    pub fn rebirth_topic(&mut self, topic: &str) -> Option<String> {
+    pub fn rebirth_topic(&mut self, topic: &str, now: Instant) -> Option<String> {
         let parsed = Topic::parse(topic)?;
         if !matches!(parsed.message_type, MessageType::NData | MessageType::DData) {
             return None;
@@ -76,10 +102,70 @@ impl Tail {
         let born = self
             .births
             .contains_key(&(node.0.clone(), node.1.clone(), None));
-        if born || self.asked.len() >= MAX_BIRTHS || !self.asked.insert(node.clone()) {
+        if born || self.asked.len() >= MAX_BIRTHS || self.asked.contains_key(&node) {
             return None;
         }
-        Some(Topic::node(&node.0, MessageType::NCmd, &node.1).to_string())
+        let ncmd = Topic::node(&node.0, MessageType::NCmd, &node.1).to_string();
+        self.asked.insert(
+            node,
+            Asked {
+                at: now,
+                held: 0,
+                settled: false,
+            },
+        );
+        Some(ncmd)
+    }
+
+    /// Whether a data message on `topic` is held back: its node was asked
+    /// for a rebirth that has not come yet, and its aliases have no names.
+    pub fn holds(&mut self, topic: &str) -> bool {
+        let Some(parsed) = Topic::parse(topic) else {
+            return false;
+        };
+        if !matches!(parsed.message_type, MessageType::NData | MessageType::DData) {
+            return false;
+        }
+        match self.asked.get_mut(&(parsed.group_id, parsed.node_id)) {
+            Some(asked) if !asked.settled => {
+                asked.held += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// On the NBIRTH of a node this tail asked: how many of its data
+    /// messages were held back meanwhile.
+    pub fn answered(&mut self, topic: &str) -> Option<usize> {
+        let parsed = Topic::parse(topic)?;
+        if parsed.message_type != MessageType::NBirth {
+            return None;
+        }
+        let asked = self.asked.get_mut(&(parsed.group_id, parsed.node_id))?;
+        if asked.settled {
+            return None;
+        }
+        asked.settled = true;
+        Some(asked.held)
+    }
+
+    /// Nodes asked at least `within` before `now` that sent no NBIRTH:
+    /// their data is shown again, by alias.
+    pub fn unanswered(&mut self, now: Instant, within: Duration) -> Vec<Unanswered> {
+        let mut late = Vec::new();
+        for ((group, node), asked) in &mut self.asked {
+            if !asked.settled && now.duration_since(asked.at) >= within {
+                asked.settled = true;
+                late.push(Unanswered {
+                    node: printable(&format!("{group}/{node}")),
+                    ncmd: printable(&Topic::node(group, MessageType::NCmd, node).to_string()),
+                    held: asked.held,
+                });
+            }
+        }
+        late.sort_by(|a, b| a.node.cmp(&b.node));
+        late
     }
 
     /// The lines that show one message.
@@ -105,6 +191,11 @@ impl Tail {
                 )];
             }
         };
+        let compressed = compression::is_compressed(&decoded);
+        let decoded = match compression::open(decoded, MAX_INFLATED) {
+            Ok(p) => p,
+            Err(e) => return vec![format!("{kind:<6} {source}  {e}")],
+        };
         let key = (parsed.group_id, parsed.node_id, parsed.device_id);
         if matches!(
             parsed.message_type,
@@ -125,7 +216,11 @@ impl Tail {
         let seq = decoded
             .seq
             .map_or_else(|| "-".to_owned(), |s| s.to_string());
-        let head = format!("{kind:<6} {source} seq={seq}");
+        let head = if compressed {
+            format!("{kind:<6} {source} seq={seq} (compressed)")
+        } else {
+            format!("{kind:<6} {source} seq={seq}")
+        };
         if decoded.metrics.is_empty() {
             return vec![head];
         }
@@ -320,20 +415,74 @@ mod tests {
     #[test]
     fn data_of_an_unborn_node_asks_it_once_for_a_rebirth_and_a_born_one_never() {
         let mut tail = Tail::new();
+        let now = Instant::now();
         assert_eq!(
-            tail.rebirth_topic("spBv1.0/g/DDATA/n/panel").as_deref(),
+            tail.rebirth_topic("spBv1.0/g/DDATA/n/panel", now)
+                .as_deref(),
             Some("spBv1.0/g/NCMD/n")
         );
-        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDATA/n"), None, "once");
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDATA/n", now), None, "once");
         assert_eq!(
-            tail.rebirth_topic("spBv1.0/g/NDATA/other").as_deref(),
+            tail.rebirth_topic("spBv1.0/g/NDATA/other", now).as_deref(),
             Some("spBv1.0/g/NCMD/other")
         );
         let birth = Payload::default().encode_to_vec();
         tail.lines("spBv1.0/g/NBIRTH/born", &birth);
-        assert_eq!(tail.rebirth_topic("spBv1.0/g/DDATA/born/panel"), None);
-        assert_eq!(tail.rebirth_topic("spBv1.0/g/DBIRTH/x/panel"), None);
-        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDEATH/x"), None);
-        assert_eq!(tail.rebirth_topic("site/gw/panel/door"), None);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/DDATA/born/panel", now), None);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/DBIRTH/x/panel", now), None);
+        assert_eq!(tail.rebirth_topic("spBv1.0/g/NDEATH/x", now), None);
+        assert_eq!(tail.rebirth_topic("site/gw/panel/door", now), None);
+    }
+
+    #[test]
+    fn data_waits_for_the_births_asked_for_and_a_request_unanswered_is_reported() {
+        let mut tail = Tail::new();
+        let now = Instant::now();
+        tail.rebirth_topic("spBv1.0/g/DDATA/n/panel", now);
+        tail.rebirth_topic("spBv1.0/g/NDATA/quiet", now);
+        assert!(tail.holds("spBv1.0/g/DDATA/n/panel"));
+        assert!(tail.holds("spBv1.0/g/NDATA/n"));
+        assert!(!tail.holds("spBv1.0/g/DBIRTH/n/panel"), "births are shown");
+        assert!(!tail.holds("spBv1.0/g/DDATA/never-asked/panel"));
+        assert_eq!(tail.answered("spBv1.0/g/NBIRTH/n"), Some(2));
+        assert!(!tail.holds("spBv1.0/g/DDATA/n/panel"), "named from now on");
+        assert!(tail.holds("spBv1.0/g/NDATA/quiet"));
+        let second = Duration::from_secs(1);
+        assert!(tail.unanswered(now + second, 5 * second).is_empty());
+        assert_eq!(
+            tail.unanswered(now + 5 * second, 5 * second),
+            [Unanswered {
+                node: "g/quiet".into(),
+                ncmd: "spBv1.0/g/NCMD/quiet".into(),
+                held: 1,
+            }]
+        );
+        assert!(
+            !tail.holds("spBv1.0/g/NDATA/quiet"),
+            "shown by alias after that"
+        );
+        assert!(
+            tail.unanswered(now + 9 * second, 5 * second).is_empty(),
+            "said once"
+        );
+    }
+
+    #[test]
+    fn compressed_payloads_are_opened_and_marked() {
+        let mut tail = Tail::new();
+        let birth = Payload {
+            seq: Some(1),
+            metrics: vec![metric(Some("power"), 7, metric::Value::DoubleValue(2.5))],
+            ..Payload::default()
+        };
+        let gzip = compression::encode(&birth, fieldmq::config::Compression::Gzip);
+        assert_eq!(
+            tail.lines("spBv1.0/g/DBIRTH/n/meter", &gzip),
+            ["DBIRTH g/n/meter seq=1 (compressed)  power = 2.5"]
+        );
+        let mut broken = Payload::decode(gzip.as_slice()).unwrap();
+        broken.body = Some(b"garbage".to_vec());
+        let lines = tail.lines("spBv1.0/g/DDATA/n/meter", &broken.encode_to_vec());
+        assert!(lines[0].contains("does not inflate"), "{lines:?}");
     }
 }

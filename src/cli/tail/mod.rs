@@ -56,6 +56,18 @@ pub fn tail_options_from(config: &Config) -> anyhow::Result<rumqttc::MqttOptions
     ))
 }
 
+/// How long data of a node asked for a rebirth is held back for its births.
+const REBIRTH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `; N messages before them were not shown` when some were held back.
+fn held_note(held: usize) -> String {
+    if held == 0 {
+        String::new()
+    } else {
+        format!("; {held} data messages before them were not shown (their aliases had no names)")
+    }
+}
+
 /// Subscribes and prints until Ctrl-C; reconnects (and subscribes again) on
 /// its own. With `rebirth`, asks unborn nodes for their births.
 pub async fn tail(
@@ -79,10 +91,23 @@ pub async fn tail(
     let mut failing = false;
     let stop = crate::cli::run::shutdown_signal();
     tokio::pin!(stop);
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let event = tokio::select! {
             _ = &mut stop => break,
             event = eventloop.poll() => event,
+            _ = check.tick(), if rebirth => {
+                for late in decoder.unanswered(std::time::Instant::now(), REBIRTH_WAIT) {
+                    eprintln!(
+                        "fieldmq tail: no NBIRTH from {} within {}s of asking on {}: the broker probably refused the request (its ACL gives this client no publish right on that topic, and MQTT 3.1.1 reports no error), or the node does not answer rebirth requests; showing its data by alias{}",
+                        late.node,
+                        REBIRTH_WAIT.as_secs(),
+                        late.ncmd,
+                        held_note(late.held)
+                    );
+                }
+                continue;
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -98,10 +123,20 @@ pub async fn tail(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                for line in decoder.lines(&p.topic, &p.payload) {
-                    say!("{now} {line}");
+                let asking = rebirth
+                    .then(|| decoder.rebirth_topic(&p.topic, std::time::Instant::now()))
+                    .flatten();
+                if let Some(held) = rebirth.then(|| decoder.answered(&p.topic)).flatten()
+                    && held > 0
+                {
+                    eprintln!("fieldmq tail: births arrived{}", held_note(held));
                 }
-                if let Some(ncmd) = rebirth.then(|| decoder.rebirth_topic(&p.topic)).flatten() {
+                if !(rebirth && decoder.holds(&p.topic)) {
+                    for line in decoder.lines(&p.topic, &p.payload) {
+                        say!("{now} {line}");
+                    }
+                }
+                if let Some(ncmd) = asking {
                     let request = fieldmq::profile::sparkplug::payload::rebirth_request(
                         fieldmq::core::value::now_ms(),
                     );
@@ -112,7 +147,8 @@ pub async fn tail(
                         request.encode_to_vec(),
                     ) {
                         Ok(()) => eprintln!(
-                            "fieldmq tail: no birth seen yet; asking for one on {ncmd} (a server that refuses the request sends nothing back)"
+                            "fieldmq tail: no birth seen yet; asking for one on {ncmd}; its data waits until the births arrive (at most {}s)",
+                            REBIRTH_WAIT.as_secs()
                         ),
                         Err(e) => eprintln!("fieldmq tail: cannot ask for a rebirth now ({e})"),
                     }

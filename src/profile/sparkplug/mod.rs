@@ -1,8 +1,10 @@
 //! Sparkplug B 3.0: the payload schema, topics, and the edge node's session rules.
 
+pub mod compression;
 pub mod edge;
 pub mod host;
 pub mod payload;
+pub mod rebirth;
 pub mod seq;
 pub mod topic;
 

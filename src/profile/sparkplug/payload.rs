@@ -11,6 +11,8 @@ use crate::profile::sparkplug::proto::payload::{
 
 /// The one node metric a host may write (tck-id-operational-behavior-data-commands-rebirth-name).
 pub const REBIRTH: &str = "Node Control/Rebirth";
+/// The node control metric that sends an edge node to the next server of its list.
+pub const NEXT_SERVER: &str = "Node Control/Next Server";
 
 /// Sparkplug datatype ids (spec "Data Types"; `sparkplug-edge.md` §13).
 pub mod datatype {

@@ -140,6 +140,12 @@ pub fn state_topic(host_id: &str) -> String {
     format!("{NAMESPACE}/STATE/{host_id}")
 }
 
+/// Where a Sparkplug 2.2 host (Ignition MQTT Engine before 4.0.x's 3.0
+/// support) publishes its STATE, as the text `ONLINE` or `OFFLINE`.
+pub fn legacy_state_topic(host_id: &str) -> String {
+    format!("STATE/{host_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

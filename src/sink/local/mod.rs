@@ -16,11 +16,14 @@ use crate::config::Config;
 use crate::core::event::DeviceEvent;
 use crate::ops::liveness::Pulse;
 use crate::ops::metrics::{self, Counters};
-use crate::profile::NodeProfile;
 use crate::profile::action::Action;
+use crate::profile::{NodeProfile, Role};
 use crate::sink::local::broker::{BrokerError, LocalBroker, LocalCommand};
 use crate::sink::node::{Backlog, NodeState, Outgoing};
 use crate::store::bdseq::BdSeqStore;
+
+/// How often what is due by the clock (a folded rebirth) is looked at.
+const CLOCK_TICK: Duration = Duration::from_millis(100);
 
 /// The feed and the broker it publishes into.
 #[derive(Debug)]
@@ -39,7 +42,11 @@ impl LocalFeed {
         stats: Arc<Counters>,
         pulse: Pulse,
     ) -> Result<LocalFeed, BrokerError> {
-        let mut profile = NodeProfile::new(Arc::clone(&config), config.broker.profile, None);
+        let mut profile = NodeProfile::new(
+            Arc::clone(&config),
+            config.broker.profile,
+            Role::LocalBroker,
+        );
         // The local broker lives and dies with the process: one session per
         // start, with its own bdSeq so local Sparkplug hosts see each restart.
         let epoch = if profile.needs_epoch() {
@@ -88,6 +95,8 @@ impl LocalFeed {
             .max(Duration::from_secs(1));
         let mut stats_tick = tokio::time::interval(period);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut clock_tick = tokio::time::interval(CLOCK_TICK);
+        clock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.pulse.within(period);
             let outgoing = tokio::select! {
@@ -111,6 +120,7 @@ impl LocalFeed {
                     None => break,
                 },
                 _ = stats_tick.tick() => self.node.stats(Backlog::default()),
+                _ = clock_tick.tick() => self.node.tick(Backlog::default()),
             };
             self.send(outgoing).await;
         }

@@ -105,6 +105,11 @@ pub struct Connection {
     connected: bool,
     receipts: Receipts,
     backoff: Backoff,
+    /// Upper bound of the random wait before the first connect and after the server dropped us.
+    jitter: Duration,
+    /// The publisher asked to leave the server (stopping, primary host
+    /// offline, Next Server): the loss that follows is ours, not the server's.
+    leaving: bool,
     events: mpsc::Sender<ConnectionEvent>,
     stop: CancellationToken,
 }
@@ -116,6 +121,15 @@ impl std::fmt::Debug for Connection {
             .field("connected", &self.connected)
             .finish_non_exhaustive()
     }
+}
+
+/// How reconnects are spread out.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Longest wait between failed attempts (doubling from 0.5 s).
+    pub max_backoff: Duration,
+    /// Upper bound of the random wait before the first connect and after the server dropped the connection.
+    pub jitter: Duration,
 }
 
 /// rumqttc's QoS for ours.
@@ -134,7 +148,7 @@ impl Connection {
     /// DISCONNECT. Failed attempts are retried after 0.5 s, doubling up to `max_backoff`.
     pub fn new(
         servers: Vec<(String, MqttOptions)>,
-        max_backoff: Duration,
+        pacing: Pacing,
         greeting: Greeting,
         events: mpsc::Sender<ConnectionEvent>,
         stop: CancellationToken,
@@ -152,7 +166,9 @@ impl Connection {
                 last_epoch: None,
                 connected: false,
                 receipts: Receipts::default(),
-                backoff: Backoff::new(RECONNECT_BASE, max_backoff.max(RECONNECT_BASE)),
+                backoff: Backoff::new(RECONNECT_BASE, pacing.max_backoff.max(RECONNECT_BASE)),
+                jitter: pacing.jitter,
+                leaving: false,
                 events,
                 stop,
             },
@@ -161,6 +177,12 @@ impl Connection {
 
     /// Runs until stopped, or until the publisher is gone.
     pub async fn run(mut self) {
+        if !self
+            .pause(self.jittered(), "before the first connect")
+            .await
+        {
+            return;
+        }
         loop {
             if self.eventloop.network.is_none() {
                 self.prepare_connect();
@@ -288,6 +310,7 @@ impl Connection {
             Event::Outgoing(Outgoing::Disconnect) => {
                 // Only the publisher disconnects: to stop, or to leave this server.
                 self.eventloop.clean();
+                self.leaving = true;
                 return Err("left the server".into());
             }
             _ => return Ok(()),
@@ -303,6 +326,7 @@ impl Connection {
     /// `false` when it is time to stop.
     async fn lost(&mut self, reason: String) -> bool {
         let server = self.server_name();
+        let dropped_by_server = self.connected && !std::mem::take(&mut self.leaving);
         if self.connected {
             tracing::warn!(%server, %reason, "upstream connection lost");
             self.connected = false;
@@ -320,10 +344,32 @@ impl Connection {
             tracing::warn!(%server, %reason, "cannot connect upstream");
         }
         self.current = (self.current + 1) % self.servers.len().max(1);
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            () = self.stop.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
+        if dropped_by_server {
+            // Every gateway of the fleet lost this server at the same instant.
+            self.pause(self.jittered(), "after the server dropped the connection")
+                .await
+        } else {
+            let delay = self.backoff.next_delay();
+            self.pause(delay, "").await
+        }
+    }
+
+    /// A random wait up to the connect jitter.
+    fn jittered(&self) -> Duration {
+        self.jitter.mul_f64(fastrand::f64())
+    }
+
+    /// Waits `delay` unless stopped first; `false` when stopped.
+    fn pause(&self, delay: Duration, jitter_for: &str) -> impl Future<Output = bool> + use<> {
+        if !jitter_for.is_empty() && !delay.is_zero() {
+            tracing::info!(wait = ?delay, "connect jitter {jitter_for}");
+        }
+        let stop = self.stop.clone();
+        async move {
+            tokio::select! {
+                () = stop.cancelled() => false,
+                () = tokio::time::sleep(delay) => true,
+            }
         }
     }
 

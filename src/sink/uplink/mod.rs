@@ -27,10 +27,10 @@ use crate::core::event::{DeviceEvent, MapVersion};
 use crate::core::message::Message;
 use crate::ops::liveness::Pulse;
 use crate::ops::metrics::{self, Counters};
-use crate::profile::NodeProfile;
+use crate::profile::{NodeProfile, Role};
 use crate::sink::node::{Backlog, NodeState, Outgoing};
 use crate::sink::pem::TlsError;
-use crate::sink::uplink::connection::{Connection, ConnectionEvent, Greeting, qos};
+use crate::sink::uplink::connection::{Connection, ConnectionEvent, Greeting, Pacing, qos};
 use crate::sink::uplink::options::{mqtt_options, tls_config};
 use crate::store::bdseq::BdSeqStore;
 use crate::store::forward::{DeviceKeys, Forwarder};
@@ -90,8 +90,7 @@ impl Uplink {
             .iter()
             .map(|s| (s.url.clone(), mqtt_options(upstream, s, tls.as_ref())))
             .collect();
-        let host = upstream.primary_host.clone();
-        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile, host);
+        let profile = NodeProfile::new(Arc::clone(&config), upstream.profile, Role::Uplink);
         let greeting = Greeting {
             epochs: profile
                 .needs_epoch()
@@ -132,7 +131,10 @@ impl Uplink {
         let stop_connection = CancellationToken::new();
         let (client, connection) = Connection::new(
             servers,
-            upstream.max_backoff,
+            Pacing {
+                max_backoff: upstream.max_backoff,
+                jitter: upstream.connect_jitter,
+            },
             greeting,
             link_tx,
             stop_connection.clone(),
@@ -207,7 +209,11 @@ impl Uplink {
                     let outgoing = self.node.stats(self.backlog());
                     self.send(outgoing);
                 }
-                _ = drain_tick.tick() => self.drain(),
+                _ = drain_tick.tick() => {
+                    let outgoing = self.node.tick(self.backlog());
+                    self.send(outgoing);
+                    self.drain();
+                }
                 _ = confirm_tick.tick(), if self.connected => self.outbox.ask_for_proof(),
                 _ = republish_tick.tick(), if self.connected && self.republish.is_some() => self.republish(),
                 _ = sync_tick.tick() => {

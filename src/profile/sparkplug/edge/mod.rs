@@ -15,25 +15,27 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::config::{Config, Node};
+use crate::config::{
+    Compression, Config, DEFAULT_MAX_PACKET_SIZE, DEFAULT_REBIRTH_MIN_INTERVAL, Node,
+};
 use crate::core::event::DeviceEvent;
 use crate::core::message::Message;
 use crate::core::message::Qos;
 use crate::core::value::{DeviceId, Sample, now_ms};
-use crate::core::write::Rejection;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::announced::Announced;
-use crate::profile::command::{self};
 use crate::profile::last_values::LastValues;
-use crate::profile::sparkplug::host::{HostChange, PrimaryHost};
-use crate::profile::sparkplug::payload::REBIRTH;
+use crate::profile::sparkplug::compression;
+use crate::profile::sparkplug::host::PrimaryHost;
 use crate::profile::sparkplug::payload::{
-    Aliases, BD_SEQ, birth_metric, data_metric, datatype, datatype_of, node_death, value_from_field,
+    Aliases, BD_SEQ, birth_metric, data_metric, datatype, node_death,
 };
+use crate::profile::sparkplug::payload::{NEXT_SERVER, REBIRTH};
 use crate::profile::sparkplug::proto::Payload;
 use crate::profile::sparkplug::proto::payload::{Metric, metric};
+use crate::profile::sparkplug::rebirth::RebirthGate;
 use crate::profile::sparkplug::seq::Seq;
-use crate::profile::sparkplug::topic::{MessageType, Topic, state_topic};
+use crate::profile::sparkplug::topic::{MessageType, Topic, legacy_state_topic, state_topic};
 
 /// The gateway's version, a node property.
 pub const VERSION: &str = "Properties/Version";
@@ -68,11 +70,14 @@ const NODE_STATS: [(&str, u64, StatReader); 9] = [
     ("Statistics/Samples Dropped", 9, |s| s.samples_dropped),
 ];
 
-/// Every node message but the will: QoS 0, not retained (shared §12).
-fn data_message(topic: String, payload: &Payload) -> Message {
+mod commands;
+
+/// Every node message but the will: QoS 0, not retained (shared §12);
+/// births and data compressed as `[upstream] compression` says.
+fn data_message(topic: String, payload: &Payload, compression: Compression) -> Message {
     Message {
         topic,
-        payload: payload.encode_to_vec(),
+        payload: compression::encode(payload, compression),
         qos: Qos::AtMostOnce,
         retain: false,
     }
@@ -90,6 +95,25 @@ struct Session {
     births: Announced,
 }
 
+/// Which server the node speaks to, which decides what it can do there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The `[upstream]` servers: it follows the primary host, and can move
+    /// to the next server (`Node Control/Next Server`).
+    Uplink,
+    /// The embedded broker: there is no other server to move to.
+    LocalBroker,
+}
+
+/// The primary host the node follows.
+#[derive(Debug, Clone)]
+struct Host {
+    id: String,
+    /// Also follow the 2.2 STATE topic.
+    legacy: bool,
+    state: PrimaryHost,
+}
+
 /// The edge node.
 #[derive(Debug, Clone)]
 pub struct EdgeNode {
@@ -97,21 +121,46 @@ pub struct EdgeNode {
     aliases: Aliases,
     seq: Seq,
     session: Option<Session>,
-    host: Option<(String, PrimaryHost)>,
+    host: Option<Host>,
+    role: Role,
+    rebirths: RebirthGate,
+    /// How births and data are compressed.
+    compression: Compression,
+    /// The most bytes a compressed command may inflate to.
+    command_limit: usize,
     /// Node statistics as last published.
     reported: NodeStats,
 }
 
 impl EdgeNode {
-    /// A node for `config`, whose births wait for `primary_host` if given; no connection yet.
-    pub fn new(config: Arc<Config>, primary_host: Option<String>) -> EdgeNode {
-        let host = primary_host.map(|id| (id, PrimaryHost::default()));
+    /// A node for `config` speaking to the server of `role`; no connection yet.
+    /// As the uplink it follows `[upstream]`'s primary host, if one is set.
+    pub fn new(config: Arc<Config>, role: Role) -> EdgeNode {
+        let upstream = config.upstream.as_ref().filter(|_| role == Role::Uplink);
+        let host = upstream.and_then(|u| {
+            Some(Host {
+                id: u.primary_host.clone()?,
+                legacy: u.primary_host_legacy,
+                state: PrimaryHost::default(),
+            })
+        });
+        let min_interval =
+            upstream.map_or(DEFAULT_REBIRTH_MIN_INTERVAL, |u| u.rebirth_min_interval);
+        let compression = upstream.map_or(Compression::None, |u| u.compression);
+        let command_limit = config
+            .upstream
+            .as_ref()
+            .map_or(DEFAULT_MAX_PACKET_SIZE, |u| u.max_packet_size);
         EdgeNode {
             aliases: Aliases::new(&config),
             config,
             seq: Seq::default(),
             session: None,
             host,
+            role,
+            compression,
+            command_limit,
+            rebirths: RebirthGate::new(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX)),
             reported: NodeStats::default(),
         }
     }
@@ -158,16 +207,19 @@ impl EdgeNode {
                 Qos::AtLeastOnce,
             ),
         ];
-        if let Some((id, host)) = &mut self.host {
-            host.reset();
-            filters.push((state_topic(id), Qos::AtLeastOnce));
+        if let Some(host) = &mut self.host {
+            host.state.reset();
+            filters.push((state_topic(&host.id), Qos::AtLeastOnce));
+            if host.legacy {
+                filters.push((legacy_state_topic(&host.id), Qos::AtLeastOnce));
+            }
         }
         vec![Action::Subscribe(filters)]
     }
 
     /// Subscriptions are in place: birth now, unless waiting for the primary host.
     pub fn subscribed(&mut self, cache: &LastValues, stats: NodeStats) -> Vec<Action> {
-        if self.host.as_ref().is_some_and(|(_, h)| !h.is_online()) {
+        if self.host.as_ref().is_some_and(|h| !h.state.is_online()) {
             tracing::info!("waiting for the primary host to be online before the births");
             return Vec::new();
         }
@@ -177,8 +229,8 @@ impl EdgeNode {
     /// The connection is gone; the next one starts over.
     pub fn disconnected(&mut self) {
         self.session = None;
-        if let Some((_, host)) = &mut self.host {
-            host.reset();
+        if let Some(host) = &mut self.host {
+            host.state.reset();
         }
     }
 
@@ -190,6 +242,8 @@ impl EdgeNode {
         session.born = true;
         let bd_seq = session.bd_seq;
         let now = now_ms();
+        // Rebirth requests that waited are answered by these births.
+        self.rebirths.born(now);
         let mut metrics = vec![
             Metric {
                 name: Some(BD_SEQ.into()),
@@ -213,6 +267,15 @@ impl EdgeNode {
                 ..Metric::default()
             },
         ];
+        if self.role == Role::Uplink {
+            metrics.push(Metric {
+                name: Some(NEXT_SERVER.into()),
+                timestamp: Some(now),
+                datatype: Some(datatype::BOOLEAN),
+                value: Some(metric::Value::BooleanValue(false)),
+                ..Metric::default()
+            });
+        }
         for (name, alias, read) in NODE_STATS {
             metrics.push(Metric {
                 name: Some(name.into()),
@@ -276,7 +339,7 @@ impl EdgeNode {
     }
 
     fn publish(&self, topic: String, payload: &Payload) -> Action {
-        Action::Publish(data_message(topic, payload))
+        Action::Publish(data_message(topic, payload, self.compression))
     }
 
     /// What a bus task reported becomes DDATA, DBIRTH or DDEATH.
@@ -405,7 +468,11 @@ impl EdgeNode {
             seq: Some(self.seq.advance()),
             ..Payload::default()
         };
-        data_message(self.device_topic(MessageType::DData, device), &payload)
+        data_message(
+            self.device_topic(MessageType::DData, device),
+            &payload,
+            self.compression,
+        )
     }
 
     /// Node statistics that changed since last published, as NDATA.
@@ -437,168 +504,6 @@ impl EdgeNode {
         vec![self.publish(self.topic(MessageType::NData), &payload)]
     }
 
-    /// An incoming NCMD, DCMD or STATE.
-    pub fn message(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        retained: bool,
-        cache: &LastValues,
-        stats: NodeStats,
-    ) -> Vec<Action> {
-        if let Some((id, host)) = &mut self.host
-            && topic == state_topic(id)
-        {
-            return match host.observe(payload) {
-                Some(HostChange::Online) if !self.session.as_ref().is_some_and(|s| s.born) => {
-                    tracing::info!(host = %id, "primary host online");
-                    self.births(cache, stats)
-                }
-                Some(HostChange::Offline) => self.host_offline(),
-                _ => Vec::new(),
-            };
-        }
-        let node = &self.config.node;
-        let Some(parsed) = Topic::parse(topic)
-            .filter(|t| t.group_id == node.group_id && t.node_id == node.node_id)
-        else {
-            return Vec::new();
-        };
-        if !matches!(parsed.message_type, MessageType::NCmd | MessageType::DCmd) {
-            return Vec::new();
-        }
-        if retained {
-            return vec![Action::Reject(Rejection::Retained(topic.into()))];
-        }
-        let command = match Payload::decode(payload) {
-            Ok(command) => command,
-            Err(e) => {
-                return vec![Action::Reject(Rejection::Malformed(format!(
-                    "{topic}: not a Sparkplug B payload ({e})"
-                )))];
-            }
-        };
-        match (parsed.message_type, parsed.device_id) {
-            (MessageType::NCmd, None) => self.node_command(&command, cache, stats),
-            (MessageType::DCmd, Some(device)) => self.device_command(&device, &command),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The primary host went offline. A born node publishes NDEATH and
-    /// leaves the server, reconnecting with the next bdSeq
-    /// (tck-id-operational-behavior-edge-node-termination-host-offline);
-    /// a node still waiting moves on only when there is another server to
-    /// try (…-primary-application-state-with-multiple-servers-walk), since
-    /// reconnecting to the same one would change nothing.
-    fn host_offline(&mut self) -> Vec<Action> {
-        let born = self.session.as_ref().is_some_and(|s| s.born);
-        let servers = self.config.upstream.as_ref().map_or(1, |u| u.servers.len());
-        if !born && servers < 2 {
-            return Vec::new();
-        }
-        tracing::warn!("primary host offline: leaving this server");
-        let mut actions = self.farewell();
-        actions.push(Action::LeaveServer);
-        actions
-    }
-
-    fn node_command(
-        &mut self,
-        command: &Payload,
-        cache: &LastValues,
-        stats: NodeStats,
-    ) -> Vec<Action> {
-        // Only Rebirth is writable, but a host may echo the whole NBIRTH.
-        let has = 3 + NODE_STATS.len();
-        if command.metrics.len() > has {
-            return vec![Action::Reject(Rejection::Oversized {
-                target: "node".into(),
-                carried: command.metrics.len(),
-                has,
-            })];
-        }
-        let mut actions = Vec::new();
-        let mut rebirth = false;
-        for m in &command.metrics {
-            match (m.name.as_deref(), &m.value) {
-                (Some(REBIRTH), Some(metric::Value::BooleanValue(true))) => rebirth = true,
-                (Some(REBIRTH), Some(metric::Value::BooleanValue(false))) => {}
-                (Some(REBIRTH), _) => actions.push(Action::Reject(Rejection::WrongType {
-                    metric: REBIRTH.into(),
-                    expected: crate::core::value::DataType::Bool,
-                    got: "another type".into(),
-                })),
-                (Some(name), _) => actions.push(Action::Reject(Rejection::ReadOnly(name.into()))),
-                (None, _) => actions.push(Action::Reject(Rejection::UnknownMetric(format!(
-                    "alias {}",
-                    m.alias.unwrap_or_default()
-                )))),
-            }
-        }
-        // Stop sending data at once and birth again, seq from 0, same bdSeq
-        // (tck-id-operational-behavior-data-commands-rebirth-action-1..3).
-        if rebirth && self.session.as_ref().is_some_and(|s| s.born) {
-            tracing::info!("rebirth requested");
-            actions.extend(self.births(cache, stats));
-        }
-        actions
-    }
-
-    fn device_command(&mut self, device_name: &str, command: &Payload) -> Vec<Action> {
-        let Some((device, def)) = self.config.device_by_name(device_name) else {
-            return vec![Action::Reject(Rejection::UnknownDevice(device_name.into()))];
-        };
-        if command.metrics.len() > def.metrics.len() {
-            return vec![Action::Reject(Rejection::Oversized {
-                target: def.name.clone(),
-                carried: command.metrics.len(),
-                has: def.metrics.len(),
-            })];
-        }
-        let mut actions = Vec::new();
-        for m in &command.metrics {
-            let metric = match (m.alias, m.name.as_deref()) {
-                (Some(alias), _) => self.aliases.metric_of(device, alias),
-                (None, Some(name)) => def.metrics.iter().position(|x| x.name == name),
-                (None, None) => None,
-            };
-            let Some((metric, mdef)) = metric.and_then(|i| Some((i, def.metrics.get(i)?))) else {
-                let what = m.name.clone().map_or_else(
-                    || format!("alias {}", m.alias.unwrap_or_default()),
-                    |n| format!("\"{n}\""),
-                );
-                actions.push(Action::Reject(Rejection::UnknownMetric(what)));
-                continue;
-            };
-            let expected = mdef.value_type();
-            let got = match (&m.value, m.datatype) {
-                (_, Some(t)) if t != datatype_of(expected) => None,
-                (Some(field), _) if m.is_null != Some(true) => value_from_field(field, expected),
-                _ => None,
-            };
-            let Some(value) = got else {
-                actions.push(Action::Reject(Rejection::WrongType {
-                    metric: mdef.name.clone(),
-                    expected,
-                    got: describe(m),
-                }));
-                continue;
-            };
-            if !self.device_born(device) {
-                actions.push(Action::Reject(Rejection::DeviceOffline(def.name.clone())));
-                continue;
-            }
-            actions.push(
-                match command::prepare(&self.config, device, metric, value) {
-                    Ok(write) => Action::Write(write),
-                    Err(rejection) => Action::Reject(rejection),
-                },
-            );
-        }
-        actions
-    }
-
     /// NDEATH before a deliberate disconnect, with this connection's bdSeq;
     /// nothing when this connection never birthed.
     pub fn farewell(&mut self) -> Vec<Action> {
@@ -608,23 +513,6 @@ impl EdgeNode {
         let mut death = self.will(session.bd_seq);
         death.qos = Qos::AtMostOnce;
         vec![Action::Publish(death)]
-    }
-}
-
-fn describe(m: &Metric) -> String {
-    let field = match &m.value {
-        None => "no value",
-        Some(metric::Value::IntValue(_)) => "int_value",
-        Some(metric::Value::LongValue(_)) => "long_value",
-        Some(metric::Value::FloatValue(_)) => "float_value",
-        Some(metric::Value::DoubleValue(_)) => "double_value",
-        Some(metric::Value::BooleanValue(_)) => "boolean_value",
-        Some(metric::Value::StringValue(_)) => "string_value",
-        Some(_) => "an unsupported value",
-    };
-    match m.datatype {
-        Some(t) => format!("datatype {t} with {field}"),
-        None => field.to_owned(),
     }
 }
 
@@ -643,6 +531,7 @@ mod tests {
     use super::*;
     use crate::core::identity::Identity;
     use crate::core::value::{Fault, Quality, Value};
+    use crate::core::write::Rejection;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -680,11 +569,7 @@ type = "u16"
         );
         let config = Arc::new(Config::from_toml(Path::new("t.toml"), &text).unwrap());
         let cache = LastValues::new(&config);
-        let host = config
-            .upstream
-            .as_ref()
-            .and_then(|u| u.primary_host.clone());
-        (EdgeNode::new(config, host), cache)
+        (EdgeNode::new(config, Role::Uplink), cache)
     }
 
     fn online(cache: &mut LastValues) -> DeviceEvent<Config> {
@@ -1085,5 +970,102 @@ type = "u16"
         assert_eq!(p.metrics.len(), 1);
         assert_eq!(p.metrics[0].alias, Some(5));
         assert_eq!(p.metrics[0].value, Some(metric::Value::LongValue(2)));
+    }
+    fn node_control(name: &str, on: bool) -> Vec<u8> {
+        Payload {
+            metrics: vec![Metric {
+                name: Some(name.into()),
+                value: Some(metric::Value::BooleanValue(on)),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn next_server_says_goodbye_and_leaves_and_only_the_uplink_offers_it() {
+        let (mut node, mut cache) = node("");
+        online(&mut cache);
+        node.connected(3);
+        let births = node.subscribed(&cache, NodeStats::default());
+        let Some(Action::Publish(nbirth)) = births.first() else {
+            panic!("NBIRTH");
+        };
+        let nbirth = Payload::decode(nbirth.payload.as_slice()).unwrap();
+        let next = nbirth
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some(NEXT_SERVER))
+            .expect("Next Server in the NBIRTH");
+        assert_eq!(next.value, Some(metric::Value::BooleanValue(false)));
+        assert_eq!(next.alias, None);
+        let leave = node.message(
+            "spBv1.0/g/NCMD/n",
+            &node_control(NEXT_SERVER, true),
+            false,
+            &cache,
+            NodeStats::default(),
+        );
+        assert_eq!(published(&leave), vec![("spBv1.0/g/NDEATH/n".into(), None)]);
+        assert!(
+            matches!(leave.last(), Some(Action::LeaveServer)),
+            "{leave:?}"
+        );
+        assert!(!node.online());
+
+        let config = Arc::new(Config::from_toml(Path::new("t.toml"), CONFIG).unwrap());
+        let mut local = EdgeNode::new(config, Role::LocalBroker);
+        local.connected(0);
+        let births = local.subscribed(&cache, NodeStats::default());
+        let Some(Action::Publish(nbirth)) = births.first() else {
+            panic!("NBIRTH");
+        };
+        let nbirth = Payload::decode(nbirth.payload.as_slice()).unwrap();
+        assert!(
+            nbirth
+                .metrics
+                .iter()
+                .all(|m| m.name.as_deref() != Some(NEXT_SERVER)),
+            "the local broker is the only server there is"
+        );
+        let refused = local.message(
+            "spBv1.0/g/NCMD/n",
+            &node_control(NEXT_SERVER, true),
+            false,
+            &cache,
+            NodeStats::default(),
+        );
+        assert!(
+            matches!(&refused[..], [Action::Reject(Rejection::ReadOnly(_))]),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn rebirth_requests_in_a_burst_give_one_rebirth() {
+        let (mut node, mut cache) = node("rebirth_min_interval = \"1m\"");
+        online(&mut cache);
+        node.connected(3);
+        node.subscribed(&cache, NodeStats::default());
+        let mut nbirths = 0;
+        for _ in 0..50 {
+            let actions = node.message(
+                "spBv1.0/g/NCMD/n",
+                &node_control(REBIRTH, true),
+                false,
+                &cache,
+                NodeStats::default(),
+            );
+            nbirths += published(&actions)
+                .iter()
+                .filter(|(t, _)| t == "spBv1.0/g/NBIRTH/n")
+                .count();
+            assert!(node.tick(&cache, NodeStats::default()).is_empty());
+        }
+        assert_eq!(
+            nbirths, 0,
+            "the births of the connection answer requests within the interval"
+        );
     }
 }
