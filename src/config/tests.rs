@@ -1112,7 +1112,10 @@ fn connect_jitter_rebirth_interval_and_legacy_state_are_checked() {
             "profile = \"plain\"\ncompression = \"gzip\"",
             "compression applies only to profile = \"sparkplug\"",
         ),
-        ("compression = \"zip\"", "expected one of none, gzip, deflate"),
+        (
+            "compression = \"zip\"",
+            "expected one of none, gzip, deflate",
+        ),
     ] {
         let errs = errors(&upstream(keys));
         assert!(errs.iter().any(|e| e.contains(why)), "{keys}: {errs:?}");
