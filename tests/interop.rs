@@ -348,3 +348,197 @@ async fn pysparkplug_reads_compressed_births_and_data_and_sends_compressed_comma
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn pysparkplug_s_schema_reads_models_as_templates_and_a_dcmd_through_an_instance_is_carried_out()
+ {
+    let broker = Mosquitto::start().await;
+    let sim = Simulator::new();
+    for unit in [1, 2] {
+        sim.set_registers(unit, Table::Input, 0, &[0x4366, 0x8000]); // 230.5
+        sim.set_registers(unit, Table::Holding, 0, &[500]);
+    }
+    sim.set_registers(3, Table::Holding, 5, &[9]);
+    let (addr, server) = tcp_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fieldmq.toml");
+    let text = format!(
+        r#"
+[node]
+group_id = "interop"
+node_id = "gw"
+data_dir = "{}"
+
+[upstream]
+url = "mqtt://127.0.0.1:{}"
+templates = true
+connect_jitter = "0s"
+
+[broker]
+enabled = false
+
+[[model]]
+name = "meter"
+
+[[model.metric]]
+name = "voltage"
+register = 30001
+type = "f32"
+unit = "V"
+
+[[model.metric]]
+name = "setpoint"
+register = 40001
+type = "u16"
+writable = true
+
+[[bus]]
+name = "sim"
+kind = "tcp"
+address = "{addr}"
+
+[[device]]
+name = "m1"
+bus = "sim"
+unit = 1
+poll = "100ms"
+model = "meter"
+
+[[device]]
+name = "m2"
+bus = "sim"
+unit = 2
+poll = "100ms"
+model = "meter"
+
+[[device]]
+name = "plc"
+bus = "sim"
+unit = 3
+poll = "100ms"
+
+[[device.metric]]
+name = "level"
+register = 40006
+type = "u16"
+"#,
+        dir.path().join("data").display(),
+        broker.port
+    );
+    std::fs::write(&path, text).expect("config");
+    let mut host = PyHost::start(broker.port).await;
+    let gw = Gateway::run(&path, dir.path(), "gw");
+
+    let nbirth = host.next("NBIRTH").await;
+    assert_eq!(nbirth["templates"], true, "{nbirth}");
+    let definition = metric(&nbirth, "meter");
+    assert_eq!(definition["datatype"], 19, "Template");
+    assert_eq!(definition["alias"], Value::Null);
+    let t = &definition["template"];
+    assert_eq!(t["is_definition"], true);
+    assert_eq!(t["template_ref"], Value::Null);
+    assert!(t["version"].is_string());
+    let members = t["metrics"].as_array().expect("members");
+    let described: Vec<(&Value, &Value)> = members
+        .iter()
+        .map(|m| (&m["name"], &m["datatype"]))
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (&json!("voltage"), &json!(9)),
+            (&json!("setpoint"), &json!(6))
+        ]
+    );
+    assert_eq!(members[0]["unit"], "V");
+
+    let mut instance_alias = None;
+    for _ in 0..3 {
+        let dbirth = host.next("DBIRTH").await;
+        if dbirth["topic"] == "spBv1.0/interop/DBIRTH/gw/plc" {
+            assert_eq!(
+                metric(&dbirth, "level")["value"],
+                9,
+                "a device without a model: plain metrics"
+            );
+            continue;
+        }
+        let instance = metric(&dbirth, "meter");
+        let t = &instance["template"];
+        assert_eq!(
+            (&t["is_definition"], &t["template_ref"]),
+            (&json!(false), &json!("meter"))
+        );
+        assert_eq!(t["version"], definition["template"]["version"]);
+        let values: Vec<(&Value, &Value)> = t["metrics"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| (&m["name"], &m["value"]))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                (&json!("voltage"), &json!(230.5)),
+                (&json!("setpoint"), &json!(500))
+            ]
+        );
+        if dbirth["topic"] == "spBv1.0/interop/DBIRTH/gw/m1" {
+            instance_alias = instance["alias"].as_u64();
+        }
+    }
+    let instance_alias = instance_alias.expect("m1's instance has an alias");
+
+    // A member that changes: DDATA carries the instance by alias with only that member.
+    sim.set_registers(1, Table::Input, 0, &[0x4370, 0x0000]); // 240.0
+    let ddata = host
+        .next_where("m1's DDATA with the voltage", |v| {
+            v["topic"] == "spBv1.0/interop/DDATA/gw/m1"
+                && v["metrics"].as_array().is_some_and(|ms| {
+                    ms.iter().any(|m| {
+                        m["template"]["metrics"].as_array().is_some_and(|x| {
+                            x.iter()
+                                .any(|x| x["value"] == 240.0 && x["is_historical"] == false)
+                        })
+                    })
+                })
+        })
+        .await;
+    let instance = &ddata["metrics"][0];
+    assert_eq!(instance["alias"], instance_alias);
+    assert_eq!(instance["name"], "meter", "resolved through the DBIRTH");
+    let members = instance["template"]["metrics"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "only what changed: {ddata}");
+    assert_eq!(members[0]["name"], "voltage");
+
+    // A DCMD through the instance, as Ignition writes a UDT member.
+    host.send(json!({
+        "topic": "spBv1.0/interop/DCMD/gw/m1",
+        "instance": {
+            "alias": instance_alias,
+            "template_ref": "meter",
+            "members": [{"name": "setpoint", "datatype": "UINT16", "value": 640}],
+        },
+    }))
+    .await;
+    host.next_where("m1's DDATA with the setpoint", |v| {
+        v["topic"] == "spBv1.0/interop/DDATA/gw/m1"
+            && v["metrics"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["template"]["metrics"].as_array().is_some_and(|x| {
+                        x.iter()
+                            .any(|x| x["name"] == "setpoint" && x["value"] == 640)
+                    })
+                })
+            })
+    })
+    .await;
+    assert_eq!(sim.registers(1, Table::Holding, 0, 1), Some(vec![640]));
+    assert_eq!(
+        sim.registers(2, Table::Holding, 0, 1),
+        Some(vec![500]),
+        "only m1"
+    );
+    gw.terminate().await;
+    server.abort();
+}

@@ -96,10 +96,9 @@ pub fn print_check(config: &Config) {
             .iter()
             .filter_map(|d| Some((d, d.modbus().filter(|m| m.bus == index)?)))
         {
-            let model = device
-                .model
-                .as_ref()
-                .map_or_else(String::new, |m| format!(" (model {m})"));
+            let model = device.model.as_ref().map_or_else(String::new, |m| {
+                format!(" (model {m}{})", template_note(config, device))
+            });
             let model = if modbus.identify {
                 model
             } else {
@@ -148,6 +147,25 @@ pub fn print_check(config: &Config) {
         }
     }
     print_gpio(config);
+}
+
+/// With `[upstream] templates`: whether the device is published as an
+/// instance of its model's Template, or why not.
+fn template_note(config: &Config, device: &fieldmq::config::Device) -> String {
+    if !config.upstream.as_ref().is_some_and(|u| u.templates) {
+        return String::new();
+    }
+    let Some(model) = config
+        .models
+        .iter()
+        .find(|m| Some(&m.name) == device.model.as_ref())
+    else {
+        return String::new();
+    };
+    match fieldmq::profile::sparkplug::template::fits(&model.metrics, &device.metrics) {
+        Ok(()) => ", a Template instance".to_owned(),
+        Err(why) => format!(", plain metrics, not a Template instance: {why}"),
+    }
 }
 
 /// GPIO devices, each with its pins.

@@ -312,8 +312,8 @@ impl<'a> Checker<'a> {
             devices.push(device);
             metrics_written.push(entries);
         }
-        self.unused_models(&catalog, &raw.device);
-        let models = self.known_models(&catalog, path);
+        let model_metrics = self.model_metrics(&catalog, &raw.device);
+        let models = self.known_models(&catalog, model_metrics, path);
         if let Some(u) = upstream
             .as_ref()
             .filter(|u| u.profile == Profile::Plain && !self.broken_template)

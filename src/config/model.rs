@@ -8,19 +8,21 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::ConfigError;
 use super::Diagnostic;
 use super::check::{BYTE_ORDERS, Checker, DEFAULT_RETAIN, Publishing, WORD_ORDERS, line_of};
 use super::raw::{RawDevice, RawMetric, RawModel, RawModelFile};
+use super::{ConfigError, Metric};
 use crate::core::identity::Identity;
 use crate::core::layout::Limits;
 use crate::core::message::Qos;
 
-/// A model as `scan` matches devices against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A model: what `scan` matches devices against, and what a Sparkplug
+/// Template definition declares.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KnownModel {
     /// What `model = "..."` names.
     pub name: String,
@@ -28,6 +30,9 @@ pub struct KnownModel {
     pub identity: Option<ModelIdentity>,
     /// The file it was written in.
     pub file: PathBuf,
+    /// Its metrics as a device without settings of its own has them (empty
+    /// for models read by `scan`, which needs only the identity).
+    pub metrics: Arc<[Metric]>,
 }
 
 /// `[model.identity]`: the vendor and product code a device of the model reports.
@@ -77,6 +82,7 @@ impl KnownModel {
                     product_code: i.product_code.get_ref().clone(),
                 }),
                 file: path.clone(),
+                metrics: Arc::from(Vec::new()),
             }));
         }
         models.sort_by(|a, b| a.name.cmp(&b.name));
@@ -272,28 +278,27 @@ impl<'a> Checker<'a> {
         catalog
     }
 
-    /// Checks the models no device uses, once each, as a device with no
-    /// settings of its own would use them: a broken model in an included
-    /// library is reported before the day a device takes it.
-    pub(super) fn unused_models(
+    /// Each model's metrics as a device with no settings of its own would
+    /// have them: what a Sparkplug Template definition declares. Models no
+    /// device uses are checked here, once each, so a broken model in an
+    /// included library is reported before the day a device takes it; the
+    /// problems of a used model were already reported for its devices.
+    pub(super) fn model_metrics(
         &mut self,
         catalog: &HashMap<String, ModelRef<'a>>,
         devices: &[RawDevice],
-    ) {
-        let mut unused: Vec<&ModelRef<'a>> = catalog
-            .values()
-            .filter(|m| {
-                !devices.iter().any(|d| {
-                    d.model
-                        .as_ref()
-                        .is_some_and(|n| n.get_ref() == m.raw.name.get_ref())
-                })
-            })
-            .collect();
-        unused.sort_by_key(|m| m.raw.name.get_ref());
-        for model in unused {
-            let ctx = format!("model \"{}\"", model.raw.name.get_ref());
-            self.in_source(model.source, |c| {
+    ) -> HashMap<String, Arc<[Metric]>> {
+        let mut models: Vec<&ModelRef<'a>> = catalog.values().collect();
+        models.sort_by_key(|m| m.raw.name.get_ref());
+        let mut lists = HashMap::new();
+        for model in models {
+            let name = model.raw.name.get_ref();
+            let used = devices
+                .iter()
+                .any(|d| d.model.as_ref().is_some_and(|n| n.get_ref() == name));
+            let reported = self.diagnostics.len();
+            let ctx = format!("model \"{name}\"");
+            let metrics = self.in_source(model.source, |c| {
                 let defaults = Limits::default();
                 let limits = Limits {
                     max_registers: model
@@ -336,13 +341,19 @@ impl<'a> Checker<'a> {
                         from_model: true,
                     })
                     .collect();
-                let metrics: Vec<_> = entries
+                let metrics: Vec<Metric> = entries
                     .iter()
                     .map(|e| c.metric(&ctx, e.raw, byte_order, word_order, &limits, publishing))
                     .collect();
                 c.overlaps(&ctx, &entries, &metrics);
+                metrics
             });
+            if used {
+                self.diagnostics.truncate(reported);
+            }
+            lists.insert(name.clone(), Arc::from(metrics));
         }
+        lists
     }
 
     /// The catalog as `scan` sees it, by name; an identity with an empty
@@ -351,6 +362,7 @@ impl<'a> Checker<'a> {
     pub(super) fn known_models(
         &mut self,
         catalog: &HashMap<String, ModelRef<'a>>,
+        mut metrics: HashMap<String, Arc<[Metric]>>,
         config_path: &Path,
     ) -> Vec<KnownModel> {
         let mut models: Vec<KnownModel> = catalog
@@ -380,6 +392,9 @@ impl<'a> Checker<'a> {
                     name: model.raw.name.get_ref().clone(),
                     identity,
                     file: model.source.file.unwrap_or(config_path).to_owned(),
+                    metrics: metrics
+                        .remove(model.raw.name.get_ref())
+                        .unwrap_or_else(|| Arc::from(Vec::new())),
                 }
             })
             .collect();

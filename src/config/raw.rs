@@ -90,6 +90,7 @@ pub struct RawUpstream {
     pub connect_jitter: Option<Spanned<String>>,
     pub rebirth_min_interval: Option<Spanned<String>>,
     pub compression: Option<Spanned<String>>,
+    pub templates: Option<Spanned<bool>>,
     pub profile: Option<Spanned<String>>,
     pub topic_template: Option<Spanned<String>>,
 }

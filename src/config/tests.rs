@@ -1032,7 +1032,21 @@ fn a_model_may_say_how_its_devices_identify_and_scan_finds_it_by_that() {
     assert!(!meter.fits(&identity("ACME", "PM-10")));
     let installed =
         KnownModel::installed(&dir.path().join("models/*.toml")).expect("a models file");
-    assert_eq!(installed, vec![meter.clone()]);
+    assert_eq!(installed.len(), 1);
+    assert_eq!(
+        (
+            &installed[0].name,
+            &installed[0].identity,
+            &installed[0].file
+        ),
+        (&meter.name, &meter.identity, &meter.file)
+    );
+    let names: Vec<&str> = meter.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["voltage", "power"],
+        "the model's own metrics, for a Template definition"
+    );
 
     let empty = identified.replace("vendor = \"ACME\"", "vendor = \" \"");
     let (_dir, config) = load_site(&[("main.toml", SITE), ("models/meter.toml", &empty)]);
@@ -1120,4 +1134,17 @@ fn connect_jitter_rebirth_interval_and_legacy_state_are_checked() {
         let errs = errors(&upstream(keys));
         assert!(errs.iter().any(|e| e.contains(why)), "{keys}: {errs:?}");
     }
+}
+
+#[test]
+fn templates_are_for_the_sparkplug_profile() {
+    let errs = errors(&with(
+        "[[bus]]\nname = \"rs485-1\"",
+        "[upstream]\nurl = \"mqtt://b\"\nprofile = \"plain\"\ntemplates = true\n\n[[bus]]\nname = \"rs485-1\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("templates applies only to profile = \"sparkplug\"")),
+        "{errs:?}"
+    );
 }

@@ -104,6 +104,8 @@ pub struct Upstream {
     pub rebirth_min_interval: Duration,
     /// Sparkplug: how births and data are compressed.
     pub compression: Compression,
+    /// Sparkplug: each model is a Template, each device of a model an instance of it.
+    pub templates: bool,
     /// Sparkplug or plain.
     pub profile: Profile,
     /// Plain profile: the topic of each metric.
@@ -340,6 +342,16 @@ impl<'a> Checker<'a> {
                 Some(chosen)
             })
             .unwrap_or_default();
+        let templates = raw.templates.as_ref().is_some_and(|t| {
+            if *t.get_ref() && profile == Profile::Plain {
+                self.error(
+                    t.span(),
+                    ctx,
+                    "templates applies only to profile = \"sparkplug\"".into(),
+                );
+            }
+            *t.get_ref()
+        });
         let republish = raw.republish.as_ref().and_then(|r| {
             if profile == Profile::Sparkplug {
                 self.error(r.span(), ctx, "republish applies only to profile = \"plain\"; Sparkplug births carry the current values".into());
@@ -380,6 +392,7 @@ impl<'a> Checker<'a> {
             connect_jitter,
             rebirth_min_interval,
             compression,
+            templates,
             republish,
             profile,
             topic_template,

@@ -27,7 +27,7 @@ pub use crate::profile::sparkplug::edge::Role;
 #[derive(Debug, Clone)]
 pub enum NodeProfile {
     /// Sparkplug B edge node.
-    Sparkplug(EdgeNode),
+    Sparkplug(Box<EdgeNode>),
     /// Plain JSON topics.
     Plain(PlainNode),
 }
@@ -36,7 +36,7 @@ impl NodeProfile {
     /// The profile `profile` for `config`, speaking to the server of `role`.
     pub fn new(config: Arc<Config>, profile: Profile, role: Role) -> NodeProfile {
         match profile {
-            Profile::Sparkplug => NodeProfile::Sparkplug(EdgeNode::new(config, role)),
+            Profile::Sparkplug => NodeProfile::Sparkplug(Box::new(EdgeNode::new(config, role))),
             Profile::Plain => NodeProfile::Plain(PlainNode::new(config)),
         }
     }

@@ -50,6 +50,79 @@ def unwrap(raw):
     raise ValueError(f"unknown algorithm {algorithm}")
 
 
+def has_templates(raw):
+    p = pb.Payload()
+    p.ParseFromString(raw)
+    return any(m.HasField("template_value") for m in p.metrics)
+
+
+def template_json(raw, aliases):
+    """A payload holding Templates, read with the Sparkplug protobuf schema
+    pysparkplug ships (pysparkplug itself does not decode Templates).
+    `aliases` maps this edge's aliases to names, from its births."""
+    p = pb.Payload()
+    p.ParseFromString(raw)
+
+    def metric(m):
+        name = m.name if m.HasField("name") else aliases.get(m.alias)
+        if m.HasField("alias") and m.HasField("name"):
+            aliases[m.alias] = m.name
+        out = {
+            "name": name,
+            "alias": m.alias if m.HasField("alias") else None,
+            "datatype": m.datatype if m.HasField("datatype") else None,
+            "is_null": m.is_null,
+            "is_historical": m.is_historical,
+        }
+        if m.HasField("properties"):
+            for key, value in zip(m.properties.keys, m.properties.values):
+                if key == "engUnit":
+                    out["unit"] = value.string_value
+        kind = m.WhichOneof("value")
+        if kind == "template_value":
+            t = m.template_value
+            out["template"] = {
+                "version": t.version if t.HasField("version") else None,
+                "template_ref": t.template_ref if t.HasField("template_ref") else None,
+                "is_definition": t.is_definition if t.HasField("is_definition") else None,
+                "metrics": [metric(member) for member in t.metrics],
+            }
+        elif kind is not None:
+            out["value"] = getattr(m, kind)
+        return out
+
+    return {"seq": p.seq if p.HasField("seq") else None, "timestamp": p.timestamp,
+            "metrics": [metric(m) for m in p.metrics]}
+
+
+def instance_command(instance):
+    """A DCMD addressing Template members through their instance:
+    {"alias" or "name", "template_ref", "members": [{"name", "datatype", "value"}]}."""
+    p = pb.Payload()
+    p.timestamp = sp.get_current_timestamp()
+    m = p.metrics.add()
+    if "alias" in instance:
+        m.alias = instance["alias"]
+    else:
+        m.name = instance["name"]
+    m.datatype = 19
+    m.template_value.template_ref = instance["template_ref"]
+    m.template_value.is_definition = False
+    for member in instance["members"]:
+        x = m.template_value.metrics.add()
+        x.name = member["name"]
+        x.datatype = sp.DataType[member["datatype"]].value
+        if member["datatype"] in ("FLOAT",):
+            x.float_value = member["value"]
+        elif member["datatype"] in ("DOUBLE",):
+            x.double_value = member["value"]
+        elif member["datatype"] == "BOOLEAN":
+            x.boolean_value = member["value"]
+        else:
+            x.int_value = member["value"]
+    return p.SerializeToString()
+
+
 def wrap(raw, algorithm):
     outer = pb.Payload()
     outer.timestamp = sp.get_current_timestamp()
@@ -84,6 +157,7 @@ def main():
     args = parser.parse_args()
 
     births = {}
+    template_aliases = {}
 
     def on_connect(client, userdata, flags, rc):
         client.subscribe("spBv1.0/#", qos=1)
@@ -102,6 +176,21 @@ def main():
             return
         try:
             raw, compressed = unwrap(msg.payload)
+            if has_templates(raw):
+                if kind in ("NBIRTH", "DBIRTH"):
+                    # What pysparkplug can read of the birth, for the plain
+                    # metrics of later data.
+                    plain = pb.Payload()
+                    plain.ParseFromString(raw)
+                    kept = [m for m in plain.metrics if not m.HasField("template_value")]
+                    del plain.metrics[:]
+                    plain.metrics.extend(kept)
+                    births[edge] = decoder.decode(plain.SerializeToString())
+                decoded = template_json(raw, template_aliases.setdefault(edge, {}))
+                decoded.update({"topic": msg.topic, "type": kind, "compressed": compressed,
+                                "templates": True})
+                emit(decoded)
+                return
             if kind in ("NDATA", "DDATA"):
                 payload = decoder.decode(raw, birth=births.get(edge))
             else:
@@ -149,6 +238,9 @@ def main():
             if not line:
                 continue
             cmd = json.loads(line)
+            if "instance" in cmd:
+                client.publish(cmd["topic"], instance_command(cmd["instance"]), qos=0)
+                continue
             metrics = tuple(
                 sp.Metric(
                     timestamp=sp.get_current_timestamp(),

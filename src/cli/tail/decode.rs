@@ -228,7 +228,8 @@ impl Tail {
         decoded
             .metrics
             .iter()
-            .map(|m| format!("{head}  {}", describe(m, births)))
+            .flat_map(|m| shown(m, births))
+            .map(|line| format!("{head}  {line}"))
             .collect()
     }
 }
@@ -252,7 +253,62 @@ impl Births {
             self.by_alias.insert(alias, known.clone());
         }
         self.by_name.insert(name.clone(), known);
+        // An instance's members are known as `instance/member`.
+        if let Some(metric::Value::TemplateValue(t)) = &m.value
+            && t.is_definition != Some(true)
+        {
+            for member in t.metrics.iter().take(MAX_METRICS_PER_BIRTH) {
+                if let Some(member_name) = &member.name {
+                    self.learn(&Metric {
+                        name: Some(format!("{name}/{member_name}")),
+                        alias: None,
+                        value: None,
+                        ..member.clone()
+                    });
+                }
+            }
+        }
     }
+}
+
+/// The lines of one metric: one, or one per member of a Template instance
+/// (`instance/member = value`); a definition says what it defines.
+fn shown(m: &Metric, births: Option<&Births>) -> Vec<String> {
+    let Some(metric::Value::TemplateValue(t)) = &m.value else {
+        return vec![describe(m, births)];
+    };
+    let name = m
+        .name
+        .clone()
+        .or_else(|| {
+            let b = births?;
+            Some(b.by_alias.get(&m.alias?)?.name.clone())
+        })
+        .unwrap_or_else(|| format!("alias {} (no birth seen)", m.alias.unwrap_or_default()));
+    if t.is_definition == Some(true) {
+        let members: Vec<String> = t.metrics.iter().filter_map(|x| x.name.clone()).collect();
+        return vec![printable(&format!(
+            "{name} = Template definition{}: {}",
+            t.version
+                .as_deref()
+                .map_or_else(String::new, |v| format!(" version {v}")),
+            members.join(", ")
+        ))];
+    }
+    t.metrics
+        .iter()
+        .map(|member| {
+            let full = Metric {
+                name: Some(format!(
+                    "{name}/{}",
+                    member.name.as_deref().unwrap_or("(unnamed)")
+                )),
+                is_historical: member.is_historical.or(m.is_historical),
+                ..member.clone()
+            };
+            describe(&full, births)
+        })
+        .collect()
 }
 
 /// `name = value unit`, flagged historical, null or of unknown alias.
@@ -484,5 +540,89 @@ mod tests {
         broken.body = Some(b"garbage".to_vec());
         let lines = tail.lines("spBv1.0/g/DDATA/n/meter", &broken.encode_to_vec());
         assert!(lines[0].contains("does not inflate"), "{lines:?}");
+    }
+
+    #[test]
+    fn template_definitions_and_instances_are_shown_member_by_member() {
+        use fieldmq::profile::sparkplug::proto::payload::{PropertySet, PropertyValue, Template};
+        let mut tail = Tail::new();
+        let member = |name: &str, value: Option<metric::Value>, unit: Option<&str>| Metric {
+            name: Some(name.into()),
+            datatype: Some(9),
+            value,
+            properties: unit.map(|u| PropertySet {
+                keys: vec!["engUnit".into()],
+                values: vec![PropertyValue {
+                    r#type: Some(12),
+                    is_null: None,
+                    value: Some(property_value::Value::StringValue(u.into())),
+                }],
+            }),
+            ..Metric::default()
+        };
+        let template = |definition: bool, members: Vec<Metric>| {
+            Some(metric::Value::TemplateValue(Template {
+                version: Some("v1".into()),
+                metrics: members,
+                template_ref: (!definition).then(|| "meter".into()),
+                is_definition: Some(definition),
+                ..Template::default()
+            }))
+        };
+        let nbirth = Payload {
+            seq: Some(0),
+            metrics: vec![Metric {
+                name: Some("meter".into()),
+                datatype: Some(19),
+                value: template(true, vec![member("voltage", None, Some("V"))]),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        };
+        assert_eq!(
+            tail.lines("spBv1.0/g/NBIRTH/n", &nbirth.encode_to_vec()),
+            ["NBIRTH g/n seq=0  meter = Template definition version v1: voltage"]
+        );
+        let dbirth = Payload {
+            seq: Some(1),
+            metrics: vec![Metric {
+                name: Some("meter".into()),
+                alias: Some(16),
+                datatype: Some(19),
+                value: template(
+                    false,
+                    vec![member(
+                        "voltage",
+                        Some(metric::Value::FloatValue(230.5)),
+                        Some("V"),
+                    )],
+                ),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        };
+        assert_eq!(
+            tail.lines("spBv1.0/g/DBIRTH/n/m1", &dbirth.encode_to_vec()),
+            ["DBIRTH g/n/m1 seq=1  meter/voltage = 230.5 V"]
+        );
+        let ddata = Payload {
+            seq: Some(2),
+            metrics: vec![Metric {
+                alias: Some(16),
+                value: template(
+                    false,
+                    vec![Metric {
+                        datatype: None,
+                        ..member("voltage", Some(metric::Value::FloatValue(231.0)), None)
+                    }],
+                ),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        };
+        assert_eq!(
+            tail.lines("spBv1.0/g/DDATA/n/m1", &ddata.encode_to_vec()),
+            ["DDATA  g/n/m1 seq=2  meter/voltage = 231 V"]
+        );
     }
 }

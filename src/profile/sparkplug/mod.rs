@@ -6,6 +6,7 @@ pub mod host;
 pub mod payload;
 pub mod rebirth;
 pub mod seq;
+pub mod template;
 pub mod topic;
 
 /// The protobuf messages generated from `proto/sparkplug_b.proto`.

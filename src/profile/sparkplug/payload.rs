@@ -36,6 +36,8 @@ pub mod datatype {
     pub const BOOLEAN: u32 = 11;
     /// String.
     pub const STRING: u32 = 12;
+    /// Template (a definition or an instance of one).
+    pub const TEMPLATE: u32 = 19;
 }
 
 /// The `Quality` property values Sparkplug hosts understand.

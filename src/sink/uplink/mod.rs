@@ -178,9 +178,10 @@ impl Uplink {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut confirm_tick = tokio::time::interval(self.confirm_interval);
         confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        // Checked ten times a period (1 s..1 min): a value is republished at most that late.
+        // Checked ten times a period (100 ms..1 min): a value is republished
+        // at most a tenth of its period late.
         let republish_every = self.republish.map_or(Duration::from_secs(60), |p| {
-            (p / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+            (p / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
         });
         let mut republish_tick = tokio::time::interval(republish_every);
         republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -3,7 +3,7 @@
 
 use prost::Message as _;
 
-use crate::core::value::now_ms;
+use crate::core::value::{MetricId, now_ms};
 use crate::core::write::Rejection;
 use crate::profile::action::{Action, NodeStats};
 use crate::profile::command;
@@ -189,20 +189,40 @@ impl EdgeNode {
         let Some((device, def)) = self.config.device_by_name(device_name) else {
             return vec![Action::Reject(Rejection::UnknownDevice(device_name.into()))];
         };
-        if command.metrics.len() > def.metrics.len() {
+        // Each metric of the command, or each member of an instance it
+        // carries, with the device metric it addresses if any.
+        let mut addressed: Vec<(Option<MetricId>, &Metric)> = Vec::new();
+        for m in &command.metrics {
+            if let Some(members) = self
+                .templates
+                .as_ref()
+                .and_then(|t| t.command_members(&self.config, &self.aliases, device, m))
+            {
+                addressed.extend(members);
+                continue;
+            }
+            let metric = match (m.alias, m.name.as_deref()) {
+                (Some(alias), _) => self.aliases.metric_of(device, alias).filter(|&i| {
+                    // A member has no alias of its own: it was never announced.
+                    !self
+                        .templates
+                        .as_ref()
+                        .is_some_and(|t| t.is_member(device, i))
+                }),
+                (None, Some(name)) => def.metrics.iter().position(|x| x.name == name),
+                (None, None) => None,
+            };
+            addressed.push((metric, m));
+        }
+        if addressed.len() > def.metrics.len() {
             return vec![Action::Reject(Rejection::Oversized {
                 target: def.name.clone(),
-                carried: command.metrics.len(),
+                carried: addressed.len(),
                 has: def.metrics.len(),
             })];
         }
         let mut actions = Vec::new();
-        for m in &command.metrics {
-            let metric = match (m.alias, m.name.as_deref()) {
-                (Some(alias), _) => self.aliases.metric_of(device, alias),
-                (None, Some(name)) => def.metrics.iter().position(|x| x.name == name),
-                (None, None) => None,
-            };
+        for (metric, m) in addressed {
             let Some((metric, mdef)) = metric.and_then(|i| Some((i, def.metrics.get(i)?))) else {
                 let what = m.name.clone().map_or_else(
                     || format!("alias {}", m.alias.unwrap_or_default()),

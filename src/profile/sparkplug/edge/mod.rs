@@ -35,6 +35,7 @@ use crate::profile::sparkplug::proto::Payload;
 use crate::profile::sparkplug::proto::payload::{Metric, metric};
 use crate::profile::sparkplug::rebirth::RebirthGate;
 use crate::profile::sparkplug::seq::Seq;
+use crate::profile::sparkplug::template::Templates;
 use crate::profile::sparkplug::topic::{MessageType, Topic, legacy_state_topic, state_topic};
 
 /// The gateway's version, a node property.
@@ -128,6 +129,8 @@ pub struct EdgeNode {
     compression: Compression,
     /// The most bytes a compressed command may inflate to.
     command_limit: usize,
+    /// With `[upstream] templates`: models as Templates, devices as instances.
+    templates: Option<Templates>,
     /// Node statistics as last published.
     reported: NodeStats,
 }
@@ -147,6 +150,9 @@ impl EdgeNode {
         let min_interval =
             upstream.map_or(DEFAULT_REBIRTH_MIN_INTERVAL, |u| u.rebirth_min_interval);
         let compression = upstream.map_or(Compression::None, |u| u.compression);
+        let templates = upstream
+            .filter(|u| u.templates)
+            .map(|_| Templates::new(&config));
         let command_limit = config
             .upstream
             .as_ref()
@@ -160,6 +166,7 @@ impl EdgeNode {
             role,
             compression,
             command_limit,
+            templates,
             rebirths: RebirthGate::new(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX)),
             reported: NodeStats::default(),
         }
@@ -267,6 +274,9 @@ impl EdgeNode {
                 ..Metric::default()
             },
         ];
+        if let Some(templates) = &self.templates {
+            metrics.extend(templates.definitions(now));
+        }
         if self.role == Role::Uplink {
             metrics.push(Metric {
                 name: Some(NEXT_SERVER.into()),
@@ -307,12 +317,15 @@ impl EdgeNode {
         *session.devices_born.get_mut(device)? = true;
         let snapshot = cache.snapshot(device);
         session.births.record(device, &snapshot);
-        let mut metrics: Vec<Metric> = snapshot
-            .iter()
-            .filter_map(|s| birth_metric(&self.config, &self.aliases, s))
-            .collect();
+        let now = now_ms();
+        let mut metrics: Vec<Metric> = match &self.templates {
+            Some(t) => t.birth(&self.config, &self.aliases, device, &snapshot, now),
+            None => snapshot
+                .iter()
+                .filter_map(|s| birth_metric(&self.config, &self.aliases, s))
+                .collect(),
+        };
         if let Some(identity) = cache.identity(device) {
-            let now = now_ms();
             let values = [&identity.vendor, &identity.product_code, &identity.revision];
             // Without alias: they are never in DDATA.
             metrics.extend(IDENTITY.iter().zip(values).map(|(name, value)| Metric {
@@ -367,6 +380,25 @@ impl EdgeNode {
     /// and new devices get a DBIRTH (now if online, else when they answer);
     /// devices that are the same keep their birth and hear nothing.
     pub fn reconfigure(&mut self, config: Arc<Config>, cache: &LastValues) -> Vec<Action> {
+        if let Some(old) = &self.templates {
+            let new = Templates::new(&config);
+            if !old.defines_as(&new) {
+                // Definitions live in the NBIRTH: the whole node is born again.
+                self.aliases = Aliases::new(&config);
+                self.config = config;
+                self.templates = Some(new);
+                if let Some(session) = self.session.as_mut() {
+                    session.devices_born = vec![false; self.config.devices.len()];
+                    session.births = Announced::new(self.config.devices.len());
+                }
+                if !self.online() {
+                    return Vec::new();
+                }
+                tracing::info!("reload changed a model's Template definition: rebirth");
+                return self.births(cache, self.reported);
+            }
+            self.templates = Some(new);
+        }
         let aliases = Aliases::new(&config);
         let same: Vec<bool> = (0..self.config.devices.len())
             .map(|d| {
@@ -459,12 +491,24 @@ impl EdgeNode {
     }
 
     fn device_data(&mut self, device: DeviceId, samples: &[Sample], historical: bool) -> Message {
-        let payload = Payload {
-            timestamp: Some(now_ms()),
-            metrics: samples
+        let now = now_ms();
+        let metrics = match &self.templates {
+            Some(t) => t.data(
+                &self.config,
+                &self.aliases,
+                device,
+                samples,
+                historical,
+                now,
+            ),
+            None => samples
                 .iter()
                 .map(|s| data_metric(&self.aliases, s, historical))
                 .collect(),
+        };
+        let payload = Payload {
+            timestamp: Some(now),
+            metrics,
             seq: Some(self.seq.advance()),
             ..Payload::default()
         };
@@ -1067,5 +1111,69 @@ type = "u16"
             nbirths, 0,
             "the births of the connection answer requests within the interval"
         );
+    }
+
+    #[test]
+    fn the_example_site_births_as_templates_within_max_packet_size() {
+        let site = std::fs::read_to_string("examples/site.toml").unwrap();
+        let births = |templates: bool| {
+            let text = format!("{site}\n[upstream]\nurl = \"mqtt://b\"\ntemplates = {templates}\n");
+            let config =
+                Arc::new(Config::from_toml(Path::new("examples/site.toml"), &text).unwrap());
+            let mut cache = LastValues::new(&config);
+            for device in 0..config.devices.len() {
+                cache.apply(&DeviceEvent::Online {
+                    device,
+                    samples: Vec::new(),
+                    identity: None,
+                });
+            }
+            let mut node = EdgeNode::new(Arc::clone(&config), Role::Uplink);
+            node.connected(0);
+            let limit = config.upstream.as_ref().map_or(0, |u| u.max_packet_size);
+            let messages: Vec<Message> = node
+                .subscribed(&cache, NodeStats::default())
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(messages.len(), 1 + config.devices.len());
+            for m in &messages {
+                assert!(
+                    m.payload.len() < limit,
+                    "{}: {} bytes",
+                    m.topic,
+                    m.payload.len()
+                );
+            }
+            messages
+        };
+        let with = births(true);
+        let nbirth = Payload::decode(with[0].payload.as_slice()).unwrap();
+        let defined: Vec<&str> = nbirth
+            .metrics
+            .iter()
+            .filter(|m| matches!(&m.value, Some(metric::Value::TemplateValue(t)) if t.is_definition == Some(true)))
+            .filter_map(|m| m.name.as_deref())
+            .collect();
+        assert_eq!(
+            defined,
+            ["eastron-sdm630", "eastron-sdm120"],
+            "one definition per model in use"
+        );
+        let instances = with[1..]
+            .iter()
+            .filter(|m| {
+                Payload::decode(m.payload.as_slice())
+                    .is_ok_and(|p| p.metrics.iter().any(|x| x.datatype == Some(19)))
+            })
+            .count();
+        assert_eq!(
+            instances, 11,
+            "the meters but the incomer, whose scaled override makes a Double of a Float member; the PLC has no model"
+        );
+        assert_eq!(births(false).len(), with.len());
     }
 }
