@@ -28,6 +28,8 @@ data_dir = "{}"
 url = "mqtt://127.0.0.1:{port}"
 profile = "plain"
 keep_alive = "5s"
+# At once: samples polled while waiting would be replayed with older timestamps.
+connect_jitter = "0s"
 {session}
 
 [broker]

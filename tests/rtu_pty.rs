@@ -334,6 +334,7 @@ async fn scan_on_a_serial_line_finds_exactly_the_units_that_answer_within_its_bo
             parity: fieldmq::config::Parity::None,
             data_bits: 8,
             stop_bits: 1,
+            byte_timeout: None,
         }),
         timeout: Duration::from_millis(100),
         turnaround: Duration::ZERO,

@@ -144,9 +144,52 @@ pub fn print_check(config: &Config) {
                     );
                 }
             }
+            if let Transport::Rtu(line) = &bus.transport {
+                print_frame_timing(bus, line, device);
+            }
         }
     }
     print_gpio(config);
+}
+
+/// On a serial line: the device's longest answer and its time on the wire
+/// (the timeout counts to an answer's first byte, the rest gets its wire
+/// time), and a warning when the timeout is shorter than an answer can
+/// take to start at all.
+fn print_frame_timing(
+    bus: &fieldmq::config::Bus,
+    line: &fieldmq::config::SerialLine,
+    device: &fieldmq::config::Device,
+) {
+    let longest = device
+        .periods()
+        .iter()
+        .flat_map(|p| ReadPlan::for_period(device, *p).requests().to_vec())
+        .map(|r| {
+            let data = if r.table.is_bits() {
+                usize::from(r.count).div_ceil(8)
+            } else {
+                2 * usize::from(r.count)
+            };
+            5 + data
+        })
+        .max()
+        .unwrap_or(0);
+    let ms = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    say!(
+        "    longest answer {longest} bytes: {} on the wire after its first byte arrives",
+        ms(line.wire_time(longest))
+    );
+    // An 8-byte request must leave, and the line be silent, before any answer starts.
+    let earliest = line.wire_time(8) + line.silent_interval() + line.wire_time(1);
+    if bus.timeout <= earliest {
+        say!(
+            "    warning: timeout {} is shorter than an answer needs to start at {} baud ({}): every request will time out",
+            humantime::format_duration(bus.timeout),
+            line.baud,
+            ms(earliest)
+        );
+    }
 }
 
 /// With `[upstream] templates`: whether the device is published as an

@@ -245,6 +245,7 @@ fn targets(args: &ScanArgs) -> Result<(Vec<Bus>, bool, Vec<KnownModel>), Target>
                     parity: parity.into(),
                     data_bits: args.data_bits,
                     stop_bits: args.stop_bits,
+                    byte_timeout: None,
                 })));
             }
         }

@@ -40,6 +40,7 @@ impl Checker<'_> {
             ("parity", raw.parity.as_ref().map(Spanned::span)),
             ("data_bits", raw.data_bits.as_ref().map(Spanned::span)),
             ("stop_bits", raw.stop_bits.as_ref().map(Spanned::span)),
+            ("byte_timeout", raw.byte_timeout.as_ref().map(Spanned::span)),
         ];
         let link = match kind {
             "tcp" | "rtu-over-tcp" => {
@@ -108,6 +109,11 @@ impl Checker<'_> {
                     parity,
                     data_bits,
                     stop_bits,
+                    byte_timeout: self.any_duration(
+                        &ctx,
+                        "byte_timeout",
+                        raw.byte_timeout.as_ref(),
+                    ),
                 })
             }
             other => {

@@ -124,6 +124,9 @@ pub struct SerialLine {
     pub data_bits: u8,
     /// 1 or 2.
     pub stop_bits: u8,
+    /// Longest pause allowed between two characters of an answer, beyond
+    /// the frame's wire time; `None`: [`SerialLine::default_byte_timeout`].
+    pub byte_timeout: Option<Duration>,
 }
 
 impl SerialLine {
@@ -132,6 +135,28 @@ impl SerialLine {
         1 + u32::from(self.data_bits)
             + u32::from(self.parity != Parity::None)
             + u32::from(self.stop_bits)
+    }
+
+    /// Time `bytes` characters take on the line.
+    pub fn wire_time(&self, bytes: usize) -> Duration {
+        let bits = u64::from(self.bits_per_char()) * u64::try_from(bytes).unwrap_or(u64::MAX);
+        Duration::from_nanos(bits.saturating_mul(1_000_000_000) / u64::from(self.baud.max(1)))
+    }
+
+    /// The spec's inter-character limit: 1.5 character times, or 750 µs
+    /// above 19200 baud, where the specification fixes the timings.
+    pub fn default_byte_timeout(&self) -> Duration {
+        if self.baud > 19_200 {
+            Duration::from_micros(750)
+        } else {
+            self.wire_time(1).mul_f64(1.5)
+        }
+    }
+
+    /// The allowance beyond a frame's wire time: `byte_timeout` or the default.
+    pub fn byte_timeout(&self) -> Duration {
+        self.byte_timeout
+            .unwrap_or_else(|| self.default_byte_timeout())
     }
 
     /// The 3.5-character silent interval that delimits RTU frames. Above

@@ -174,6 +174,7 @@ pub struct RawBus {
     pub address: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub turnaround: Option<Spanned<String>>,
+    pub byte_timeout: Option<Spanned<String>>,
 }
 
 /// `[[device]]`

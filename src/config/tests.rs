@@ -316,6 +316,7 @@ fn silent_interval_follows_the_character_time_and_the_fixed_floor() {
         parity,
         data_bits: 8,
         stop_bits: 1,
+        byte_timeout: None,
     };
     // 9600 8E1: 11 bits per char, 3.5 chars = 38.5 bits = 4010 us.
     assert_eq!(

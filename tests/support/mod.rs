@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod paced;
 pub mod relay;
 
 use std::net::SocketAddr;

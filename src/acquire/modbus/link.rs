@@ -7,8 +7,12 @@
 //! as the answer to the next request. So after any timeout or framing
 //! mismatch the [`Link`] drops its context: a TCP bus reconnects, a serial
 //! port is closed, left alone for the late-reply window, reopened and flushed.
-//! Serial transactions are also spaced by the 3.5-character silent interval.
+//! Serial transactions are also spaced by the 3.5-character silent interval,
+//! timed to a fraction of a millisecond, and a serial answer that has
+//! started to arrive gets the time its length needs on the wire (see
+//! [`crate::acquire::modbus::wire`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -19,6 +23,7 @@ use tokio_modbus::prelude::{ReadCode, SlaveContext};
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
+use crate::acquire::modbus::wire::{self, Arrivals, Watched, sleep_until_precisely};
 use crate::config::{Bus, Parity, Quirks, SerialLine, Transport};
 use crate::core::identity::Identity;
 use crate::core::layout::Table;
@@ -89,6 +94,8 @@ pub struct Link {
     timeout: Duration,
     /// How long the last transaction took from its request to its outcome.
     last_exchange: Duration,
+    /// On a serial line: when the answer in flight started to arrive.
+    arrivals: Arc<Arrivals>,
 }
 
 impl std::fmt::Debug for Link {
@@ -113,6 +120,7 @@ impl Link {
             quirks: Quirks::default(),
             timeout: bus.timeout,
             last_exchange: Duration::ZERO,
+            arrivals: Arc::new(Arrivals::default()),
         }
     }
 
@@ -288,24 +296,49 @@ impl Link {
         let quiet = self
             .quiet_until
             .max(self.last_done + self.quirks.request_delay);
-        if quiet > Instant::now() {
-            sleep_until(quiet).await;
+        match &self.bus.transport {
+            // The silent interval is the spec's, to a fraction of a millisecond.
+            Transport::Rtu(_) => sleep_until_precisely(quiet).await,
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. } if quiet > Instant::now() => {
+                sleep_until(quiet).await;
+            }
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => {}
         }
         let limit = self.timeout;
         let fresh = self.context.is_none();
         let connect_delay = self.quirks.connect_delay;
+        // Computed before the context borrows the link.
+        let frame = match &self.bus.transport {
+            Transport::Rtu(line) => {
+                Some(line.wire_time(wire::response_len(&request)) + line.byte_timeout())
+            }
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => None,
+        };
+        let arrivals = Arc::clone(&self.arrivals);
         let context = self.connected().await?;
         if fresh && !connect_delay.is_zero() {
             tokio::time::sleep(connect_delay).await;
         }
         context.set_slave(Slave(unit));
+        arrivals.reset();
         let sent = Instant::now();
-        let outcome = timeout(limit, context.call(request)).await;
+        let outcome = match frame {
+            Some(frame) => {
+                answer_within(context.call(request), sent + limit, &arrivals, frame).await
+            }
+            None => timeout(limit, context.call(request)).await.map_err(|_| ()),
+        };
         self.last_done = Instant::now();
         self.last_exchange = self.last_done.duration_since(sent);
-        self.quiet_until = self.last_done + self.gap();
+        // On a serial line the silence counts from the answer's last byte,
+        // not from when the codec was done with it.
+        let answer_end = match &self.bus.transport {
+            Transport::Rtu(_) => arrivals.last().map(Instant::from_std),
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => None,
+        };
+        self.quiet_until = answer_end.unwrap_or(self.last_done) + self.gap();
         match outcome {
-            Err(_) => {
+            Err(()) => {
                 self.resync();
                 Err(LinkError::Timeout)
             }
@@ -353,7 +386,7 @@ impl Link {
             {
                 return Err(LinkError::Down(why.clone()));
             }
-            match open(&self.bus).await {
+            match open(&self.bus, &self.arrivals).await {
                 Ok(context) => {
                     self.reconnect.reset();
                     self.retry = None;
@@ -373,9 +406,32 @@ impl Link {
     }
 }
 
+/// `call`'s outcome, or `Err` when no answer started by `first_deadline`,
+/// or one that started did not end within `frame` of its first byte: a
+/// frame in transit is never cut off by the timeout.
+async fn answer_within<F: std::future::Future>(
+    call: F,
+    first_deadline: Instant,
+    arrivals: &Arrivals,
+    frame: Duration,
+) -> Result<F::Output, ()> {
+    tokio::pin!(call);
+    let mut deadline = first_deadline;
+    loop {
+        tokio::select! {
+            outcome = &mut call => return Ok(outcome),
+            () = sleep_until(deadline) => {}
+        }
+        match arrivals.first().map(|at| Instant::from_std(at) + frame) {
+            Some(end) if end > deadline => deadline = end,
+            _ => return Err(()),
+        }
+    }
+}
+
 /// Opens the bus's connection or port. A free function, so the future borrows
 /// only the (shareable) bus settings and not the link with its context.
-async fn open(bus: &Bus) -> Result<Context, String> {
+async fn open(bus: &Bus, arrivals: &Arc<Arrivals>) -> Result<Context, String> {
     match &bus.transport {
         Transport::Tcp { address } => Ok(tcp::attach(connect_tcp(address, bus.timeout).await?)),
         Transport::RtuOverTcp { address } => {
@@ -383,7 +439,7 @@ async fn open(bus: &Bus) -> Result<Context, String> {
         }
         Transport::Rtu(line) => {
             let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
-            Ok(rtu::attach(port))
+            Ok(rtu::attach(Watched::new(port, Arc::clone(arrivals))))
         }
     }
 }

@@ -6,3 +6,4 @@ pub mod cycle;
 pub mod link;
 pub mod plan;
 pub mod scan;
+pub mod wire;

@@ -179,6 +179,7 @@ mod tests {
                 parity,
                 data_bits: 8,
                 stop_bits: 1,
+                byte_timeout: None,
             }),
             timeout: Duration::from_millis(100),
             turnaround: Duration::ZERO,
