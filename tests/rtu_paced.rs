@@ -110,3 +110,95 @@ type = "u16"
     // Its one timeout (150 ms), after at most one big read ahead of it (about 300 ms).
     assert!(dead_after < Duration::from_millis(1500), "{dead_after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_enable_pin_is_high_exactly_while_a_request_is_on_the_wire() {
+    let line = PacedLine::start(9600, 10);
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Holding, 0, &[1, 2, 3, 4]);
+    // A device takes its time to answer, as real ones do (at least the
+    // spec's 3.5 characters).
+    sim.set_delay(1, Duration::from_millis(3));
+    let server = serve(&sim, &line.device_end, 9600);
+    let chip = format!("de-{}", std::process::id());
+    let text = format!(
+        r#"
+[node]
+group_id = "g"
+node_id = "n"
+
+[[bus]]
+name = "rs485"
+kind = "rtu"
+port = "{}"
+baud = 9600
+parity = "none"
+timeout = "300ms"
+rs485 = {{ gpio = "sim", chip = "{chip}", line = 17 }}
+
+[[device]]
+name = "meter"
+bus = "rs485"
+unit = 1
+poll = "200ms"
+identify = false
+
+[[device.metric]]
+name = "block"
+register = 40001
+type = "string"
+length = 4
+"#,
+        line.gateway_end.display()
+    );
+    let run = Running::start(config(&text));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    run.stop().await;
+    server.abort();
+
+    let edges: Vec<_> = fieldmq::acquire::gpio::lines::sim_output_edges(Path::new(&chip))
+        .into_iter()
+        .filter(|e| e.pin == 17)
+        .collect();
+    let crossings = line.crossings();
+    let requests: Vec<_> = crossings
+        .iter()
+        .filter(|c| c.way == support::paced::Way::ToDevice)
+        .collect();
+    assert!(
+        requests.len() >= 5,
+        "polled every 200 ms: {}",
+        requests.len()
+    );
+    let slop = Duration::from_micros(300);
+    for request in &requests {
+        let rise = edges
+            .iter()
+            .rfind(|e| e.high && e.at <= request.written)
+            .unwrap_or_else(|| panic!("no rising edge before the request: {edges:?}"));
+        let fall = edges
+            .iter()
+            .find(|e| !e.high && e.at > rise.at)
+            .unwrap_or_else(|| panic!("the pin never fell after {rise:?}"));
+        assert!(
+            fall.at + slop >= request.delivered,
+            "high until the last byte has been sent: fell {:?} before",
+            request.delivered.saturating_duration_since(fall.at)
+        );
+        let answer = crossings
+            .iter()
+            .find(|c| c.way == support::paced::Way::ToGateway && c.written > request.written)
+            .expect("an answer");
+        assert!(
+            fall.at <= answer.written,
+            "low before the device answers: {:?} late",
+            fall.at.duration_since(answer.written)
+        );
+        assert!(
+            !edges
+                .iter()
+                .any(|e| e.high && e.at > answer.written && e.at < answer.delivered),
+            "low while the device answers"
+        );
+    }
+}

@@ -335,6 +335,7 @@ async fn scan_on_a_serial_line_finds_exactly_the_units_that_answer_within_its_bo
             data_bits: 8,
             stop_bits: 1,
             byte_timeout: None,
+            direction: fieldmq::config::Direction::Auto,
         }),
         timeout: Duration::from_millis(100),
         turnaround: Duration::ZERO,

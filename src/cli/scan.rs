@@ -246,6 +246,7 @@ fn targets(args: &ScanArgs) -> Result<(Vec<Bus>, bool, Vec<KnownModel>), Target>
                     data_bits: args.data_bits,
                     stop_bits: args.stop_bits,
                     byte_timeout: None,
+                    direction: fieldmq::config::Direction::Auto,
                 })));
             }
         }

@@ -265,7 +265,7 @@ impl<'a> Checker<'a> {
         let health = raw.health.as_ref().and_then(|h| self.health(h));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
-        let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b)).collect();
+        let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b, base)).collect();
         self.shared_ports(&raw.bus);
         let main = self.source;
         let models = raw
@@ -312,6 +312,7 @@ impl<'a> Checker<'a> {
             devices.push(device);
             metrics_written.push(entries);
         }
+        self.driver_pins(&raw.bus, &buses, &devices);
         let model_metrics = self.model_metrics(&catalog, &raw.device);
         let models = self.known_models(&catalog, model_metrics, path);
         if let Some(u) = upstream

@@ -36,7 +36,7 @@ pub enum GpioBackend {
     Sim,
 }
 
-const BACKENDS: [(&str, GpioBackend); 3] = [
+pub(super) const BACKENDS: [(&str, GpioBackend); 3] = [
     ("cdev", GpioBackend::Cdev),
     ("rppal", GpioBackend::Rppal),
     ("sim", GpioBackend::Sim),
@@ -111,7 +111,7 @@ pub struct PinSettings {
 }
 
 /// Why this build cannot drive `backend`, if it cannot.
-fn missing_driver(backend: GpioBackend) -> Option<&'static str> {
+pub(super) fn missing_driver(backend: GpioBackend) -> Option<&'static str> {
     match backend {
         GpioBackend::Sim => None,
         GpioBackend::Cdev if cfg!(feature = "gpio-cdev") => None,

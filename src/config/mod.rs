@@ -127,6 +127,42 @@ pub struct SerialLine {
     /// Longest pause allowed between two characters of an answer, beyond
     /// the frame's wire time; `None`: [`SerialLine::default_byte_timeout`].
     pub byte_timeout: Option<Duration>,
+    /// Who switches the RS-485 transceiver between sending and receiving.
+    pub direction: Direction,
+}
+
+/// `[[bus]] rs485`: who switches the transceiver's direction.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// The adapter does it itself (USB adapters, HATs with automatic direction).
+    #[default]
+    Auto,
+    /// The kernel's RS-485 mode (TIOCSRS485) drives RTS.
+    Kernel(KernelRs485),
+    /// fieldmq raises RTS for exactly the frame's transmission time.
+    Rts,
+    /// fieldmq drives a GPIO line wired to the transceiver's driver enable.
+    Pin(DriverPin),
+}
+
+/// The kernel's RS-485 settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRs485 {
+    /// RTS high while sending (most transceivers); low if wired inverted.
+    pub rts_on_send: bool,
+    /// Delay between raising RTS and the first bit, in milliseconds.
+    pub delay_before_ms: u32,
+    /// Delay between the last bit and dropping RTS, in milliseconds.
+    pub delay_after_ms: u32,
+}
+
+/// A GPIO line wired to a transceiver's driver enable (DE, with /RE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverPin {
+    /// The driver and chip.
+    pub chip: GpioChip,
+    /// Line offset (cdev, sim) or BCM number (rppal).
+    pub line: u32,
 }
 
 impl SerialLine {

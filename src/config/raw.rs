@@ -175,6 +175,28 @@ pub struct RawBus {
     pub timeout: Option<Spanned<String>>,
     pub turnaround: Option<Spanned<String>>,
     pub byte_timeout: Option<Spanned<String>>,
+    pub rs485: Option<Spanned<RawRs485>>,
+}
+
+/// `rs485 = "auto" | "kernel" | "rts"` or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRs485 {
+    Mode(String),
+    Table(RawRs485Table),
+}
+
+/// `rs485 = { mode = "kernel", ... }` or `rs485 = { gpio = "cdev", chip, line }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRs485Table {
+    pub mode: Option<String>,
+    pub rts_on_send: Option<bool>,
+    pub delay_before: Option<String>,
+    pub delay_after: Option<String>,
+    pub gpio: Option<String>,
+    pub chip: Option<String>,
+    pub line: Option<i64>,
 }
 
 /// `[[device]]`

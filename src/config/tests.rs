@@ -317,6 +317,7 @@ fn silent_interval_follows_the_character_time_and_the_fixed_floor() {
         data_bits: 8,
         stop_bits: 1,
         byte_timeout: None,
+        direction: crate::config::Direction::Auto,
     };
     // 9600 8E1: 11 bits per char, 3.5 chars = 38.5 bits = 4010 us.
     assert_eq!(
@@ -1146,6 +1147,74 @@ fn templates_are_for_the_sparkplug_profile() {
     assert!(
         errs.iter()
             .any(|e| e.contains("templates applies only to profile = \"sparkplug\"")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn rs485_direction_control_forms_and_misuse() {
+    let rs485 = |value: &str| {
+        with(
+            "timeout = \"500ms\"",
+            &format!("timeout = \"500ms\"\nrs485 = {value}"),
+        )
+    };
+    let direction = |value: &str| {
+        let config = Config::from_toml(Path::new("x.toml"), &rs485(value)).expect("valid");
+        match &config.buses[0].transport {
+            Transport::Rtu(line) => line.direction.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(direction("\"auto\""), Direction::Auto);
+    assert_eq!(direction("\"rts\""), Direction::Rts);
+    assert_eq!(
+        direction("{ mode = \"kernel\", rts_on_send = false, delay_before = \"2ms\" }"),
+        Direction::Kernel(KernelRs485 {
+            rts_on_send: false,
+            delay_before_ms: 2,
+            delay_after_ms: 0,
+        })
+    );
+    assert_eq!(
+        direction("{ gpio = \"sim\", chip = \"bench\", line = 17 }"),
+        Direction::Pin(DriverPin {
+            chip: GpioChip {
+                backend: GpioBackend::Sim,
+                chip: "bench".into(),
+            },
+            line: 17,
+        })
+    );
+    for (value, why) in [
+        ("\"half-duplex\"", "rs485 = \"half-duplex\" is unknown"),
+        ("{ gpio = \"sim\" }", "rs485 with gpio needs line"),
+        ("{ gpio = \"cdev\", line = 4 }", "needs chip"),
+        ("{ mode = \"kernel\", delay_after = \"2s\" }", "at most 1s"),
+        ("{ mode = \"kernel\", line = 4 }", "rs485 tables are"),
+    ] {
+        let errs = errors(&rs485(value));
+        assert!(errs.iter().any(|e| e.contains(why)), "{value}: {errs:?}");
+    }
+    let tcp = with(
+        "kind = \"tcp\"\naddress = \"10.0.0.5:502\"",
+        "kind = \"tcp\"\naddress = \"10.0.0.5:502\"\nrs485 = \"rts\"",
+    );
+    assert!(
+        errors(&tcp)
+            .iter()
+            .any(|e| e.contains("rs485 applies only to kind = \"rtu\"")),
+        "{:?}",
+        errors(&tcp)
+    );
+    let twice = format!(
+        "{}\n[[device]]\nname = \"panel\"\ngpio = \"sim\"\n[[device.metric]]\nname = \"relay\"\npin = 17\ndirection = \"output\"\n",
+        rs485("{ gpio = \"sim\", line = 17 }")
+    );
+    let errs = errors(&twice);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("rs485 line 17 is already used by device \"panel\"")),
         "{errs:?}"
     );
 }

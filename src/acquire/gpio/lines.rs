@@ -5,7 +5,9 @@
 //! task, the same way for every driver, so a contact reads the same whichever
 //! driver sees it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -93,7 +95,7 @@ impl Lines {
     /// Requests `lines` from the driver and chip of `chip`.
     pub fn open(chip: &GpioChip, lines: &[LineRequest]) -> Result<Lines, GpioError> {
         match chip.backend {
-            GpioBackend::Sim => Ok(Lines::Sim(SimLines::new(lines, Instant::now()))),
+            GpioBackend::Sim => Ok(Lines::Sim(SimLines::new(&chip.chip, lines, Instant::now()))),
             #[cfg(feature = "gpio-cdev")]
             GpioBackend::Cdev => cdev::CdevLines::open(&chip.chip, lines).map(Lines::Cdev),
             #[cfg(not(feature = "gpio-cdev"))]
@@ -143,10 +145,37 @@ impl Lines {
 const SIM_BOUNCES: u32 = 4;
 
 /// Simulated lines: inputs rest at their pull level or flip at `sim_toggle`,
-/// bouncing inside their debounce window; outputs hold what they are set to.
+/// bouncing inside their debounce window; outputs hold what they are set to,
+/// and every change of an output is recorded for its chip (see
+/// [`sim_output_edges`]), so a test can see when a line was driven.
 #[derive(Debug)]
 pub struct SimLines {
+    chip: PathBuf,
     lines: Vec<SimLine>,
+}
+
+/// An output line of a simulated chip changed level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputEdge {
+    /// The line.
+    pub pin: u32,
+    /// Its level after the change.
+    pub high: bool,
+    /// When (std time, comparable across threads and runtimes).
+    pub at: std::time::Instant,
+}
+
+/// Output changes of simulated chips, by chip name.
+static SIM_OUTPUTS: Mutex<BTreeMap<PathBuf, Vec<OutputEdge>>> = Mutex::new(BTreeMap::new());
+
+/// Every output change of simulated chip `chip` so far.
+pub fn sim_output_edges(chip: &Path) -> Vec<OutputEdge> {
+    SIM_OUTPUTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(chip)
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -162,8 +191,8 @@ struct SimLine {
 }
 
 impl SimLines {
-    /// The lines of `requests`, first flips one period after `now`.
-    pub fn new(requests: &[LineRequest], now: Instant) -> SimLines {
+    /// The lines of `requests` on simulated chip `chip`, first flips one period after `now`.
+    pub fn new(chip: &Path, requests: &[LineRequest], now: Instant) -> SimLines {
         let lines = requests
             .iter()
             .map(|r| match r.kind {
@@ -190,7 +219,10 @@ impl SimLines {
                 },
             })
             .collect();
-        SimLines { lines }
+        SimLines {
+            chip: chip.to_owned(),
+            lines,
+        }
     }
 
     fn line(&self, pin: u32) -> Result<&SimLine, GpioError> {
@@ -210,6 +242,18 @@ impl SimLines {
             .iter_mut()
             .find(|l| l.pin == pin && l.output)
             .ok_or_else(|| not_requested(pin))?;
+        if line.high != high {
+            SIM_OUTPUTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(self.chip.clone())
+                .or_default()
+                .push(OutputEdge {
+                    pin,
+                    high,
+                    at: std::time::Instant::now(),
+                });
+        }
         line.high = high;
         Ok(())
     }
@@ -500,7 +544,7 @@ mod tests {
     async fn a_simulated_contact_flips_at_its_period_and_bounces_inside_the_window() {
         let t0 = Instant::now();
         let period = Duration::from_millis(500);
-        let mut sim = SimLines::new(&[input(4, Pull::Up, Some(period))], t0);
+        let mut sim = SimLines::new(Path::new("t"), &[input(4, Pull::Up, Some(period))], t0);
         assert!(sim.get(4).unwrap(), "a pulled-up contact rests high");
         let edges: Vec<Edge> = {
             let mut v = Vec::new();
@@ -538,7 +582,7 @@ mod tests {
                 kind: LineKind::Output { high: true },
             },
         ];
-        let mut sim = SimLines::new(&requests, Instant::now());
+        let mut sim = SimLines::new(Path::new("t"), &requests, Instant::now());
         assert!(sim.get(2).unwrap());
         sim.set(2, false).unwrap();
         assert!(!sim.get(2).unwrap());

@@ -23,8 +23,11 @@ use tokio_modbus::prelude::{ReadCode, SlaveContext};
 use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::{SerialPort, SerialPortBuilderExt};
 
+use std::os::fd::AsRawFd;
+
+use crate::acquire::modbus::direction::{self, DriverEnable, Rts, Switch};
 use crate::acquire::modbus::wire::{self, Arrivals, Watched, sleep_until_precisely};
-use crate::config::{Bus, Parity, Quirks, SerialLine, Transport};
+use crate::config::{Bus, Direction, Parity, Quirks, SerialLine, Transport};
 use crate::core::identity::Identity;
 use crate::core::layout::Table;
 use crate::core::value::Fault;
@@ -96,6 +99,9 @@ pub struct Link {
     last_exchange: Duration,
     /// On a serial line: when the answer in flight started to arrive.
     arrivals: Arc<Arrivals>,
+    /// The transceiver's driver enable, when fieldmq drives it; kept across
+    /// reopenings, so a GPIO line is requested once.
+    driver: Option<DriverEnable>,
 }
 
 impl std::fmt::Debug for Link {
@@ -121,6 +127,7 @@ impl Link {
             timeout: bus.timeout,
             last_exchange: Duration::ZERO,
             arrivals: Arc::new(Arrivals::default()),
+            driver: None,
         }
     }
 
@@ -386,7 +393,7 @@ impl Link {
             {
                 return Err(LinkError::Down(why.clone()));
             }
-            match open(&self.bus, &self.arrivals).await {
+            match open(&self.bus, &self.arrivals, &mut self.driver).await {
                 Ok(context) => {
                     self.reconnect.reset();
                     self.retry = None;
@@ -431,7 +438,11 @@ async fn answer_within<F: std::future::Future>(
 
 /// Opens the bus's connection or port. A free function, so the future borrows
 /// only the (shareable) bus settings and not the link with its context.
-async fn open(bus: &Bus, arrivals: &Arc<Arrivals>) -> Result<Context, String> {
+async fn open(
+    bus: &Bus,
+    arrivals: &Arc<Arrivals>,
+    driver: &mut Option<DriverEnable>,
+) -> Result<Context, String> {
     match &bus.transport {
         Transport::Tcp { address } => Ok(tcp::attach(connect_tcp(address, bus.timeout).await?)),
         Transport::RtuOverTcp { address } => {
@@ -439,7 +450,33 @@ async fn open(bus: &Bus, arrivals: &Arc<Arrivals>) -> Result<Context, String> {
         }
         Transport::Rtu(line) => {
             let port = open_serial(line).map_err(|e| format!("{}: {e}", line.port))?;
-            Ok(rtu::attach(Watched::new(port, Arc::clone(arrivals))))
+            let failed = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", line.port);
+            let switch: Option<Box<dyn Switch>> = match &line.direction {
+                Direction::Auto => None,
+                Direction::Kernel(settings) => {
+                    direction::enable_kernel(port.as_raw_fd(), settings)
+                        .map_err(|e| failed("kernel RS-485 mode (TIOCSRS485)", e))?;
+                    None
+                }
+                Direction::Rts if driver.is_none() => {
+                    Some(Box::new(Rts::of(&port).map_err(|e| failed("RTS", e))?))
+                }
+                Direction::Pin(pin) if driver.is_none() => Some(Box::new(
+                    direction::Pin::open(pin).map_err(|e| failed("driver-enable pin", e))?,
+                )),
+                Direction::Rts | Direction::Pin(_) => None,
+            };
+            if let Some(switch) = switch {
+                *driver = Some(
+                    DriverEnable::new(switch, line.wire_time(1))
+                        .map_err(|e| failed("driver-enable thread", e))?,
+                );
+            }
+            Ok(rtu::attach(Watched::new(
+                port,
+                Arc::clone(arrivals),
+                driver.clone(),
+            )))
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod bus;
 pub mod codec;
 pub mod cycle;
+pub mod direction;
 pub mod link;
 pub mod plan;
 pub mod scan;

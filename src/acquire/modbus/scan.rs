@@ -180,6 +180,7 @@ mod tests {
                 data_bits: 8,
                 stop_bits: 1,
                 byte_timeout: None,
+                direction: crate::config::Direction::Auto,
             }),
             timeout: Duration::from_millis(100),
             turnaround: Duration::ZERO,

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_modbus::Request;
 
+use crate::acquire::modbus::direction::DriverEnable;
+
 /// The longest RTU frame (address, PDU, CRC).
 pub const MAX_FRAME: usize = 256;
 
@@ -85,17 +87,23 @@ impl Arrivals {
     }
 }
 
-/// A serial port that notes in [`Arrivals`] when bytes arrive.
+/// A serial port that notes in [`Arrivals`] when bytes arrive, and drives
+/// the transceiver's driver enable around what it sends, if fieldmq does.
 #[derive(Debug)]
 pub struct Watched<T> {
     inner: T,
     arrivals: Arc<Arrivals>,
+    driver: Option<DriverEnable>,
 }
 
 impl<T> Watched<T> {
-    /// `inner`, reporting to `arrivals`.
-    pub fn new(inner: T, arrivals: Arc<Arrivals>) -> Watched<T> {
-        Watched { inner, arrivals }
+    /// `inner`, reporting to `arrivals`, switching `driver` if given.
+    pub fn new(inner: T, arrivals: Arc<Arrivals>, driver: Option<DriverEnable>) -> Watched<T> {
+        Watched {
+            inner,
+            arrivals,
+            driver,
+        }
     }
 }
 
@@ -120,7 +128,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if let Some(driver) = &self.driver {
+            driver.raise();
+        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Some(driver), Poll::Ready(Ok(n))) = (&self.driver, &written)
+            && *n > 0
+        {
+            driver.written(*n);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -179,6 +196,7 @@ mod tests {
             data_bits: 8,
             stop_bits: 1,
             byte_timeout: None,
+            direction: crate::config::Direction::Auto,
         }
     }
 
