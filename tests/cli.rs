@@ -537,7 +537,8 @@ sim_toggle = "50ms"
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let url = format!("mqtt://127.0.0.1:{port}");
     let (tail, stderr) = start_tail(&["--url", &url, "--rebirth", "spBv1.0/#"]).await;
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // 5 s of waiting for the births, its check's 1 s tick, and time for data after it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let out = stop_tail(tail).await;
     let stderr = stderr.await.expect("stderr");
     assert!(

@@ -365,6 +365,14 @@ impl Forwarder {
         }
     }
 
+    /// The periodic sync: handed to the queue's own thread, so the caller
+    /// goes on taking in samples meanwhile.
+    pub fn sync_behind(&mut self) {
+        if let Err(e) = self.buffer.sync_behind() {
+            tracing::error!(error = %e, "cannot sync the store-and-forward queue");
+        }
+    }
+
     /// Samples waiting in the queue (including those sent but not yet acknowledged).
     pub fn backlog(&self) -> u64 {
         self.buffer.weight()

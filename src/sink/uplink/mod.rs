@@ -218,7 +218,7 @@ impl Uplink {
                 _ = confirm_tick.tick(), if self.connected => self.outbox.ask_for_proof(),
                 _ = republish_tick.tick(), if self.connected && self.republish.is_some() => self.republish(),
                 _ = sync_tick.tick() => {
-                    crate::ops::blocking::file_work(|| self.forwarder.sync());
+                    self.forwarder.sync_behind();
                     self.log_drops();
                     metrics::queue_state(
                         self.forwarder.backlog(),

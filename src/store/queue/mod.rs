@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+mod syncer;
+
 /// Largest segment file; small enough that dropping the oldest one loses
 /// little, large enough that files stay few.
 pub const SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
@@ -98,6 +100,8 @@ pub struct Queue {
     weigh: Weigh,
     unsynced: bool,
     cursor_moved: bool,
+    /// Does [`Queue::sync_behind`]'s work; started on first use.
+    syncer: Option<syncer::Syncer>,
     dropped: u64,
     /// Bytes appended since open (what the SD card has to take).
     written: u64,
@@ -208,6 +212,7 @@ impl Queue {
             weigh,
             unsynced: false,
             cursor_moved: false,
+            syncer: None,
             dropped: 0,
             written: 0,
             unavailable: false,
@@ -574,11 +579,55 @@ impl Queue {
         Ok(())
     }
 
+    /// Hands the work of [`Queue::sync`] to a thread of its own and returns
+    /// at once: the periodic sync, which must not hold up appending (see
+    /// `syncer.rs`). Falls back to syncing here if no thread can be started.
+    pub fn sync_behind(&mut self) -> Result<(), QueueError> {
+        if self.unavailable {
+            return Ok(());
+        }
+        if self.syncer.is_none() {
+            self.syncer = syncer::Syncer::start();
+        }
+        let Some(syncer) = &self.syncer else {
+            return self.sync();
+        };
+        let data_handed = match (self.unsynced, &self.writer) {
+            (true, Some(file)) => file
+                .try_clone()
+                .is_ok_and(|clone| syncer.data(clone, self.dir.clone())),
+            _ => true,
+        };
+        let cursor = self.cursor_moved.then(|| {
+            (
+                self.dir.join("cursor"),
+                format!("{} {}\n", self.head.segment, self.head.offset),
+            )
+        });
+        let cursor_handed = cursor
+            .as_ref()
+            .is_none_or(|(path, text)| syncer.cursor(path.clone(), text.clone().into_bytes()));
+        if data_handed {
+            self.unsynced = false;
+        } else {
+            self.sync_segment()?;
+        }
+        if let (false, Some((path, text))) = (cursor_handed, &cursor) {
+            crate::ops::atomic_file::replace(path, text.as_bytes()).map_err(err(path))?;
+        }
+        self.cursor_moved = false;
+        Ok(())
+    }
+
     /// Makes appended records durable against power loss and records the
-    /// read position; call every `[buffer] sync`.
+    /// read position, here and now (after whatever [`Queue::sync_behind`]
+    /// handed over, so an older read position never lands after a newer).
     pub fn sync(&mut self) -> Result<(), QueueError> {
         if self.unavailable {
             return Ok(());
+        }
+        if let Some(syncer) = &self.syncer {
+            syncer.flush();
         }
         self.sync_segment()?;
         if self.cursor_moved {
@@ -730,6 +779,25 @@ mod tests {
             files <= 3,
             "acknowledged segments are deleted ({files} files)"
         );
+    }
+
+    #[test]
+    fn a_sync_behind_the_appender_keeps_records_and_the_read_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        for i in 0..100 {
+            b.append(&payload(i)).unwrap();
+        }
+        let (_, at) = b.peek(40).unwrap()[39];
+        b.ack(at).unwrap();
+        b.sync_behind().unwrap();
+        b.append(&payload(100)).unwrap();
+        b.sync_behind().unwrap();
+        // A synchronous sync waits for the thread's work, then does its own.
+        b.sync().unwrap();
+        drop(b);
+        let mut b = Queue::open(dir.path(), 1 << 30, Overflow::DropOldest, weigh).unwrap();
+        assert_eq!(drain(&mut b, 7), (40..=100).collect::<Vec<_>>());
     }
 
     #[test]
