@@ -579,46 +579,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Hands the work of [`Queue::sync`] to a thread of its own and returns
-    /// at once: the periodic sync, which must not hold up appending (see
-    /// `syncer.rs`). Falls back to syncing here if no thread can be started.
-    pub fn sync_behind(&mut self) -> Result<(), QueueError> {
-        if self.unavailable {
-            return Ok(());
-        }
-        if self.syncer.is_none() {
-            self.syncer = syncer::Syncer::start();
-        }
-        let Some(syncer) = &self.syncer else {
-            return self.sync();
-        };
-        let data_handed = match (self.unsynced, &self.writer) {
-            (true, Some(file)) => file
-                .try_clone()
-                .is_ok_and(|clone| syncer.data(clone, self.dir.clone())),
-            _ => true,
-        };
-        let cursor = self.cursor_moved.then(|| {
-            (
-                self.dir.join("cursor"),
-                format!("{} {}\n", self.head.segment, self.head.offset),
-            )
-        });
-        let cursor_handed = cursor
-            .as_ref()
-            .is_none_or(|(path, text)| syncer.cursor(path.clone(), text.clone().into_bytes()));
-        if data_handed {
-            self.unsynced = false;
-        } else {
-            self.sync_segment()?;
-        }
-        if let (false, Some((path, text))) = (cursor_handed, &cursor) {
-            crate::ops::atomic_file::replace(path, text.as_bytes()).map_err(err(path))?;
-        }
-        self.cursor_moved = false;
-        Ok(())
-    }
-
     /// Makes appended records durable against power loss and records the
     /// read position, here and now (after whatever [`Queue::sync_behind`]
     /// handed over, so an older read position never lands after a newer).

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
+use super::{Queue, QueueError};
+
 /// One piece of durability work.
 #[derive(Debug)]
 enum Job {
@@ -76,5 +78,47 @@ impl Syncer {
             // An error only means the thread is gone, with its work.
             let _ = finished.recv();
         }
+    }
+}
+
+impl Queue {
+    /// Hands the work of [`Queue::sync`] to a thread of its own and returns
+    /// at once: the periodic sync, which must not hold up appending (see
+    /// `syncer.rs`). Falls back to syncing here if no thread can be started.
+    pub fn sync_behind(&mut self) -> Result<(), QueueError> {
+        if self.unavailable {
+            return Ok(());
+        }
+        if self.syncer.is_none() {
+            self.syncer = Syncer::start();
+        }
+        let Some(syncer) = &self.syncer else {
+            return self.sync();
+        };
+        let data_handed = match (self.unsynced, &self.writer) {
+            (true, Some(file)) => file
+                .try_clone()
+                .is_ok_and(|clone| syncer.data(clone, self.dir.clone())),
+            _ => true,
+        };
+        let cursor = self.cursor_moved.then(|| {
+            (
+                self.dir.join("cursor"),
+                format!("{} {}\n", self.head.segment, self.head.offset),
+            )
+        });
+        let cursor_handed = cursor
+            .as_ref()
+            .is_none_or(|(path, text)| syncer.cursor(path.clone(), text.clone().into_bytes()));
+        if data_handed {
+            self.unsynced = false;
+        } else {
+            self.sync_segment()?;
+        }
+        if let (false, Some((path, text))) = (cursor_handed, &cursor) {
+            crate::ops::atomic_file::replace(path, text.as_bytes()).map_err(super::err(path))?;
+        }
+        self.cursor_moved = false;
+        Ok(())
     }
 }
