@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fieldmq::config::Config;
 
 use cli::{LogFormat, config_error, init_tracing, runtime, tail, with_config};
@@ -48,6 +48,11 @@ enum Command {
     },
     /// Find the units on a bus: who answers, how fast, what they are (reads only).
     Scan(cli::scan::ScanArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(cli::docs::CompletionsArgs),
+    /// Write the man pages fieldmq(1) and fieldmq.toml(5), for packaging.
+    #[command(hide = true)]
+    Manual(cli::docs::ManualArgs),
     /// Run the gateway until SIGINT or SIGTERM.
     Run {
         /// The config file.
@@ -108,6 +113,8 @@ fn main() -> ExitCode {
             runtime()?.block_on(cli::read::read(&config, &device, json))
         }),
         Command::Scan(args) => runtime().and_then(|rt| rt.block_on(cli::scan::scan(args))),
+        Command::Completions(args) => Ok(cli::docs::completions(Cli::command(), &args)),
+        Command::Manual(args) => cli::docs::manual(Cli::command(), &args),
         Command::Run { config } => {
             with_config(&config, |config| runtime()?.block_on(cli::run::run(config)))
         }

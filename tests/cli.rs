@@ -552,3 +552,64 @@ sim_toggle = "50ms"
     );
     assert!(gateway.terminate().await.success());
 }
+
+#[tokio::test]
+async fn completions_and_man_pages_come_from_the_command_line_itself() {
+    let (code, bash, _) = output(fieldmq().args(["completions", "bash"])).await;
+    assert_eq!(code, 0);
+    for word in ["_fieldmq", "scan", "check", "--rtu-over-tcp", "completions"] {
+        assert!(bash.contains(word), "{word} in the bash completion");
+    }
+    let (code, fish, _) = output(fieldmq().args(["completions", "fish"])).await;
+    assert_eq!(code, 0);
+    assert!(fish.contains("complete -c fieldmq"), "{fish}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, stderr) = output(fieldmq().arg("manual").arg("--out").arg(dir.path())).await;
+    assert_eq!(code, 0, "{stderr}");
+    let page = std::fs::read_to_string(dir.path().join("fieldmq.1")).expect("fieldmq.1");
+    for section in [
+        "FIELDMQ CHECK",
+        "FIELDMQ SCAN",
+        "FIELDMQ READ",
+        "FIELDMQ RUN",
+        "FIELDMQ TAIL",
+        "FIELDMQ DEMO",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{section}\"")),
+            "a section {section}"
+        );
+    }
+    assert!(
+        page.contains("\\-\\-rtu\\-over\\-tcp"),
+        "the scan options are listed"
+    );
+    assert!(
+        !page.contains("FIELDMQ MANUAL"),
+        "the packaging helper stays out of the page"
+    );
+    let config =
+        std::fs::read_to_string(dir.path().join("fieldmq.toml.5")).expect("fieldmq.toml.5");
+    for section in ["BUSES", "DEVICES", "THE MQTT SERVER TO PUBLISH TO"] {
+        assert!(config.contains(&format!(".SH \"{section}\"")), "{section}");
+    }
+    assert!(
+        config.contains("byte_timeout"),
+        "every key of the reference config"
+    );
+    // groff (installed by scripts/install-test-deps) reads both without a warning.
+    for page in ["fieldmq.1", "fieldmq.toml.5"] {
+        let lint = Command::new("groff")
+            .args(["-ww", "-z", "-man"])
+            .arg(dir.path().join(page))
+            .output()
+            .await
+            .expect("groff runs");
+        assert!(
+            lint.status.success() && lint.stderr.is_empty(),
+            "{page}: {}",
+            String::from_utf8_lossy(&lint.stderr)
+        );
+    }
+}
