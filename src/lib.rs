@@ -15,7 +15,7 @@
 //! - [`ops`]: what every layer uses to stay observable and durable: the one
 //!   counter system ([`ops::metrics`]), liveness, the health endpoint,
 //!   systemd, backoff, disk work off the async threads, atomic state files,
-//!   freed heap returned to the system.
+//!   freed heap returned to the system, sleeps finer than tokio's timer.
 //! - [`config`]: TOML text → validated [`config::Config`], with file:line
 //!   diagnostics; one file per section; device models and include; what a
 //!   reload changes.

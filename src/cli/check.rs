@@ -3,7 +3,7 @@
 use fieldmq::acquire::modbus::plan::ReadPlan;
 use fieldmq::config::{Attachment, Config, GpioBackend, Profile, Transport};
 
-use crate::cli::say;
+use crate::cli::{ms, say};
 
 /// Prints the node, the uplink, the local broker and each bus's devices with their read plans.
 pub fn print_check(config: &Config) {
@@ -74,17 +74,7 @@ pub fn print_check(config: &Config) {
         );
     }
     for (index, bus) in config.buses.iter().enumerate() {
-        let link = match &bus.transport {
-            Transport::Tcp { address } => format!("tcp {address}"),
-            Transport::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
-            Transport::Rtu(line) => {
-                let parity = format!("{:?}", line.parity).chars().next().unwrap_or('N');
-                format!(
-                    "rtu {} {} {}{}{}",
-                    line.port, line.baud, line.data_bits, parity, line.stop_bits
-                )
-            }
-        };
+        let link = &bus.transport;
         say!();
         say!(
             "bus {} ({link}, timeout {})",
@@ -175,7 +165,6 @@ fn print_frame_timing(
         })
         .max()
         .unwrap_or(0);
-    let ms = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
     say!(
         "    longest answer {longest} bytes: {} on the wire after its first byte arrives",
         ms(line.wire_time(longest))

@@ -26,6 +26,11 @@ macro_rules! say {
 
 pub(crate) use say;
 
+/// A duration in milliseconds with one decimal, as `check` and `scan` print them.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
 /// sysexits.h EX_CONFIG: the configuration is wrong, so restarting will not help.
 const EX_CONFIG: u8 = 78;
 

@@ -10,10 +10,11 @@ use anyhow::bail;
 use fieldmq::acquire::modbus::link::Link;
 use fieldmq::acquire::modbus::scan::{self, Found, Identification, Probe, ScanTimeouts};
 use fieldmq::config::{Bus, Config, KnownModel, Parity, SerialLine, Transport};
+use fieldmq::core::value::exception_name;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::cli::{config_error, say};
+use crate::cli::{config_error, ms, say};
 
 /// Where models are installed by the package.
 const INSTALLED_MODELS: &str = "/usr/share/fieldmq/models/*.toml";
@@ -169,7 +170,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             say!(
                 "scanning {} for units {}: timeout {} (identification {}); about {} if none answers",
-                describe(&bus),
+                bus.transport,
                 ranges(units),
                 ms(timeouts.probe),
                 ms(timeouts.identify),
@@ -305,7 +306,7 @@ async fn scan_bus(
                 scanned.garbled.push((unit, why));
             }
             Err(e) => {
-                scanned.stopped = Some(format!("{}: {e}", describe(&scanned.bus)));
+                scanned.stopped = Some(format!("{}: {e}", scanned.bus.transport));
                 break;
             }
         }
@@ -348,22 +349,11 @@ fn read_outcome(exception: Option<u8>) -> String {
     }
 }
 
-fn exception_name(code: u8) -> &'static str {
-    match code {
-        0x01 => "illegal function",
-        0x02 => "illegal data address",
-        0x03 => "illegal data value",
-        0x04 => "device failure",
-        0x06 => "device busy",
-        _ => "other",
-    }
-}
-
 fn summary(scanned: &BusScan, probed: usize) {
     say!(
         "found {} of {probed} unit ids on {} in {}",
         scanned.found.len(),
-        describe(&scanned.bus),
+        scanned.bus.transport,
         humantime::format_duration(round_ms(scanned.elapsed))
     );
     if !scanned.garbled.is_empty() {
@@ -425,7 +415,7 @@ fn bus_table(bus: &Bus) -> String {
                 "[[bus]]\nname    = \"{AD_HOC_BUS}\"\nkind    = \"rtu\"\nport    = \"{}\"\nbaud    = {}\nparity  = \"{}\"\n",
                 line.port,
                 line.baud,
-                parity_name(line.parity)
+                line.parity.name()
             );
             if line.data_bits != 8 {
                 table.push_str(&format!("data_bits = {}\n", line.data_bits));
@@ -438,38 +428,12 @@ fn bus_table(bus: &Bus) -> String {
     }
 }
 
-fn parity_name(parity: Parity) -> &'static str {
-    match parity {
-        Parity::None => "none",
-        Parity::Even => "even",
-        Parity::Odd => "odd",
-    }
-}
-
-fn describe(bus: &Bus) -> String {
-    match &bus.transport {
-        Transport::Tcp { address } => format!("tcp {address}"),
-        Transport::RtuOverTcp { address } => format!("rtu-over-tcp {address}"),
-        Transport::Rtu(line) => format!(
-            "rtu {} {} {}{}{}",
-            line.port,
-            line.baud,
-            line.data_bits,
-            parity_name(line.parity)
-                .chars()
-                .next()
-                .map_or('N', |c| c.to_ascii_uppercase()),
-            line.stop_bits
-        ),
-    }
-}
-
 fn to_json(scanned: &BusScan) -> serde_json::Value {
     let (port, baud, parity) = match &scanned.bus.transport {
         Transport::Rtu(line) => (
             json!(line.port),
             json!(line.baud),
-            json!(parity_name(line.parity)),
+            json!(line.parity.name()),
         ),
         Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => {
             (json!(null), json!(null), json!(null))
@@ -497,7 +461,7 @@ fn to_json(scanned: &BusScan) -> serde_json::Value {
         .collect();
     json!({
         "bus": scanned.bus.name,
-        "target": describe(&scanned.bus),
+        "target": scanned.bus.transport.to_string(),
         "port": port,
         "baud": baud,
         "parity": parity,
@@ -513,10 +477,6 @@ fn to_json(scanned: &BusScan) -> serde_json::Value {
 
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn round_s(d: Duration) -> Duration {

@@ -218,6 +218,40 @@ pub enum Parity {
     Odd,
 }
 
+impl Parity {
+    /// As the config writes it: `none`, `even`, `odd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+/// One line, as `check` and `scan` print a bus: `tcp 10.0.0.5:502`,
+/// `rtu /dev/ttyUSB0 9600 8N1`.
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp { address } => write!(f, "tcp {address}"),
+            Transport::RtuOverTcp { address } => write!(f, "rtu-over-tcp {address}"),
+            Transport::Rtu(line) => {
+                let parity = line.parity.name().chars().next().unwrap_or('n');
+                write!(
+                    f,
+                    "rtu {} {} {}{}{}",
+                    line.port,
+                    line.baud,
+                    line.data_bits,
+                    parity.to_ascii_uppercase(),
+                    line.stop_bits
+                )
+            }
+        }
+    }
+}
+
 /// One Modbus device (unit id) on a bus, with its metrics and schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {

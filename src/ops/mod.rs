@@ -1,6 +1,6 @@
 //! What keeps the gateway observable and durable, used by every layer above:
-//! its counters, liveness, the health endpoint, systemd, backoff, and careful
-//! disk work.
+//! its counters, liveness, the health endpoint, systemd, backoff, careful
+//! disk work, and sleeps finer than tokio's millisecond timer.
 
 pub mod atomic_file;
 pub mod backoff;
@@ -9,4 +9,5 @@ pub mod health;
 pub mod liveness;
 pub mod memory;
 pub mod metrics;
+pub mod precise;
 pub mod systemd;

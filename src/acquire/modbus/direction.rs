@@ -209,11 +209,7 @@ fn drop_after_frames(
     switch: &Mutex<(Box<dyn Switch>, bool)>,
     frames: &AtomicU64,
 ) {
-    // Linux lets a sleep run 50 µs long by default; 1 ns asks for the deadline.
-    // SAFETY: PR_SET_TIMERSLACK changes only this thread's timer slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1_u64);
-    }
+    crate::ops::precise::exact_sleeps();
     while let Ok((frame, end)) = pending.recv() {
         let now = Instant::now();
         if end > now {

@@ -26,13 +26,14 @@ use tokio_serial::{SerialPort, SerialPortBuilderExt};
 use std::os::fd::AsRawFd;
 
 use crate::acquire::modbus::direction::{self, DriverEnable, Rts, Switch};
-use crate::acquire::modbus::wire::{self, Arrivals, Watched, sleep_until_precisely};
+use crate::acquire::modbus::wire::{self, Arrivals, Watched};
 use crate::config::{Bus, Direction, Parity, Quirks, SerialLine, Transport};
 use crate::core::identity::Identity;
 use crate::core::layout::Table;
 use crate::core::value::Fault;
 use crate::core::write::WriteImage;
 use crate::ops::backoff::Backoff;
+use crate::ops::precise::sleep_until_precisely;
 
 /// The data of a successful read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::acquire::modbus::link::{Data, IDENTIFICATION_PARTS, Link, LinkError};
-use crate::config::{Bus, SerialLine, Transport};
+use crate::config::{Bus, Transport};
 use crate::core::identity::Identity;
 use crate::core::layout::Table;
 
@@ -35,9 +35,9 @@ const GATEWAY_PATH_UNAVAILABLE: u8 = 0x0A;
 const GATEWAY_TARGET_SILENT: u8 = 0x0B;
 
 /// Bytes of the probe's request and of its longest normal answer (RTU framing).
-const PROBE_FRAME_BYTES: u32 = 8 + 7;
+const PROBE_FRAME_BYTES: usize = 8 + 7;
 /// Bytes of an identification request and of the longest RTU frame.
-const IDENTIFY_FRAME_BYTES: u32 = 11 + 256;
+const IDENTIFY_FRAME_BYTES: usize = 11 + 256;
 
 /// How long each kind of question may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +56,8 @@ impl ScanTimeouts {
     pub fn for_transport(transport: &Transport, given: Option<Duration>) -> ScanTimeouts {
         let (probe, identify) = match transport {
             Transport::Rtu(line) => (
-                wire_time(line, PROBE_FRAME_BYTES) + DEVICE_ALLOWANCE,
-                wire_time(line, IDENTIFY_FRAME_BYTES) + DEVICE_ALLOWANCE,
+                line.wire_time(PROBE_FRAME_BYTES) + DEVICE_ALLOWANCE,
+                line.wire_time(IDENTIFY_FRAME_BYTES) + DEVICE_ALLOWANCE,
             ),
             Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => (TCP_TIMEOUT, TCP_TIMEOUT),
         };
@@ -88,12 +88,6 @@ impl ScanTimeouts {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         silent * count(units.saturating_sub(answering)) + answered * count(answering)
     }
-}
-
-/// Time `bytes` characters take on `line`.
-fn wire_time(line: &SerialLine, bytes: u32) -> Duration {
-    let bits = u64::from(line.bits_per_char()) * u64::from(bytes);
-    Duration::from_micros(bits * 1_000_000 / u64::from(line.baud.max(1)))
 }
 
 /// What probing one unit id found.
@@ -168,7 +162,7 @@ pub async fn probe(link: &mut Link, unit: u8, timeouts: &ScanTimeouts) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Parity;
+    use crate::config::{Parity, SerialLine};
 
     fn rtu(baud: u32, parity: Parity) -> Bus {
         Bus {
