@@ -452,33 +452,63 @@ fn valid_filter(filter: &str) -> bool {
         })
 }
 
-/// Raw bytes as an HTTP/1 connection to the health endpoint.
+/// Raw bytes as an HTTP/1 connection to the health endpoint, twice: from
+/// this machine (status page included) and from another one, which must log
+/// in (the `Authorization` header parsed and checked).
+#[cfg(feature = "broker")]
 pub fn health_request(data: &[u8]) {
-    static PROBE: std::sync::OnceLock<crate::ops::health::Probe> = std::sync::OnceLock::new();
-    let probe = PROBE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            crate::ops::health::Probe::new(Arc::default(), Arc::default(), None, recorder.handle())
-        })
-        .clone();
-    block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(crate::ops::health::serve_connection(
-            probe,
-            ours,
-            tokio_util::sync::CancellationToken::new(),
-        ));
-        let _ = theirs.write_all(data).await;
-        let _ = theirs.shutdown().await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            theirs.read_to_end(&mut answer),
-        )
-        .await;
-        served.abort();
-    });
+    static PROBES: std::sync::OnceLock<Option<[crate::ops::health::Probe; 2]>> =
+        std::sync::OnceLock::new();
+    let Some(probes) = PROBES.get_or_init(health_probes).clone() else {
+        return;
+    };
+    let peers = [
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from([192, 0, 2, 1]),
+    ];
+    for (probe, peer) in probes.into_iter().zip(peers) {
+        block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+            let served = tokio::spawn(crate::ops::health::serve_connection(
+                probe,
+                ours,
+                Some(peer),
+                tokio_util::sync::CancellationToken::new(),
+            ));
+            let _ = theirs.write_all(data).await;
+            let _ = theirs.shutdown().await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                theirs.read_to_end(&mut answer),
+            )
+            .await;
+            served.abort();
+        });
+    }
+}
+
+/// The health endpoint with the status page of a one-device gateway, open
+/// and behind a login.
+#[cfg(feature = "broker")]
+fn health_probes() -> Option<[crate::ops::health::Probe; 2]> {
+    use crate::ops::health::{Access, Probe};
+    let text = "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n\n[[broker.user]]\nname = \"tech\"\npassword_hash = \"$7$101$ZE3ynDDujAAWdLJ8$FJs5vlTv16jzQFAhLcDDZdKGWStcbeXo/2TJgnhCjArhaohuu0m4Z4cylhBNl7y6HLn5kot2DSlN4PYmWBxBAQ==\"\n\n[[bus]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:502\"\n\n[[device]]\nname = \"d\"\nbus = \"b\"\nunit = 1\n\n[[device.metric]]\nname = \"m\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n";
+    let config = Arc::new(Config::from_toml(std::path::Path::new("fuzz.toml"), text).ok()?);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counters: Arc<crate::ops::metrics::Counters> = Arc::default();
+    let board = crate::sink::status::StatusBoard::new(
+        Arc::clone(&config),
+        Arc::clone(&counters),
+        None,
+        None,
+    );
+    let open =
+        Probe::new(Arc::default(), counters, None, recorder.handle()).with_status(Arc::new(board));
+    let login = crate::sink::local::broker::http_login::HttpLogin::standalone(&config.broker);
+    let guarded = open.clone().with_access(Access::Login(Arc::new(login)));
+    Some([open, guarded])
 }
 
 #[cfg(test)]

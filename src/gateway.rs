@@ -6,7 +6,6 @@
 //! the goodbye.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +19,9 @@ use crate::acquire::engine::{EVENT_QUEUE, Engine};
 use crate::config::Config;
 use crate::config::reload::Reload;
 use crate::core::event::DeviceEvent;
-use crate::ops::health::{self, HealthError, Probe};
+use crate::ops::health::{self, Access, HealthError, Probe};
 use crate::ops::{memory, systemd};
+use crate::sink::status::{BrokerPresence, StatusBoard};
 use crate::sink::uplink::{StartError, Uplink};
 
 /// How long the sinks wait, after a stop signal, for the sources to finish
@@ -39,13 +39,18 @@ pub enum GatewayError {
     #[error("cannot start the local broker ({}: set [broker] listen, or enabled = false)", .path.display())]
     LocalBroker {
         /// The config file.
-        path: PathBuf,
+        path: std::path::PathBuf,
         /// What the broker said.
         source: crate::sink::local::broker::BrokerError,
     },
     /// The uplink could not be set up.
     #[error("cannot start the upstream connection")]
     Uplink(#[from] StartError),
+    /// `[health]` asks for logins, and this build has no broker users to check them with.
+    #[error(
+        "[health] listens beyond loopback without allow_remote, and this build has no local broker users to log in with"
+    )]
+    NoLogins,
     /// SIGHUP could not be listened for.
     #[error("cannot listen for SIGHUP")]
     Signal(#[source] std::io::Error),
@@ -77,13 +82,13 @@ impl Gateway {
     /// Starts everything `config` asks for: the sources, the local broker
     /// (listening before the uplink connects, so an uplink into that same
     /// broker, as in the demo, succeeds at the first attempt), the uplink or
-    /// else the log, and the health endpoint.
+    /// else the log, and the health endpoint with the status page.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let config = Arc::new(config);
         let health = match config.health {
-            Some(address) => {
-                let listener = health::bind(address).await?;
-                tracing::info!(%address, "health endpoint: /healthz and /metrics");
+            Some(settings) => {
+                let listener = health::bind(settings.listen).await?;
+                tracing::info!(address = %settings.listen, login = settings.needs_login(), "status page at /, with /api/status, /healthz and /metrics");
                 Some((listener, health::install_recorder()?))
             }
             None => None,
@@ -91,6 +96,21 @@ impl Gateway {
         let stop_sinks = CancellationToken::new();
         let mut engine = Engine::start(Arc::clone(&config), &CancellationToken::new());
         let mut sinks: Vec<Sink> = Vec::new();
+        // What the local broker lends the status page, when it runs.
+        #[cfg_attr(not(feature = "broker"), allow(unused_mut))]
+        let mut presence: Option<BrokerPresence> = None;
+        #[cfg_attr(not(feature = "broker"), allow(unused_mut))]
+        let mut access = Access::Open;
+        #[cfg(not(feature = "broker"))]
+        if config.health.is_some_and(|h| h.needs_login()) {
+            return Err(GatewayError::NoLogins);
+        }
+        #[cfg(feature = "broker")]
+        if config.health.is_some_and(|h| h.needs_login()) {
+            access = Access::Login(Arc::new(
+                crate::sink::local::broker::http_login::HttpLogin::standalone(&config.broker),
+            ));
+        }
         #[cfg(feature = "broker")]
         if config.broker.enabled {
             let local = crate::sink::local::LocalFeed::start(
@@ -104,10 +124,15 @@ impl Gateway {
                 path: config.path.clone(),
                 source,
             })?;
+            presence = Some(Box::new(local.presence()));
+            if let Access::Login(_) = access {
+                access = Access::Login(Arc::new(local.http_login()));
+            }
             let stop = stop_sinks.clone();
             sinks.push(Box::new(move |events| Box::pin(local.run(events, stop))));
         }
         let local_broker = !sinks.is_empty();
+        let mut uplink_report = None;
         if config.upstream.is_some() {
             let uplink = Uplink::start(
                 Arc::clone(&config),
@@ -115,6 +140,7 @@ impl Gateway {
                 Arc::clone(&engine.stats),
                 engine.liveness.pulse("uplink"),
             )?;
+            uplink_report = Some(uplink.report());
             let stop = stop_sinks.clone();
             sinks.push(Box::new(move |events| Box::pin(uplink.run(events, stop))));
         } else {
@@ -122,6 +148,18 @@ impl Gateway {
             sinks.push(Box::new(move |events| {
                 Box::pin(crate::sink::log::run(config, events, stop))
             }));
+        }
+        let status = health.as_ref().map(|_| {
+            StatusBoard::new(
+                Arc::clone(&config),
+                Arc::clone(&engine.stats),
+                uplink_report,
+                presence,
+            )
+        });
+        if let Some(board) = status.clone() {
+            let stop = stop_sinks.clone();
+            sinks.push(Box::new(move |events| Box::pin(board.run(events, stop))));
         }
         tracing::info!(config = %config.path.display(), buses = config.buses.len(), devices = config.devices.len(), upstream = config.upstream.is_some(), local_broker, "fieldmq running");
         let mut tasks = JoinSet::new();
@@ -134,12 +172,16 @@ impl Gateway {
                 .upstream
                 .as_ref()
                 .map(|_| engine.writes.uplink_state());
-            let probe = Probe::new(
+            let mut probe = Probe::new(
                 Arc::clone(&engine.liveness),
                 Arc::clone(&engine.stats),
                 uplink,
                 metrics,
-            );
+            )
+            .with_access(access);
+            if let Some(board) = status {
+                probe = probe.with_status(Arc::new(board));
+            }
             tokio::spawn(probe.serve(listener, stop_sinks.clone()));
         }
         tokio::spawn(systemd::watchdog(

@@ -3,7 +3,6 @@
 
 mod cli;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,14 +85,7 @@ enum Command {
         filters: Vec<String>,
     },
     /// Run a simulated meter (Modbus TCP) and GPIO panel into the embedded broker, in both profiles; no hardware or config needed.
-    Demo {
-        /// Where the simulated meter listens (Modbus TCP).
-        #[arg(long, default_value = "127.0.0.1:5020")]
-        modbus_listen: SocketAddr,
-        /// Where the embedded MQTT broker listens.
-        #[arg(long, default_value = fieldmq::config::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-    },
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,10 +110,7 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             with_config(&config, |config| runtime()?.block_on(cli::run::run(config)))
         }
-        Command::Demo {
-            modbus_listen,
-            listen,
-        } => runtime().and_then(|rt| rt.block_on(cli::demo::demo(modbus_listen, listen))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(cli::demo::demo(args))),
         Command::Tail {
             url,
             config,

@@ -73,6 +73,20 @@ pub fn print_check(config: &Config) {
             }
         );
     }
+    match config.health {
+        Some(health) => say!(
+            "status page: http://{}/ ({})",
+            health.listen,
+            if health.listen.ip().is_loopback() {
+                "this machine only"
+            } else if health.needs_login() {
+                "other machines log in as local broker users"
+            } else {
+                "anyone who reaches it, allow_remote = true"
+            }
+        ),
+        None => say!("status page: off (no [health])"),
+    }
     for (index, bus) in config.buses.iter().enumerate() {
         let link = &bus.transport;
         say!();

@@ -10,8 +10,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::say;
 
+/// `fieldmq demo`'s options.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the simulated meter listens (Modbus TCP).
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    modbus_listen: SocketAddr,
+    /// Where the embedded MQTT broker listens.
+    #[arg(long, default_value = fieldmq::config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the status page (and /healthz, /metrics) listens.
+    #[arg(long, default_value = "127.0.0.1:9185")]
+    status_listen: SocketAddr,
+}
+
 /// Runs the demo until Ctrl-C, then removes its state directory.
-pub async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<ExitCode> {
+pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let DemoArgs {
+        modbus_listen: listen,
+        listen: broker,
+        status_listen,
+    } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the simulated meter (try --modbus-listen 127.0.0.1:0)"))?;
@@ -40,7 +59,7 @@ pub async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<Exit
     let password = hex(&secret[4..]);
     std::fs::write(data_dir.join("uplink.pass"), password)
         .with_context(|| format!("cannot write to {}", data_dir.display()))?;
-    let text = fieldmq::sim::demo::config_text(address, broker, &data_dir);
+    let text = fieldmq::sim::demo::config_text(address, broker, status_listen, &data_dir);
     let config =
         Config::from_toml(Path::new("<demo>"), &text).context("the demo's built-in device map")?;
     let (host, port) = (broker.ip(), broker.port());
@@ -56,6 +75,7 @@ pub async fn demo(listen: SocketAddr, broker: SocketAddr) -> anyhow::Result<Exit
     say!(
         "  switch the relay: mosquitto_pub -h {host} -p {port} -t 'demo/fieldmq-demo/panel/relay/set' -m true"
     );
+    say!("  the status page, live in a browser: http://{status_listen}/");
     say!("  stop with Ctrl-C");
     let code = crate::cli::run::run(config).await;
     stop_meter.cancel();

@@ -262,7 +262,10 @@ impl<'a> Checker<'a> {
             .broker
             .as_ref()
             .map_or_else(LocalBrokerSettings::default, |b| self.broker(b, base));
-        let health = raw.health.as_ref().and_then(|h| self.health(h));
+        let health = raw
+            .health
+            .as_ref()
+            .and_then(|h| self.health(h, broker.users.len()));
         self.unique("", "bus", raw.bus.iter().map(|b| &b.name));
         self.unique("", "device", raw.device.iter().map(|d| &d.name));
         let buses: Vec<Bus> = raw.bus.iter().map(|b| self.bus(b, base)).collect();

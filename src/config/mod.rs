@@ -24,7 +24,6 @@ mod raw;
 pub mod reload;
 mod upstream;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +36,7 @@ pub use buffer::{BufferPolicy, DEFAULT_DRAIN_RATE, DEFAULT_MAX_SIZE, Overflow};
 use check::{Checker, line_of};
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use gpio::{GpioBackend, GpioChip, InputLine, PinRole, PinSettings, Pull};
+pub use health::Health;
 pub use model::{KnownModel, ModelIdentity};
 use raw::RawConfig;
 pub use upstream::{
@@ -57,8 +57,8 @@ pub struct Config {
     pub buffer: BufferPolicy,
     /// The embedded local broker.
     pub broker: LocalBrokerSettings,
-    /// Where `/healthz` and `/metrics` are served, if anywhere.
-    pub health: Option<SocketAddr>,
+    /// Where `/healthz`, `/metrics` and the status page are served, if anywhere.
+    pub health: Option<Health>,
     /// Field buses, each polled by one task.
     pub buses: Vec<Bus>,
     /// Devices; a `DeviceId` is an index into this list.

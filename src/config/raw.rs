@@ -110,6 +110,7 @@ pub struct RawBuffer {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub listen: Spanned<String>,
+    pub allow_remote: Option<Spanned<bool>>,
 }
 
 /// `[broker]`

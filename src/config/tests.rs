@@ -625,6 +625,48 @@ fn broker_tls_keys_go_together_and_an_open_tls_listener_needs_a_decision() {
     }
 }
 
+#[test]
+fn a_status_page_beyond_loopback_needs_allow_remote_or_broker_users() {
+    let health = |section: &str| {
+        GOOD.replace(
+            "[[bus]]\nname = \"rs485-1\"",
+            &format!("{section}\n\n[[bus]]\nname = \"rs485-1\""),
+        )
+    };
+    let local = Config::from_toml(
+        Path::new("gw.toml"),
+        &health("[health]\nlisten = \"127.0.0.1:9185\""),
+    )
+    .expect("loopback needs nothing");
+    assert_eq!(local.health.map(|h| h.needs_login()), Some(false));
+
+    let remote = "[health]\nlisten = \"0.0.0.0:9185\"";
+    let errs = errors(&health(remote));
+    assert!(
+        errs.iter().any(|e| e.contains(
+            "meter1.toml:7: [health]: listen = \"0.0.0.0:9185\" serves the status page, /metrics and /healthz beyond this machine, expected either allow_remote = true"
+        )),
+        "{errs:?}"
+    );
+
+    let open = Config::from_toml(
+        Path::new("gw.toml"),
+        &health(&format!("{remote}\nallow_remote = true")),
+    )
+    .expect("allow_remote opens it");
+    assert_eq!(open.health.map(|h| h.needs_login()), Some(false));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("tech.pass");
+    std::fs::write(&password, "panel-42").expect("password");
+    let users = format!(
+        "{remote}\n\n[[broker.user]]\nname = \"tech\"\npassword_file = \"{}\"",
+        password.display()
+    );
+    let guarded = Config::from_toml(Path::new("gw.toml"), &health(&users)).expect("users log in");
+    assert_eq!(guarded.health.map(|h| h.needs_login()), Some(true));
+}
+
 const PANEL: &str = r#"
 [[device]]
 name = "panel"

@@ -1,13 +1,20 @@
-//! `[health]`: `/healthz` for probes and `/metrics` for Prometheus, over
-//! plain HTTP/1.1 on the configured address (loopback by default: nothing in
-//! it needs a password, and nothing in it is secret either).
+//! `[health]`: `/healthz` for probes, `/metrics` for Prometheus and the
+//! status page (given by a layer above as a [`StatusView`]), over plain
+//! HTTP/1.1 on the configured address.
+//!
+//! Loopback by default. On another address the config asks for either
+//! `allow_remote = true` or a login: then every request from beyond this
+//! machine needs HTTP basic auth, checked by a [`Gatekeeper`] (the local
+//! broker's users), whatever the path: device names, values and the uplink's
+//! server say more about a plant than a passer-by should learn.
 //!
 //! What is counted, and under which names, is [`crate::ops::metrics`]'s;
 //! this module installs the Prometheus exporter that renders it and serves
-//! the two endpoints.
+//! the endpoints. Every answer carries headers that keep a browser from
+//! running anything but the page's own script.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +53,32 @@ pub enum HealthError {
     Recorder(String),
 }
 
-/// What `/healthz` and `/metrics` are answered from.
+/// The status page and its data, served from a layer above.
+pub trait StatusView: Send + Sync + std::fmt::Debug {
+    /// The answer to `GET path`, or `None` when the path is not the page's.
+    fn answer(&self, path: &str) -> Option<Answer>;
+}
+
+/// Checks the logins of requests from beyond this machine.
+pub trait Gatekeeper: Send + Sync + std::fmt::Debug {
+    /// How long a request from `peer` waits before its login is checked
+    /// (failures from one address slow that address down).
+    fn delay(&self, peer: IpAddr) -> Duration;
+    /// Whether the `Authorization` header `authorization` is a valid login;
+    /// may block (password hashing), so it is called off the async workers.
+    fn admits(&self, peer: IpAddr, authorization: &str) -> bool;
+}
+
+/// Who may read the endpoint.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Whoever reaches the listener: loopback listeners, or `allow_remote = true`.
+    Open,
+    /// Requests from beyond this machine log in (HTTP basic auth).
+    Login(Arc<dyn Gatekeeper>),
+}
+
+/// What the endpoint is answered from.
 #[derive(Debug, Clone)]
 pub struct Probe {
     liveness: Arc<Liveness>,
@@ -54,6 +86,8 @@ pub struct Probe {
     /// `None` without an `[upstream]`.
     uplink: Option<watch::Receiver<bool>>,
     metrics: PrometheusHandle,
+    status: Option<Arc<dyn StatusView>>,
+    access: Access,
 }
 
 /// An answer, before it becomes an HTTP response.
@@ -80,7 +114,21 @@ impl Probe {
             stats,
             uplink,
             metrics,
+            status: None,
+            access: Access::Open,
         }
+    }
+
+    /// Also serves the status page, `/` and what `status` answers.
+    pub fn with_status(mut self, status: Arc<dyn StatusView>) -> Probe {
+        self.status = Some(status);
+        self
+    }
+
+    /// Lets in only what `access` admits.
+    pub fn with_access(mut self, access: Access) -> Probe {
+        self.access = access;
+        self
     }
 
     /// The answer to `method path`.
@@ -95,8 +143,38 @@ impl Probe {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.metrics(),
             },
-            _ => text(404, "not found: try /healthz or /metrics\n"),
+            _ => match self.status.as_ref().and_then(|s| s.answer(path)) {
+                Some(answer) => answer,
+                None if self.status.is_some() => {
+                    text(404, "not found: try /, /api/status, /healthz or /metrics\n")
+                }
+                None => text(404, "not found: try /healthz or /metrics\n"),
+            },
         }
+    }
+
+    /// Whether a request from `peer` with this `Authorization` header may be
+    /// answered: always from this machine, else as [`Access`] says.
+    pub async fn admits(&self, peer: Option<IpAddr>, authorization: Option<&str>) -> bool {
+        let Access::Login(gatekeeper) = &self.access else {
+            return true;
+        };
+        let peer = match peer {
+            Some(ip) if ip.is_loopback() => return true,
+            Some(ip) => ip,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let Some(authorization) = authorization else {
+            return false;
+        };
+        let delay = gatekeeper.delay(peer);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (gatekeeper, authorization) = (Arc::clone(gatekeeper), authorization.to_owned());
+        tokio::task::spawn_blocking(move || gatekeeper.admits(peer, &authorization))
+            .await
+            .unwrap_or(false)
     }
 
     /// 200 while every task keeps its promises, 503 naming the stuck ones.
@@ -158,8 +236,8 @@ impl Probe {
                 }
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "health endpoint: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -172,21 +250,36 @@ impl Probe {
             let probe = self.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                serve_connection(probe, stream, stop).await;
+                serve_connection(probe, stream, Some(peer.ip()), stop).await;
                 drop(slot);
             });
         }
     }
 }
 
-/// Answers the HTTP/1 requests of one connection until it ends or `stop`.
-pub async fn serve_connection<IO>(probe: Probe, io: IO, stop: CancellationToken)
-where
+/// Answers the HTTP/1 requests of one connection from `peer` until it ends or `stop`.
+pub async fn serve_connection<IO>(
+    probe: Probe,
+    io: IO,
+    peer: Option<IpAddr>,
+    stop: CancellationToken,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = hyper::service::service_fn(move |request: Request<_>| {
-        let answer = probe.answer(request.method(), request.uri().path());
-        async move { Ok::<_, Infallible>(response(answer)) }
+        let probe = probe.clone();
+        async move {
+            let authorization = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let answer = if probe.admits(peer, authorization).await {
+                probe.answer(request.method(), request.uri().path())
+            } else {
+                text(401, "log in as a user of the local broker\n")
+            };
+            Ok::<_, Infallible>(response(answer))
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -230,14 +323,40 @@ fn text(status: u16, body: &str) -> Answer {
     }
 }
 
+/// What every answer carries: only the page's own script and style run, it
+/// cannot be framed, nothing is cached or sniffed into another type.
+const SAFETY_HEADERS: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
 fn response(answer: Answer) -> Response<Full<Bytes>> {
+    use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+    let status = answer.status;
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() =
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if let Ok(value) = hyper::header::HeaderValue::from_str(answer.content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(answer.content_type) {
+        headers.insert(CONTENT_TYPE, value);
+    }
+    for (name, value) in SAFETY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    if status == 401 {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"fieldmq\", charset=\"UTF-8\""),
+        );
     }
     response
 }

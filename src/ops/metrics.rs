@@ -11,6 +11,8 @@
 //! costs next to nothing when `[health]` is off; at each scrape
 //! [`export_totals`] hands it the totals, so both readers see the same numbers.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,10 +35,29 @@ pub struct Counters {
     pub messages_dropped: AtomicU64,
     /// The store-and-forward queue could not be opened; the gateway runs without it.
     pub queue_unavailable: std::sync::atomic::AtomicBool,
+    /// Each Modbus device's poll cycles, by device name (names survive a reload).
+    polls_by_device: Mutex<HashMap<String, PollTally>>,
+}
+
+/// One device's poll cycles since start, as the status page shows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollTally {
+    /// Cycles run (one per scan class due).
+    pub cycles: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests that failed (timeout, exception, link, malformed answer).
+    pub failed_requests: u64,
+    /// How long the last cycle took.
+    pub last_cycle: Duration,
+    /// The period of the scan class polled last.
+    pub period: Duration,
+    /// The last failed request's fault, and when (ms since the Unix epoch).
+    pub last_fault: Option<(Fault, u64)>,
 }
 
 /// The counters at one instant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterSnapshot {
     /// See [`Counters::polls`].
     pub polls: u64,
@@ -61,6 +82,43 @@ impl Counters {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One poll cycle of `device`, of the scan class with `period`, took
+    /// `took` for `requests` requests, of which these failed.
+    pub fn cycle<'a>(
+        &self,
+        device: &str,
+        period: Duration,
+        took: Duration,
+        requests: usize,
+        faults: impl Iterator<Item = &'a Fault>,
+    ) {
+        let mut tallies = self
+            .polls_by_device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Looked up before inserting: no name is copied on the hot path.
+        let tally = match tallies.get_mut(device) {
+            Some(tally) => tally,
+            None => tallies.entry(device.to_owned()).or_default(),
+        };
+        tally.cycles += 1;
+        tally.requests += requests as u64;
+        tally.last_cycle = took;
+        tally.period = period;
+        for fault in faults {
+            tally.failed_requests += 1;
+            tally.last_fault = Some((fault.clone(), crate::core::value::now_ms()));
+        }
+    }
+
+    /// Every device's poll tally, by name.
+    pub fn polls_by_device(&self) -> HashMap<String, PollTally> {
+        self.polls_by_device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current values.

@@ -99,6 +99,11 @@ impl LastValues {
         self.devices.get(device)?.identity.as_deref()
     }
 
+    /// The last sample of a metric; `None` while it was never read.
+    pub fn last(&self, device: DeviceId, metric: MetricId) -> Option<&Sample> {
+        self.devices.get(device)?.samples.get(metric)?.as_ref()
+    }
+
     /// Whether the device answered its last poll cycles.
     pub fn is_online(&self, device: DeviceId) -> bool {
         self.devices.get(device).is_some_and(|d| d.online)

@@ -97,6 +97,15 @@ impl NodeProfile {
         }
     }
 
+    /// The Sparkplug primary host followed and whether it is online; `None`
+    /// without one (and for the plain profile).
+    pub fn primary_host(&self) -> Option<(&str, bool)> {
+        match self {
+            NodeProfile::Sparkplug(node) => node.primary_host(),
+            NodeProfile::Plain(_) => None,
+        }
+    }
+
     /// Whether data of `device` may go out now (connected; Sparkplug: node
     /// and device born in this session). Otherwise it waits in the queue.
     pub fn ready(&self, device: DeviceId) -> bool {

@@ -26,8 +26,13 @@ pub const UPLINK_USER: &str = "sparkplug";
 /// panel, published into the embedded broker on `broker` twice: as plain
 /// JSON by the broker's own feed, and as Sparkplug B by the uplink, which
 /// logs in to that same broker as [`UPLINK_USER`] with the password in
-/// `data_dir/uplink.pass` (the caller writes it).
-pub fn config_text(address: SocketAddr, broker: SocketAddr, data_dir: &Path) -> String {
+/// `data_dir/uplink.pass` (the caller writes it); the status page on `status`.
+pub fn config_text(
+    address: SocketAddr,
+    broker: SocketAddr,
+    status: SocketAddr,
+    data_dir: &Path,
+) -> String {
     let data_dir = data_dir.display();
     let mut text = format!(
         r#"
@@ -64,6 +69,9 @@ name = "{UPLINK_USER}"
 password_file = "{data_dir}/uplink.pass"
 publish = ["spBv1.0/#"]
 subscribe = ["spBv1.0/#"]
+
+[health]
+listen = "{status}"
 
 [[bus]]
 name = "sim"

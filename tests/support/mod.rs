@@ -2,6 +2,7 @@
 //! configs written for them, and an engine whose events can be awaited.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mqtt;
 pub mod paced;
 pub mod relay;

@@ -231,7 +231,8 @@ impl BusTask {
             let started = Instant::now();
             let slot = &mut self.slots[class];
             let cycle = cycle::poll(&mut self.link, &device.name, unit_id, &mut slot.plan).await;
-            record_cycle(device, &cycle, started.elapsed());
+            let period = slot.period;
+            record_cycle(&self.stats, device, period, &cycle, started.elapsed());
             answered |= cycle.answered;
             if !cycle.answered && fault.is_none() {
                 fault = Some(first_fault(&cycle));
@@ -394,13 +395,17 @@ impl BusTask {
     }
 }
 
-/// A cycle's duration and failed requests, per device, for `/metrics`.
-fn record_cycle(device: &Device, cycle: &Cycle, took: Duration) {
-    metrics::cycle_recorded(
-        &device.name,
-        took,
-        cycle.answers.iter().filter_map(|(_, a)| a.as_ref().err()),
-    );
+/// A cycle's duration and failed requests, per device, for `/metrics` and the status page.
+fn record_cycle(
+    stats: &Counters,
+    device: &Device,
+    period: Duration,
+    cycle: &Cycle,
+    took: Duration,
+) {
+    let faults = || cycle.answers.iter().filter_map(|(_, a)| a.as_ref().err());
+    metrics::cycle_recorded(&device.name, took, faults());
+    stats.cycle(&device.name, period, took, cycle.answers.len(), faults());
 }
 
 fn first_fault(cycle: &Cycle) -> Fault {

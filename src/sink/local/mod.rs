@@ -81,6 +81,18 @@ impl LocalFeed {
         Ok(feed)
     }
 
+    /// Who is connected to the broker now; see [`LocalBroker::presence`].
+    pub fn presence(
+        &self,
+    ) -> impl Fn() -> Vec<(broker::sessions::Login, usize)> + Send + Sync + 'static {
+        self.broker.presence()
+    }
+
+    /// The status page's logins; see [`LocalBroker::http_login`].
+    pub fn http_login(&self) -> broker::http_login::HttpLogin {
+        self.broker.http_login()
+    }
+
     /// Runs until `shutdown` or until the bus tasks are gone.
     pub async fn run(
         mut self,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, SubscribeFilter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,30 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// The uplink as the status page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkReport {
+    /// Connected to a server.
+    pub connected: bool,
+    /// The server connected to, as configured.
+    pub server: Option<String>,
+    /// Serving its purpose: connected and, for Sparkplug, born (with a
+    /// primary host, while that host is online).
+    pub born: bool,
+    /// Sparkplug bdSeq of the current or last connection.
+    pub bd_seq: Option<u64>,
+    /// The primary host followed and whether it is online.
+    pub primary_host: Option<(String, bool)>,
+    /// Samples waiting in the store-and-forward queue.
+    pub backlog: u64,
+    /// Samples the queue lost since start.
+    pub dropped: u64,
+    /// Samples sent from the queue since start.
+    pub drained: u64,
+    /// The queue could be opened.
+    pub queue_usable: bool,
+}
+
 /// The uplink: the node as upstream sees it, its connection task and the queue in front.
 #[derive(Debug)]
 pub struct Uplink {
@@ -72,6 +96,12 @@ pub struct Uplink {
     dropped_logged: u64,
     /// Messages refused by a full uplink queue since last logged.
     queue_full_unlogged: u64,
+    /// What the status page is told; nothing is built while nobody follows it.
+    report: watch::Sender<UplinkReport>,
+    /// The server and epoch of the current or last connection.
+    session: Option<(String, u64)>,
+    /// Samples sent from the queue since start.
+    drained: u64,
 }
 
 impl Uplink {
@@ -160,7 +190,45 @@ impl Uplink {
             pulse,
             dropped_logged: 0,
             queue_full_unlogged: 0,
+            report: watch::channel(UplinkReport::default()).0,
+            session: None,
+            drained: 0,
         })
+    }
+
+    /// Follows the uplink's state, for the status page.
+    pub fn report(&self) -> watch::Receiver<UplinkReport> {
+        self.report.subscribe()
+    }
+
+    /// Tells the status page, if one follows, what changed.
+    fn refresh_report(&mut self) {
+        if self.report.receiver_count() == 0 {
+            return;
+        }
+        let profile = &self.node.profile;
+        let report = UplinkReport {
+            connected: self.connected,
+            server: self.session.as_ref().map(|(server, _)| server.clone()),
+            born: self.connected && profile.online(),
+            bd_seq: self
+                .session
+                .as_ref()
+                .filter(|_| profile.needs_epoch())
+                .map(|(_, epoch)| *epoch),
+            primary_host: profile
+                .primary_host()
+                .map(|(id, online)| (id.to_owned(), online)),
+            backlog: self.forwarder.backlog(),
+            dropped: self.forwarder.dropped(),
+            drained: self.drained,
+            queue_usable: !self.forwarder.is_unavailable(),
+        };
+        self.report.send_if_modified(|now| {
+            let changed = *now != report;
+            *now = report;
+            changed
+        });
     }
 
     /// Runs until `shutdown` or until the bus tasks are gone, then says
@@ -214,6 +282,7 @@ impl Uplink {
                     let outgoing = self.node.tick(self.backlog());
                     self.send(outgoing);
                     self.drain();
+                    self.refresh_report();
                 }
                 _ = confirm_tick.tick(), if self.connected => self.outbox.ask_for_proof(),
                 _ = republish_tick.tick(), if self.connected && self.republish.is_some() => self.republish(),
@@ -284,7 +353,7 @@ impl Uplink {
             .map(|d| self.node.profile.ready(d))
             .collect();
         let (profile, outbox) = (&mut self.node.profile, &mut self.outbox);
-        let forwarder = &mut self.forwarder;
+        let (forwarder, drained) = (&mut self.forwarder, &mut self.drained);
         crate::ops::blocking::file_work(|| {
             forwarder.drain(
                 per_tick as usize,
@@ -296,6 +365,7 @@ impl Uplink {
                             return None;
                         }
                     }
+                    *drained += samples.len() as u64;
                     Some(outbox.handed)
                 },
             )
@@ -353,8 +423,9 @@ impl Uplink {
 
     fn link_event(&mut self, event: ConnectionEvent) {
         match event {
-            ConnectionEvent::Connected { epoch, .. } => {
+            ConnectionEvent::Connected { epoch, server } => {
                 self.connected = true;
+                self.session = Some((server, epoch));
                 self.outbox.handed = 0;
                 self.outbox.proven = 0;
                 let actions = self.node.profile.connected(epoch);
@@ -401,6 +472,7 @@ impl Uplink {
         let up = self.connected && self.node.profile.online();
         self.node.uplink(up);
         metrics::uplink_up(up);
+        self.refresh_report();
     }
 
     /// Carries out what only the uplink can; false when a message could not be published.

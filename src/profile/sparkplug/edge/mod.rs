@@ -466,6 +466,13 @@ impl EdgeNode {
         self.device_born(device)
     }
 
+    /// The primary host the node follows and whether it is online; `None` without one.
+    pub fn primary_host(&self) -> Option<(&str, bool)> {
+        self.host
+            .as_ref()
+            .map(|h| (h.id.as_str(), h.state.is_online()))
+    }
+
     /// Stored samples as one DDATA of this session (its seq, the current
     /// aliases), each metric flagged historical with its original timestamp;
     /// without those the device's DBIRTH already carried.

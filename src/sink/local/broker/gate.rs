@@ -26,7 +26,7 @@ use super::LocalCommand;
 use super::access::{self, AccessRules};
 use super::rate::{Admission, PublishRate};
 use super::retained::RetainedBudget;
-use super::sessions::{Login, Refusal, SessionOwners};
+use super::sessions::{Connections, Login, Refusal, SessionOwners};
 use super::throttle::LoginThrottle;
 use crate::ops::metrics;
 use crate::ops::metrics::Counters;
@@ -60,6 +60,7 @@ pub(super) struct Gate {
     pub stats: Arc<Counters>,
     pub rate: Arc<Mutex<PublishRate>>,
     pub owners: Arc<Mutex<SessionOwners<SessionMark>>>,
+    pub connections: Arc<Mutex<Connections<SessionMark>>>,
     pub throttle: Arc<Mutex<LoginThrottle>>,
     pub retained: Arc<Mutex<RetainedBudget>>,
     pub topics: TopicLimits,
@@ -323,7 +324,15 @@ impl Handler for Gate {
                 metrics::broker_dropped(reason);
                 (true, acc)
             }
+            Parameter::ClientConnected(session) => {
+                let mark = (session.id.create_time, session.id.remote_addr);
+                let login = user_of(session.id.username.as_ref());
+                lock(&self.connections).opened(&session.id.client_id, mark, login);
+                (true, acc)
+            }
             Parameter::ClientDisconnected(session, _) => {
+                let mark = (session.id.create_time, session.id.remote_addr);
+                lock(&self.connections).closed(&session.id.client_id, &mark);
                 lock(&self.rate).forget(&session.id.client_id);
                 lock(&self.warned).retain(|(c, _)| *c != *session.id.client_id);
                 (true, acc)

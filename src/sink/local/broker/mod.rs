@@ -16,6 +16,7 @@
 
 pub mod access;
 mod gate;
+pub mod http_login;
 pub mod rate;
 pub mod retained;
 pub mod sessions;
@@ -49,7 +50,7 @@ use access::AccessRules;
 use gate::{Gate, TopicLimits, lock};
 use rate::PublishRate;
 use retained::RetainedBudget;
-use sessions::{Quotas, SessionOwners};
+use sessions::{Connections, Login, Quotas, SessionOwners};
 use throttle::LoginThrottle;
 
 /// How long the broker keeps running after fieldmq's last message.
@@ -106,6 +107,10 @@ pub struct LocalBroker {
     owners: Arc<Mutex<SessionOwners<gate::SessionMark>>>,
     /// `[broker] anonymous_persistent`; shared with the hooks.
     anonymous_persistent: Arc<AtomicBool>,
+    /// Who is connected now; kept by the hooks.
+    connections: Arc<Mutex<Connections<gate::SessionMark>>>,
+    /// Failed logins per address; shared with the status page's logins.
+    throttle: Arc<Mutex<LoginThrottle>>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -166,6 +171,8 @@ impl LocalBroker {
         let rules = Arc::new(RwLock::new(Arc::new(AccessRules::new(settings))));
         let owners = Arc::new(Mutex::new(SessionOwners::new(quotas)));
         let anonymous_persistent = Arc::new(AtomicBool::new(settings.anonymous_persistent));
+        let connections = Arc::new(Mutex::new(Connections::default()));
+        let throttle = Arc::new(Mutex::new(LoginThrottle::default()));
         let gate = Gate {
             scx: scx.clone(),
             rules: Arc::clone(&rules),
@@ -174,7 +181,8 @@ impl LocalBroker {
             stats,
             rate: Arc::new(Mutex::new(PublishRate::new(settings.max_publish_rate))),
             owners: Arc::clone(&owners),
-            throttle: Arc::new(Mutex::new(LoginThrottle::default())),
+            connections: Arc::clone(&connections),
+            throttle: Arc::clone(&throttle),
             retained: Arc::new(Mutex::new(RetainedBudget::new(
                 settings.max_retained,
                 settings.max_retained_bytes,
@@ -195,6 +203,7 @@ impl LocalBroker {
             Type::MessagePublish,
             Type::MessageDropped,
             Type::MessageExpiryCheck,
+            Type::ClientConnected,
             Type::ClientDisconnected,
         ] {
             register.add(typ, Box::new(gate.clone())).await;
@@ -236,6 +245,8 @@ impl LocalBroker {
                 rules,
                 owners,
                 anonymous_persistent,
+                connections,
+                throttle,
             },
             commands,
         ))
@@ -347,6 +358,19 @@ impl LocalBroker {
                 }
             }
         }
+    }
+
+    /// Who is connected now, readable from any task: clients per login
+    /// (`None`: anonymous), anonymous first.
+    pub fn presence(&self) -> impl Fn() -> Vec<(Login, usize)> + Send + Sync + 'static {
+        let connections = Arc::clone(&self.connections);
+        move || lock(&connections).per_login()
+    }
+
+    /// Logins over the broker's users as they stand (reloads included),
+    /// with failures slowed down together with the broker's own.
+    pub fn http_login(&self) -> http_login::HttpLogin {
+        http_login::HttpLogin::new(Arc::clone(&self.rules), Arc::clone(&self.throttle))
     }
 
     /// Stops listening, after connected clients had a moment to receive

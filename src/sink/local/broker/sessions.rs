@@ -127,6 +127,53 @@ impl<T: PartialEq> SessionOwners<T> {
     }
 }
 
+/// The connections open now, and who logged in on each; `T` tells one
+/// connection under a client id from the next.
+#[derive(Debug)]
+pub struct Connections<T> {
+    by_client: HashMap<String, (T, Login)>,
+}
+
+impl<T> Default for Connections<T> {
+    fn default() -> Connections<T> {
+        Connections {
+            by_client: HashMap::new(),
+        }
+    }
+}
+
+impl<T: PartialEq> Connections<T> {
+    /// `connection` opened under `client`, taking over an earlier one there.
+    pub fn opened(&mut self, client: &str, connection: T, login: Login) {
+        self.by_client
+            .insert(client.to_owned(), (connection, login));
+    }
+
+    /// `connection` under `client` closed; a later one there stays (a
+    /// takeover closes the old connection after the new one opened).
+    pub fn closed(&mut self, client: &str, connection: &T) {
+        if self
+            .by_client
+            .get(client)
+            .is_some_and(|(open, _)| open == connection)
+        {
+            self.by_client.remove(client);
+        }
+    }
+
+    /// Connected clients per login: anonymous first, then users by name.
+    pub fn per_login(&self) -> Vec<(Login, usize)> {
+        let mut counts = std::collections::BTreeMap::<&Login, usize>::new();
+        for (_, login) in self.by_client.values() {
+            *counts.entry(login).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(login, n)| (login.clone(), n))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +234,18 @@ mod tests {
         assert_eq!(o.clients_of(&user("u")).collect::<Vec<_>>(), ["x"]);
         o.forget("x");
         assert_eq!(o.all().count(), 0);
+    }
+
+    #[test]
+    fn a_takeover_keeps_the_new_connection_counted() {
+        let mut c = Connections::default();
+        c.opened("panel", 1, user("hmi"));
+        c.opened("viewer", 2, None);
+        c.opened("panel", 3, user("hmi"));
+        c.closed("panel", &1);
+        assert_eq!(c.per_login(), [(None, 1), (user("hmi"), 1)]);
+        c.closed("panel", &3);
+        c.closed("viewer", &2);
+        assert!(c.per_login().is_empty());
     }
 }
