@@ -217,6 +217,21 @@ async fn a_browser_shows_devices_live_values_and_an_offline_device() {
         assert_eq!(browser.eval("document.getElementById('live').textContent"), json!("live"));
         browser.screenshot(&artefact("status-page.png"));
 
+        // A closed card is not fed (the page asks only for what it shows);
+        // opening it brings its values at once.
+        let level = r#"document.querySelector('[data-device="tank"] tr[data-metric="level"] td.value').textContent"#;
+        let summary = r#"document.querySelector('[data-device="tank"] summary').click(); true"#;
+        browser.eval(summary);
+        sim_for_browser.set_registers(1, Table::Holding, 0, &[1300]);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(browser.eval(level), json!("1234"), "a closed card was fed");
+        browser.eval(summary);
+        browser.wait_for(
+            &format!("{level} === '1300'"),
+            Duration::from_secs(2),
+            "the reopened card's value",
+        );
+
         // A phone at the panel: everything fits the width, nothing scrolls sideways.
         browser.viewport(390, 844, true);
         browser.wait_for(

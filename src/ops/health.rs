@@ -55,8 +55,8 @@ pub enum HealthError {
 
 /// The status page and its data, served from a layer above.
 pub trait StatusView: Send + Sync + std::fmt::Debug {
-    /// The answer to `GET path`, or `None` when the path is not the page's.
-    fn answer(&self, path: &str) -> Option<Answer>;
+    /// The answer to `GET path?query`, or `None` when the path is not the page's.
+    fn answer(&self, path: &str, query: Option<&str>) -> Option<Answer>;
 }
 
 /// Checks the logins of requests from beyond this machine.
@@ -131,8 +131,8 @@ impl Probe {
         self
     }
 
-    /// The answer to `method path`.
-    pub fn answer(&self, method: &Method, path: &str) -> Answer {
+    /// The answer to `method path?query`.
+    pub fn answer(&self, method: &Method, path: &str, query: Option<&str>) -> Answer {
         if method != Method::GET && method != Method::HEAD {
             return text(405, "only GET\n");
         }
@@ -143,7 +143,7 @@ impl Probe {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.metrics(),
             },
-            _ => match self.status.as_ref().and_then(|s| s.answer(path)) {
+            _ => match self.status.as_ref().and_then(|s| s.answer(path, query)) {
                 Some(answer) => answer,
                 None if self.status.is_some() => {
                     text(404, "not found: try /, /api/status, /healthz or /metrics\n")
@@ -274,7 +274,11 @@ pub async fn serve_connection<IO>(
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             let answer = if probe.admits(peer, authorization).await {
-                probe.answer(request.method(), request.uri().path())
+                probe.answer(
+                    request.method(),
+                    request.uri().path(),
+                    request.uri().query(),
+                )
             } else {
                 text(401, "log in as a user of the local broker\n")
             };
@@ -383,14 +387,14 @@ mod tests {
             recorder().handle(),
         );
         let _pulse = liveness.pulse("bus line1");
-        let ok = probe.answer(&Method::GET, "/healthz");
+        let ok = probe.answer(&Method::GET, "/healthz", None);
         assert_eq!(ok.status, 200, "the uplink being down is not unhealthy");
         assert!(ok.body.contains(r#""uplink":"down""#), "{}", ok.body);
         tx.send_replace(true);
-        let up = probe.answer(&Method::GET, "/healthz");
+        let up = probe.answer(&Method::GET, "/healthz", None);
         assert!(up.body.contains(r#""uplink":"up""#), "{}", up.body);
-        assert_eq!(probe.answer(&Method::POST, "/healthz").status, 405);
-        assert_eq!(probe.answer(&Method::GET, "/").status, 404);
+        assert_eq!(probe.answer(&Method::POST, "/healthz", None).status, 405);
+        assert_eq!(probe.answer(&Method::GET, "/", None).status, 404);
     }
 
     #[test]
@@ -408,7 +412,7 @@ mod tests {
         );
         let answer = ::metrics::with_local_recorder(&recorder, || {
             metrics::cycle_recorded("meter", Duration::from_millis(12), std::iter::empty());
-            probe.answer(&Method::GET, "/metrics")
+            probe.answer(&Method::GET, "/metrics", None)
         });
         assert_eq!(answer.status, 200);
         for line in [

@@ -55,6 +55,40 @@ pub struct Inputs<'a> {
     pub broker: Option<&'a [(Option<String>, usize)]>,
 }
 
+/// Whose metrics a reading lists: a page shows only the devices opened on
+/// it, so a site of 10 000 tags does not send them all every second.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// Every device's (`/api/status`).
+    #[default]
+    All,
+    /// Only these devices' (`/api/status?device=a&device=b`; `?device=` for none).
+    Only(std::collections::HashSet<String>),
+}
+
+impl Selection {
+    /// The selection a query string asks for: `device` parameters, or all.
+    pub fn from_query(query: Option<&str>) -> Selection {
+        let mut named = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if key == "device" {
+                let names = named.get_or_insert_with(std::collections::HashSet::new);
+                if !value.is_empty() {
+                    names.insert(value.into_owned());
+                }
+            }
+        }
+        named.map_or(Selection::All, Selection::Only)
+    }
+
+    fn includes(&self, device: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only(names) => names.contains(device),
+        }
+    }
+}
+
 /// `/api/status`.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -193,8 +227,10 @@ pub struct DeviceStatus {
     pub requests: u64,
     /// Of those, failed.
     pub failed_requests: u64,
-    /// Its metrics, in config order.
-    pub metrics: Vec<MetricStatus>,
+    /// How many metrics it has.
+    pub metric_count: usize,
+    /// Its metrics, in config order; `null` when the request named other devices.
+    pub metrics: Option<Vec<MetricStatus>>,
 }
 
 /// `devices[].last_error`.
@@ -283,14 +319,17 @@ impl Board {
         self.values.apply(event);
     }
 
-    /// Everything, as `/api/status` shows it.
-    pub fn status(&self, inputs: &Inputs<'_>) -> Status {
+    /// Everything, as `/api/status` shows it, with the metrics of the selected devices.
+    pub fn status(&self, inputs: &Inputs<'_>, selection: &Selection) -> Status {
         let config = &self.config;
         let devices: Vec<DeviceStatus> = config
             .devices
             .iter()
             .enumerate()
-            .map(|(id, device)| self.device(id, device, inputs))
+            .map(|(id, device)| {
+                let with_metrics = selection.includes(&device.name);
+                self.device(id, device, inputs, with_metrics)
+            })
             .collect();
         let buses = config
             .buses
@@ -373,7 +412,13 @@ impl Board {
         }
     }
 
-    fn device(&self, id: usize, device: &Device, inputs: &Inputs<'_>) -> DeviceStatus {
+    fn device(
+        &self,
+        id: usize,
+        device: &Device,
+        inputs: &Inputs<'_>,
+        with_metrics: bool,
+    ) -> DeviceStatus {
         let log = self.devices.get(id).cloned().unwrap_or_default();
         let tally = inputs.polls.get(&device.name);
         let state = if self.values.is_online(id) {
@@ -394,31 +439,7 @@ impl Board {
                 message: fault.to_string(),
                 at_ms: *at,
             });
-        let metrics = device
-            .metrics
-            .iter()
-            .enumerate()
-            .map(|(m, metric)| {
-                let last = self.values.last(id, m);
-                let (quality, fault) = match last.map(|s| &s.quality) {
-                    None => ("unread", None),
-                    Some(Quality::Good) => ("good", None),
-                    Some(Quality::Bad(fault)) => ("bad", Some(fault.to_string())),
-                };
-                MetricStatus {
-                    name: metric.name.clone(),
-                    value: last
-                        .and_then(|s| s.value.as_ref())
-                        .map_or(serde_json::Value::Null, |v| v.to_json()),
-                    data_type: metric.value_type().name(),
-                    unit: metric.unit.clone(),
-                    quality,
-                    fault,
-                    changed_ms: last.map(|s| s.timestamp_ms),
-                    writable: metric.writable,
-                }
-            })
-            .collect();
+        let metrics = with_metrics.then(|| self.metrics(id, device));
         let (kind, bus, unit) = match &device.attachment {
             Attachment::Modbus(m) => (
                 "modbus",
@@ -443,8 +464,38 @@ impl Board {
             }),
             requests: tally.map_or(0, |t| t.requests),
             failed_requests: tally.map_or(0, |t| t.failed_requests),
+            metric_count: device.metrics.len(),
             metrics,
         }
+    }
+
+    /// A device's metrics, as last read.
+    fn metrics(&self, id: usize, device: &Device) -> Vec<MetricStatus> {
+        device
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(m, metric)| {
+                let last = self.values.last(id, m);
+                let (quality, fault) = match last.map(|s| &s.quality) {
+                    None => ("unread", None),
+                    Some(Quality::Good) => ("good", None),
+                    Some(Quality::Bad(fault)) => ("bad", Some(fault.to_string())),
+                };
+                MetricStatus {
+                    name: metric.name.clone(),
+                    value: last
+                        .and_then(|s| s.value.as_ref())
+                        .map_or(serde_json::Value::Null, |v| v.to_json()),
+                    data_type: metric.value_type().name(),
+                    unit: metric.unit.clone(),
+                    quality,
+                    fault,
+                    changed_ms: last.map(|s| s.timestamp_ms),
+                    writable: metric.writable,
+                }
+            })
+            .collect()
     }
 }
 
@@ -510,13 +561,42 @@ mod tests {
         }
     }
 
+    fn first_metric(device: &DeviceStatus) -> &MetricStatus {
+        match device.metrics.as_deref() {
+            Some([first, ..]) => first,
+            _ => panic!("no metrics listed for {}", device.name),
+        }
+    }
+
+    #[test]
+    fn a_page_gets_the_metrics_of_the_devices_it_names() {
+        let board = Board::new(config(&["tank", "pump"]));
+        let polls = HashMap::new();
+        let listed = |query: Option<&str>| -> Vec<bool> {
+            let selection = Selection::from_query(query);
+            let status = board.status(&inputs(&polls), &selection);
+            status.devices.iter().map(|d| d.metrics.is_some()).collect()
+        };
+        assert_eq!(listed(None), [true, true]);
+        assert_eq!(listed(Some("device=pump")), [false, true]);
+        assert_eq!(listed(Some("device=")), [false, false]);
+        assert_eq!(listed(Some("device=tank&device=pump&x=1")), [true, true]);
+        assert_eq!(
+            listed(Some("device=t%61nk")),
+            [true, false],
+            "percent-decoded"
+        );
+        let status = board.status(&inputs(&polls), &Selection::from_query(Some("device=")));
+        assert_eq!(status.devices[0].metric_count, 1);
+    }
+
     #[test]
     fn devices_and_their_bus_follow_the_events() {
         let mut board = Board::new(config(&["tank", "pump"]));
         let polls = HashMap::new();
-        let status = board.status(&inputs(&polls));
+        let status = board.status(&inputs(&polls), &Selection::All);
         assert_eq!(status.devices[0].state, "waiting");
-        assert_eq!(status.devices[0].metrics[0].quality, "unread");
+        assert_eq!(first_metric(&status.devices[0]).quality, "unread");
         assert_eq!(status.buses[0].state, "waiting");
 
         let online = |device| DeviceEvent::Online {
@@ -526,7 +606,10 @@ mod tests {
         };
         board.apply(&online(0), 1_000);
         board.apply(&online(1), 1_000);
-        assert_eq!(board.status(&inputs(&polls)).buses[0].state, "ok");
+        assert_eq!(
+            board.status(&inputs(&polls), &Selection::All).buses[0].state,
+            "ok"
+        );
 
         board.apply(
             &DeviceEvent::Offline {
@@ -535,7 +618,7 @@ mod tests {
             },
             2_000,
         );
-        let status = board.status(&inputs(&polls));
+        let status = board.status(&inputs(&polls), &Selection::All);
         let pump = &status.devices[1];
         assert_eq!(pump.state, "offline");
         assert_eq!(pump.since_ms, Some(2_000));
@@ -543,9 +626,10 @@ mod tests {
         assert_eq!(error, Some(("timeout", 2_000)));
         assert_eq!(status.buses[0].state, "degraded");
         let tank = &status.devices[0];
-        assert_eq!(tank.metrics[0].value, serde_json::json!(7));
-        assert_eq!(tank.metrics[0].unit.as_deref(), Some("mm"));
-        assert_eq!(tank.metrics[0].changed_ms, Some(1_000));
+        let level = first_metric(tank);
+        assert_eq!(level.value, serde_json::json!(7));
+        assert_eq!(level.unit.as_deref(), Some("mm"));
+        assert_eq!(level.changed_ms, Some(1_000));
     }
 
     #[test]
@@ -570,7 +654,7 @@ mod tests {
                 last_fault: Some((Fault::Exception(2), 3_000)),
             },
         );
-        let status = board.status(&inputs(&polls));
+        let status = board.status(&inputs(&polls), &Selection::All);
         let device = &status.devices[0];
         let error = device.last_error.as_ref().map(|e| e.message.as_str());
         assert!(
@@ -601,7 +685,7 @@ mod tests {
         let new = config(&["tank", "chiller"]);
         board.apply(&DeviceEvent::Reconfigured(MapVersion(new)), 3_000);
         let polls = HashMap::new();
-        let status = board.status(&inputs(&polls));
+        let status = board.status(&inputs(&polls), &Selection::All);
         let names: Vec<_> = status.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["tank", "chiller"]);
         assert_eq!(status.devices[0].state, "online");

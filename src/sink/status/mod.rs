@@ -27,7 +27,7 @@ use crate::core::value::now_ms;
 use crate::ops::health::{Answer, StatusView};
 use crate::ops::metrics::Counters;
 use crate::sink::uplink::UplinkReport;
-use board::{Board, Inputs, Status};
+use board::{Board, Inputs, Selection, Status};
 
 /// The page; everything it shows comes from `/api/status`.
 const PAGE: &str = include_str!("page.html");
@@ -102,8 +102,8 @@ impl StatusBoard {
         }
     }
 
-    /// Everything the page shows, now.
-    pub fn status(&self) -> Status {
+    /// Everything the page shows, now, with the metrics of `selection`.
+    pub fn status(&self, selection: &Selection) -> Status {
         let shared = &self.shared;
         let uplink = shared.uplink.as_ref().map(|rx| rx.borrow().clone());
         let drain_rate = uplink.as_ref().map_or(0.0, |u| {
@@ -120,27 +120,29 @@ impl StatusBoard {
             drain_rate,
             broker: broker.as_deref(),
         };
-        lock(&shared.board).status(&inputs)
+        lock(&shared.board).status(&inputs, selection)
     }
 }
 
 impl StatusView for StatusBoard {
-    fn answer(&self, path: &str) -> Option<Answer> {
+    fn answer(&self, path: &str, query: Option<&str>) -> Option<Answer> {
         let (content_type, body) = match path {
             "/" | "/index.html" => ("text/html; charset=utf-8", PAGE.to_owned()),
             "/status.js" => ("text/javascript; charset=utf-8", SCRIPT.to_owned()),
             "/status.css" => ("text/css; charset=utf-8", STYLE.to_owned()),
-            "/api/status" => match serde_json::to_string(&self.status()) {
-                Ok(json) => ("application/json", json),
-                Err(e) => {
-                    tracing::error!(error = %e, "status: cannot render /api/status");
-                    return Some(Answer {
-                        status: 500,
-                        content_type: "text/plain; charset=utf-8",
-                        body: "cannot render the status\n".to_owned(),
-                    });
+            "/api/status" => {
+                match serde_json::to_string(&self.status(&Selection::from_query(query))) {
+                    Ok(json) => ("application/json", json),
+                    Err(e) => {
+                        tracing::error!(error = %e, "status: cannot render /api/status");
+                        return Some(Answer {
+                            status: 500,
+                            content_type: "text/plain; charset=utf-8",
+                            body: "cannot render the status\n".to_owned(),
+                        });
+                    }
                 }
-            },
+            }
             _ => return None,
         };
         Some(Answer {

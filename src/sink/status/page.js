@@ -8,6 +8,8 @@
   const POLL_MS = 1000;
   let timer = null;
   let inFlight = false;
+  // A poll asked for while one is under way (a card just opened) follows it.
+  let again = false;
   let lastOk = 0;
 
   const byId = (id) => document.getElementById(id);
@@ -181,6 +183,10 @@
   function card(d, openByDefault) {
     const root = el("details", "device");
     root.open = openByDefault;
+    // Opening a card asks for its metrics at once, not at the next tick.
+    root.addEventListener("toggle", () => {
+      if (root.open) poll();
+    });
     const summary = root.appendChild(el("summary"));
     const parts = {
       root,
@@ -228,6 +234,8 @@
       pairs.push(["Identity", [d.identity.vendor, d.identity.product_code, d.identity.revision].filter(Boolean).join(" · ")]);
     }
     facts(parts.facts, pairs);
+    // Metrics come only for the cards open on this page; a closed card keeps its rows.
+    if (d.metrics === null) return;
     const seen = new Set();
     for (const m of d.metrics) {
       seen.add(m.name);
@@ -297,19 +305,37 @@
     }
   }
 
+  // Metrics only for the open cards: a big site's page asks for what it shows.
+  function statusUrl() {
+    const open = [...cards.entries()].filter(([, parts]) => parts.root.open).map(([name]) => name);
+    if (open.length === 0) return "api/status?device=";
+    return "api/status?" + open.map((name) => "device=" + encodeURIComponent(name)).join("&");
+  }
+
   async function poll() {
-    if (inFlight) return;
+    if (inFlight) {
+      again = true;
+      return;
+    }
     inFlight = true;
     try {
-      const response = await fetch("api/status", { cache: "no-store", credentials: "same-origin" });
+      const response = await fetch(statusUrl(), { cache: "no-store", credentials: "same-origin" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      render(await response.json());
+      const status = await response.json();
+      const firstLoad = cards.size === 0;
+      render(status);
       lastOk = Date.now();
       setLive(true);
+      // The first reading named no device: fetch the metrics of the cards just opened.
+      if (firstLoad && [...cards.values()].some((c) => c.root.open)) again = true;
     } catch (e) {
       setLive(false, e.message);
     } finally {
       inFlight = false;
+      if (again) {
+        again = false;
+        poll();
+      }
     }
   }
 
