@@ -366,6 +366,18 @@ fn parts(devices: usize, registers: u16) -> Vec<(&'static str, usize)> {
         }
         cache
     });
+    let (_board, board_bytes) = kept(|| {
+        let mut board = fieldmq::sink::status::board::Board::new(Arc::clone(&config));
+        for d in 0..devices {
+            let event = DeviceEvent::Online {
+                device: d,
+                samples: full(d),
+                identity: None,
+            };
+            board.apply(&event, 1_764_000_000_000);
+        }
+        board
+    });
     let (_profile, profile_bytes) = kept(|| {
         NodeProfile::new(
             Arc::clone(&config),
@@ -405,6 +417,7 @@ fn parts(devices: usize, registers: u16) -> Vec<(&'static str, usize)> {
         ("read plans", plan_bytes),
         ("report-by-exception state", filter_bytes),
         ("last values (uplink)", cache_bytes),
+        ("status page board (with [health])", board_bytes),
         ("plain topics (profile)", profile_bytes),
         ("Modbus TCP framing buffers (tokio-util)", framing),
         ("replay window (0.5 s unproven)", window_bytes),

@@ -14,26 +14,62 @@ use serde::Serialize;
 
 use crate::config::{Attachment, Config, Device, Profile};
 use crate::core::event::DeviceEvent;
-use crate::core::value::{Fault, Quality};
+use crate::core::identity::Identity;
+use crate::core::value::{DeviceId, Fault, MetricId, Quality, Sample, Value};
 use crate::ops::metrics::{CounterSnapshot, PollTally};
-use crate::profile::last_values::LastValues;
 use crate::sink::uplink::UplinkReport;
 
 /// The device map in force and what the devices said last.
 #[derive(Debug)]
 pub struct Board {
     config: Arc<Config>,
-    values: LastValues,
     devices: Vec<DeviceLog>,
+    /// Why each metric read bad is bad, for the few that are: most are good,
+    /// and a per-metric fault would double what a tag costs.
+    faults: HashMap<(DeviceId, MetricId), Fault>,
 }
 
-/// What a device's events say beyond its values.
+/// What a device's events said.
 #[derive(Debug, Clone, Default)]
 struct DeviceLog {
+    /// `None` until the device was first polled; then whether it answers.
+    online: Option<bool>,
     /// When it last came online or went offline (ms since the Unix epoch).
     since_ms: Option<u64>,
     /// The fault that took it offline, and when.
     offline: Option<(Fault, u64)>,
+    /// What it said it is when it last came online.
+    identity: Option<Arc<Identity>>,
+    /// Each metric as last reported, in metric order.
+    readings: Vec<Reading>,
+}
+
+/// A metric as last reported, kept small: a site keeps one per tag (40
+/// bytes, where a whole [`Sample`] is 80).
+#[derive(Debug, Clone, Default)]
+struct Reading {
+    value: Option<Value>,
+    /// When it last changed (ms since the Unix epoch); 0 while unread.
+    changed_ms: u64,
+    /// Good, bad (why: [`Board::faults`]) or unread.
+    state: ReadState,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ReadState {
+    #[default]
+    Unread,
+    Good,
+    Bad,
+}
+
+impl DeviceLog {
+    fn new(metrics: usize) -> DeviceLog {
+        DeviceLog {
+            readings: vec![Reading::default(); metrics],
+            ..DeviceLog::default()
+        }
+    }
 }
 
 /// What the board is read together with, taken at the moment of reading.
@@ -279,44 +315,89 @@ impl Board {
     /// Nothing heard yet from the devices of `config`.
     pub fn new(config: Arc<Config>) -> Board {
         Board {
-            values: LastValues::new(&config),
-            devices: vec![DeviceLog::default(); config.devices.len()],
+            devices: Board::logs(&config),
+            faults: HashMap::new(),
             config,
         }
+    }
+
+    fn logs(config: &Config) -> Vec<DeviceLog> {
+        config
+            .devices
+            .iter()
+            .map(|d| DeviceLog::new(d.metrics.len()))
+            .collect()
     }
 
     /// Takes in a device event that happened at `now_ms`.
     pub fn apply(&mut self, event: &DeviceEvent<Config>, now_ms: u64) {
         match event {
-            DeviceEvent::Reconfigured(map) => {
-                let unchanged = crate::config::reload::unchanged_devices(&self.config, &map.0);
-                self.values.reconfigure(&self.config, &map.0);
-                let mut devices = vec![DeviceLog::default(); map.0.devices.len()];
-                for (id, log) in devices.iter_mut().enumerate() {
-                    if unchanged.get(id).copied().unwrap_or(false)
-                        && let Some(old) = self.devices.get_mut(id)
-                    {
-                        *log = std::mem::take(old);
-                    }
-                }
-                self.devices = devices;
-                self.config = Arc::clone(&map.0);
-                return;
-            }
-            DeviceEvent::Online { device, .. } => {
+            DeviceEvent::Reconfigured(map) => self.reconfigure(&map.0),
+            DeviceEvent::Samples { device, samples } => self.store(*device, samples),
+            DeviceEvent::Online {
+                device,
+                samples,
+                identity,
+            } => {
                 if let Some(log) = self.devices.get_mut(*device) {
+                    log.online = Some(true);
                     log.since_ms = Some(now_ms);
+                    log.identity.clone_from(identity);
                 }
+                self.store(*device, samples);
             }
             DeviceEvent::Offline { device, fault } => {
                 if let Some(log) = self.devices.get_mut(*device) {
+                    log.online = Some(false);
                     log.since_ms = Some(now_ms);
                     log.offline = Some((fault.clone(), now_ms));
                 }
             }
-            DeviceEvent::Samples { .. } | DeviceEvent::Written { .. } => {}
+            DeviceEvent::Written { .. } => {}
         }
-        self.values.apply(event);
+    }
+
+    /// A reload put `config` in force: what is known about a device that is
+    /// the same in both maps, at the same position, carries over.
+    fn reconfigure(&mut self, config: &Arc<Config>) {
+        let unchanged = crate::config::reload::unchanged_devices(&self.config, config);
+        let mut devices = Board::logs(config);
+        for (id, log) in devices.iter_mut().enumerate() {
+            if unchanged.get(id).copied().unwrap_or(false)
+                && let Some(old) = self.devices.get_mut(id)
+            {
+                *log = std::mem::take(old);
+            }
+        }
+        self.faults
+            .retain(|(device, _), _| unchanged.get(*device).copied().unwrap_or(false));
+        self.devices = devices;
+        self.config = Arc::clone(config);
+    }
+
+    fn store(&mut self, device: DeviceId, samples: &[Sample]) {
+        let Some(log) = self.devices.get_mut(device) else {
+            return;
+        };
+        for sample in samples {
+            let Some(reading) = log.readings.get_mut(sample.metric) else {
+                continue;
+            };
+            reading.value.clone_from(&sample.value);
+            reading.changed_ms = sample.timestamp_ms;
+            match &sample.quality {
+                Quality::Good => {
+                    if reading.state == ReadState::Bad {
+                        self.faults.remove(&(device, sample.metric));
+                    }
+                    reading.state = ReadState::Good;
+                }
+                Quality::Bad(fault) => {
+                    reading.state = ReadState::Bad;
+                    self.faults.insert((device, sample.metric), fault.clone());
+                }
+            }
+        }
     }
 
     /// Everything, as `/api/status` shows it, with the metrics of the selected devices.
@@ -419,14 +500,13 @@ impl Board {
         inputs: &Inputs<'_>,
         with_metrics: bool,
     ) -> DeviceStatus {
-        let log = self.devices.get(id).cloned().unwrap_or_default();
+        let empty = DeviceLog::default();
+        let log = self.devices.get(id).unwrap_or(&empty);
         let tally = inputs.polls.get(&device.name);
-        let state = if self.values.is_online(id) {
-            "online"
-        } else if self.values.is_offline(id) {
-            "offline"
-        } else {
-            "waiting"
+        let state = match log.online {
+            Some(true) => "online",
+            Some(false) => "offline",
+            None => "waiting",
         };
         // The fault that took it offline, or a later failed request, whichever is newer.
         let polled_fault = tally.and_then(|t| t.last_fault.as_ref());
@@ -457,7 +537,7 @@ impl Board {
             state,
             since_ms: log.since_ms,
             last_error,
-            identity: self.values.identity(id).map(|i| i.to_json()),
+            identity: log.identity.as_ref().map(|i| i.to_json()),
             cycle: tally.map(|t| CycleStatus {
                 last_ms: t.last_cycle.as_secs_f64() * 1e3,
                 period_ms: t.period.as_secs_f64() * 1e3,
@@ -471,27 +551,30 @@ impl Board {
 
     /// A device's metrics, as last read.
     fn metrics(&self, id: usize, device: &Device) -> Vec<MetricStatus> {
+        let readings = self.devices.get(id).map_or(&[][..], |l| &l.readings[..]);
         device
             .metrics
             .iter()
             .enumerate()
             .map(|(m, metric)| {
-                let last = self.values.last(id, m);
-                let (quality, fault) = match last.map(|s| &s.quality) {
-                    None => ("unread", None),
-                    Some(Quality::Good) => ("good", None),
-                    Some(Quality::Bad(fault)) => ("bad", Some(fault.to_string())),
+                let reading = readings.get(m).filter(|r| r.state != ReadState::Unread);
+                let (quality, fault) = match reading.map(|r| r.state) {
+                    Some(ReadState::Good) => ("good", None),
+                    Some(ReadState::Bad) => {
+                        ("bad", self.faults.get(&(id, m)).map(ToString::to_string))
+                    }
+                    _ => ("unread", None),
                 };
                 MetricStatus {
                     name: metric.name.clone(),
-                    value: last
-                        .and_then(|s| s.value.as_ref())
-                        .map_or(serde_json::Value::Null, |v| v.to_json()),
+                    value: reading
+                        .and_then(|r| r.value.as_ref())
+                        .map_or(serde_json::Value::Null, Value::to_json),
                     data_type: metric.value_type().name(),
                     unit: metric.unit.clone(),
                     quality,
                     fault,
-                    changed_ms: last.map(|s| s.timestamp_ms),
+                    changed_ms: reading.map(|r| r.changed_ms),
                     writable: metric.writable,
                 }
             })
@@ -693,6 +776,47 @@ mod tests {
         assert_eq!(
             status.devices[1].state, "waiting",
             "a new device starts unknown"
+        );
+    }
+
+    #[test]
+    fn a_metric_read_bad_says_why_until_it_reads_good_again() {
+        let mut board = Board::new(config(&["tank"]));
+        let polls = HashMap::new();
+        let bad = Sample {
+            value: None,
+            quality: Quality::Bad(Fault::Exception(2)),
+            ..sample(0, 0, 1_000)
+        };
+        board.apply(
+            &DeviceEvent::Samples {
+                device: 0,
+                samples: vec![bad],
+            },
+            1_000,
+        );
+        let status = board.status(&inputs(&polls), &Selection::All);
+        let level = first_metric(&status.devices[0]);
+        assert_eq!(level.quality, "bad");
+        assert_eq!(level.value, serde_json::Value::Null);
+        assert_eq!(
+            level.fault.as_deref(),
+            Some("exception 0x02 (illegal data address)")
+        );
+        board.apply(
+            &DeviceEvent::Samples {
+                device: 0,
+                samples: vec![sample(0, 9, 2_000)],
+            },
+            2_000,
+        );
+        assert!(board.faults.is_empty(), "no fault kept for a good metric");
+        let status = board.status(&inputs(&polls), &Selection::All);
+        assert_eq!(first_metric(&status.devices[0]).quality, "good");
+        assert!(
+            std::mem::size_of::<Reading>() <= 40,
+            "a tag's reading grew to {} bytes",
+            std::mem::size_of::<Reading>()
         );
     }
 
