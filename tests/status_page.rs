@@ -17,7 +17,7 @@ use fieldmq::core::layout::Table;
 use fieldmq::sim::Simulator;
 use serde_json::{Value, json};
 use support::browser::Browser;
-use support::mqtt::free_port;
+use support::mqtt::{Mosquitto, Peer, free_port};
 use support::{http_get, tcp_simulator};
 
 /// What a device string may hold; shown as text, never run or parsed.
@@ -310,6 +310,150 @@ async fn api_status_is_the_documented_shape() {
     assert_eq!(code, 200, "a query string changes nothing");
 }
 
+/// `/api/status` once the `check` holds, or a panic naming `what` after 15 s.
+async fn status_until(port: u16, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (code, body) = http_get(port, "/api/status").await;
+            if code == 200 {
+                last = serde_json::from_str(&body).expect("JSON");
+                if check(&last) {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 15 s; last /api/status: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_born_for_its_primary_host_and_the_queue_during_an_outage() {
+    let sim = Simulator::new();
+    sim.set_registers(1, Table::Holding, 0, &[1]);
+    let (addr, _server) = tcp_simulator(&sim).await;
+    let mosquitto = Mosquitto::start().await;
+    let host = Peer::connect(mosquitto.port, "scada", &["spBv1.0/#"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = free_port();
+    let text = format!(
+        r#"
+[node]
+group_id = "plant"
+node_id = "line3"
+data_dir = "{dir}"
+
+[upstream]
+url = "{url}"
+profile = "sparkplug"
+primary_host = "scada"
+connect_jitter = "0s"
+max_backoff = "1s"
+
+[broker]
+enabled = false
+
+[health]
+listen = "127.0.0.1:{status}"
+
+[[bus]]
+name = "line"
+kind = "tcp"
+address = "{addr}"
+
+[[device]]
+name = "tank"
+bus = "line"
+unit = 1
+poll = "100ms"
+
+[[device.metric]]
+name = "level"
+table = "holding"
+address = 0
+type = "u16"
+"#,
+        dir = dir.path().display(),
+        url = mosquitto.url(),
+    );
+    let _gateway = start_gateway(dir.path(), &text);
+    let waiting = status_until(status, "connected, waiting for the host", |s| {
+        s["uplink"]["connected"] == json!(true)
+    })
+    .await;
+    assert_eq!(waiting["node"]["profile"], json!("sparkplug"));
+    assert_eq!(
+        waiting["uplink"]["born"],
+        json!(false),
+        "no births before the host"
+    );
+    assert_eq!(
+        waiting["uplink"]["primary_host"],
+        json!({"id": "scada", "online": false})
+    );
+    assert_eq!(waiting["uplink"]["bd_seq"], json!(0));
+    assert_eq!(
+        waiting["uplink"]["server"],
+        json!(mosquitto.url()),
+        "the server as configured"
+    );
+    host.publish(
+        "spBv1.0/STATE/scada",
+        br#"{"online":true,"timestamp":1000}"#.to_vec(),
+        true,
+    )
+    .await;
+    let born = status_until(status, "born for the host", |s| {
+        s["uplink"]["born"] == json!(true)
+    })
+    .await;
+    assert_eq!(born["uplink"]["primary_host"]["online"], json!(true));
+
+    // The server goes away: the page sees the uplink down and the backlog grow.
+    let port = mosquitto.port;
+    mosquitto.stop().await;
+    let moving = sim.clone();
+    let rising = tokio::spawn(async move {
+        for level in 2..u16::MAX {
+            moving.set_registers(1, Table::Holding, 0, &[level]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let outage = status_until(status, "a backlog while the server is away", |s| {
+        s["uplink"]["connected"] == json!(false) && s["queue"]["backlog"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    assert_eq!(outage["queue"]["usable"], json!(true));
+    rising.abort();
+    // A new server, without the host's retained STATE: connected, not born.
+    let _back = Mosquitto::start_on(port).await;
+    let unborn = status_until(status, "connected to the new server", |s| {
+        s["uplink"]["connected"] == json!(true)
+    })
+    .await;
+    assert_eq!(unborn["uplink"]["born"], json!(false));
+    assert_eq!(
+        unborn["uplink"]["bd_seq"],
+        json!(1),
+        "a new session, a new bdSeq"
+    );
+    // The host comes online there: births, and the backlog drains.
+    let host = Peer::connect(port, "scada", &["spBv1.0/#"]).await;
+    host.publish(
+        "spBv1.0/STATE/scada",
+        br#"{"online":true,"timestamp":2000}"#.to_vec(),
+        true,
+    )
+    .await;
+    let drained = status_until(status, "the backlog drained", |s| {
+        s["uplink"]["born"] == json!(true) && s["queue"]["backlog"] == json!(0)
+    })
+    .await;
+    assert_eq!(drained["queue"]["dropped"], json!(0));
+}
+
 /// A probe as a gateway listening beyond loopback serves it, with the
 /// local broker's user table behind its logins.
 fn guarded_probe() -> fieldmq::ops::health::Probe {
@@ -375,6 +519,12 @@ async fn readers_beyond_this_machine_log_in_as_broker_users() {
     assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
     let right = request_from(remote, Some(&basic("tech", "panel-42"))).await;
     assert!(right.starts_with("HTTP/1.1 200"), "{right}");
+    assert!(
+        right
+            .to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{right}"
+    );
     let local = request_from(IpAddr::from([127, 0, 0, 1]), None).await;
     assert!(
         local.starts_with("HTTP/1.1 200"),
