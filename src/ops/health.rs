@@ -160,7 +160,7 @@ impl Probe {
             return true;
         };
         let peer = match peer {
-            Some(ip) if ip.is_loopback() => return true,
+            Some(ip) if ip.to_canonical().is_loopback() => return true,
             Some(ip) => ip,
             None => IpAddr::from([0, 0, 0, 0]),
         };
