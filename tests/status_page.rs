@@ -329,6 +329,13 @@ async fn status_until(port: u16, what: &str, check: impl Fn(&Value) -> bool) -> 
     panic!("{what}: not within 15 s; last /api/status: {last}");
 }
 
+/// The primary host `scada` says it is online, retained, as hosts do.
+async fn host_online(host: &Peer, timestamp: u64) {
+    let state = format!(r#"{{"online":true,"timestamp":{timestamp}}}"#);
+    host.publish("spBv1.0/STATE/scada", state.into_bytes(), true)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_born_for_its_primary_host_and_the_queue_during_an_outage() {
     let sim = Simulator::new();
@@ -399,12 +406,7 @@ type = "u16"
         json!(mosquitto.url()),
         "the server as configured"
     );
-    host.publish(
-        "spBv1.0/STATE/scada",
-        br#"{"online":true,"timestamp":1000}"#.to_vec(),
-        true,
-    )
-    .await;
+    host_online(&host, 1000).await;
     let born = status_until(status, "born for the host", |s| {
         s["uplink"]["born"] == json!(true)
     })
@@ -441,12 +443,7 @@ type = "u16"
     );
     // The host comes online there: births, and the backlog drains.
     let host = Peer::connect(port, "scada", &["spBv1.0/#"]).await;
-    host.publish(
-        "spBv1.0/STATE/scada",
-        br#"{"online":true,"timestamp":2000}"#.to_vec(),
-        true,
-    )
-    .await;
+    host_online(&host, 2000).await;
     let drained = status_until(status, "the backlog drained", |s| {
         s["uplink"]["born"] == json!(true) && s["queue"]["backlog"] == json!(0)
     })

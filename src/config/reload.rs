@@ -121,6 +121,17 @@ pub fn unchanged_devices(old: &Config, new: &Config) -> Vec<bool> {
         .collect()
 }
 
+/// Moves what is known about each device that `unchanged` (from
+/// [`unchanged_devices`]) marks as the same in both maps from `old` into
+/// `new`; the others keep what `new` starts with.
+pub fn carry_over<T: Default>(old: &mut [T], new: &mut [T], unchanged: &[bool]) {
+    for ((kept, from), to) in unchanged.iter().zip(old.iter_mut()).zip(new.iter_mut()) {
+        if *kept {
+            *to = std::mem::take(from);
+        }
+    }
+}
+
 /// Whether a task owns the same things, set up the same way, in both maps.
 fn same_share(old: &Config, new: &Config, owns: Acquisition) -> bool {
     match owns {

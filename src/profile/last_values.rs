@@ -73,13 +73,7 @@ impl LastValues {
     pub fn reconfigure(&mut self, old: &Config, new: &Config) {
         let unchanged = crate::config::reload::unchanged_devices(old, new);
         let mut next = LastValues::new(new);
-        for (id, state) in next.devices.iter_mut().enumerate() {
-            if unchanged.get(id).copied().unwrap_or(false)
-                && let Some(old) = self.devices.get_mut(id)
-            {
-                *state = std::mem::take(old);
-            }
-        }
+        crate::config::reload::carry_over(&mut self.devices, &mut next.devices, &unchanged);
         *self = next;
     }
 

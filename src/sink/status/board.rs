@@ -362,13 +362,7 @@ impl Board {
     fn reconfigure(&mut self, config: &Arc<Config>) {
         let unchanged = crate::config::reload::unchanged_devices(&self.config, config);
         let mut devices = Board::logs(config);
-        for (id, log) in devices.iter_mut().enumerate() {
-            if unchanged.get(id).copied().unwrap_or(false)
-                && let Some(old) = self.devices.get_mut(id)
-            {
-                *log = std::mem::take(old);
-            }
-        }
+        crate::config::reload::carry_over(&mut self.devices, &mut devices, &unchanged);
         self.faults
             .retain(|(device, _), _| unchanged.get(*device).copied().unwrap_or(false));
         self.devices = devices;
