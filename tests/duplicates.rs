@@ -4,7 +4,8 @@
 //! refused), `kill -9` of fieldmq in the middle of the outage and a restart.
 //!
 //! An observer on the broker (which stays up) records everything. Per
-//! device and in both profiles: nothing is lost, at most 3 values arrive
+//! device and in both profiles: nothing is lost but the one read the kill
+//! may interrupt (the simulator says when it answered), at most 3 values arrive
 //! twice, and only values sampled within 1 s of the cut, the kill or the
 //! reconnect; stored values come flagged historical (Sparkplug) with their
 //! original timestamps, in order.
@@ -20,7 +21,7 @@ use fieldmq::profile::sparkplug::proto::payload::metric;
 use fieldmq::sim::Simulator;
 use support::mqtt::{Gateway, Mosquitto, Peer, Received};
 use support::relay::Relay;
-use support::tcp_simulator;
+use support::{KillOnAPoll, tcp_simulator};
 
 const SECOND: Duration = Duration::from_secs(1);
 const DEVICES: [&str; 3] = ["d1", "d2", "d3"];
@@ -177,8 +178,7 @@ async fn outage_with_kill(profile: Profile) {
     let cut = now_ms();
     relay.cut();
     messages.extend(observer.collect_for(15 * SECOND).await);
-    let kill = now_ms();
-    gateway.kill().await;
+    let kill = KillOnAPoll::strike(&mut gateway, &sim, 1).await;
     let gateway = Gateway::run(&path, dir.path(), "second");
     messages.extend(observer.collect_for(15 * SECOND).await);
     let reconnect = now_ms();
@@ -188,9 +188,13 @@ async fn outage_with_kill(profile: Profile) {
     messages.extend(observer.collect_for(SECOND).await);
     broker.stop().await;
 
-    let events = [("cut", cut), ("kill", kill), ("reconnect", reconnect)];
+    let events = [
+        ("cut", cut),
+        ("kill", kill.at_ms()),
+        ("reconnect", reconnect),
+    ];
     let seen = read(profile, &messages);
-    for device in DEVICES {
+    for (device, unit) in DEVICES.iter().copied().zip(1..) {
         let seen = seen.get(device).map(Vec::as_slice).unwrap_or_default();
         let mut values: Vec<u64> = seen.iter().map(|s| s.value).collect();
         values.sort_unstable();
@@ -207,10 +211,17 @@ async fn outage_with_kill(profile: Profile) {
             .iter()
             .filter(|s| missing.iter().any(|m| s.value.abs_diff(*m) <= 1))
             .collect();
+        // The kill lands on a poll: its answer may be on the wire, or in
+        // the process between the socket and the queue file, when SIGKILL
+        // arrives. That one value may be lost; any other is a defect.
+        let interrupted = kill.interrupted(&sim, unit);
         assert!(
-            missing.is_empty(),
-            "{device}: values lost: {missing:?}, neighbours {around:?} (events {events:?})"
+            missing.len() <= 1 && missing.iter().all(|m| interrupted.contains(m)),
+            "{device}: values lost: {missing:?} (the kill may have interrupted {interrupted:?}), neighbours {around:?} (events {events:?})"
         );
+        if !missing.is_empty() {
+            eprintln!("{profile:?} {device}: the read the kill interrupted was lost: {missing:?}");
+        }
         assert!(
             last - first >= 4 * 40,
             "{device}: {first}..{last} does not span the outage"

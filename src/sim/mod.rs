@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio_modbus::prelude::{ConformityLevel, DeviceIdObject, ReadDeviceIdentificationResponse};
@@ -55,6 +55,10 @@ struct Unit {
     read_counter: Option<u16>,
     /// What the unit answers to function 43/14; `None` refuses it.
     identity: Option<Identity>,
+    /// The values the read counter answered and when (the most recent
+    /// [`LOG_CAPACITY`]), so a test can tell a value lost by the reader
+    /// from one that was still on the wire when the reader died.
+    counted: VecDeque<(u16, SystemTime)>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +131,16 @@ impl Simulator {
     /// Makes `unit` answer Read Device Identification with `identity`, creating the unit.
     pub fn set_identity(&self, unit: u8, identity: Identity) {
         self.lock().units.entry(unit).or_default().identity = Some(identity);
+    }
+
+    /// The values the read counter of `unit` answered, oldest first, each
+    /// with the time it was answered.
+    pub fn counter_answers(&self, unit: u8) -> Vec<(u16, SystemTime)> {
+        self.lock()
+            .units
+            .get(&unit)
+            .map(|u| u.counted.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Current holding or input registers of a unit; `None` where an address does not exist.
@@ -222,6 +236,10 @@ impl Simulator {
                     && (u32::from(a)..u32::from(a) + u32::from(n)).contains(&u32::from(counter))
                     && let Some(v) = unit.input.get_mut(&counter)
                 {
+                    if unit.counted.len() == LOG_CAPACITY {
+                        unit.counted.pop_front();
+                    }
+                    unit.counted.push_back((*v, SystemTime::now()));
                     *v = v.wrapping_add(1);
                 }
                 (4, a, n, read.map(Response::ReadInputRegisters))

@@ -10,7 +10,7 @@ pub mod relay;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldmq::acquire::engine::Engine;
 use fieldmq::config::Config;
@@ -165,4 +165,54 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// How long before a SIGKILL a counter value may have been answered and
+/// still be on its way into the queue: the response on the loopback, its
+/// decoding and one `write(2)` (well under a millisecond), with slack for a
+/// loaded CI machine.
+const IN_FLIGHT: Duration = Duration::from_millis(50);
+
+/// A `kill -9` of a gateway, timed to land on a poll.
+pub struct KillOnAPoll {
+    /// Just before SIGKILL was sent.
+    pub at: SystemTime,
+    /// When the process was reaped.
+    pub reaped: SystemTime,
+}
+
+impl KillOnAPoll {
+    /// Kills `gateway` right after `sim` answered a read of unit `unit`'s
+    /// counter, the worst moment: that answer is on its way into the queue.
+    pub async fn strike(gateway: &mut mqtt::Gateway, sim: &Simulator, unit: u8) -> KillOnAPoll {
+        let answers = sim.counter_answers(unit).len();
+        while sim.counter_answers(unit).len() == answers {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let at = SystemTime::now();
+        gateway.kill().await;
+        KillOnAPoll {
+            at,
+            reaped: SystemTime::now(),
+        }
+    }
+
+    /// The values of `unit`'s counter the kill may have interrupted:
+    /// answered from [`IN_FLIGHT`] before it until the process was reaped.
+    /// Any other value missing downstream was lost by the gateway.
+    pub fn interrupted(&self, sim: &Simulator, unit: u8) -> Vec<u64> {
+        let from = self.at.checked_sub(IN_FLIGHT).unwrap_or(UNIX_EPOCH);
+        sim.counter_answers(unit)
+            .into_iter()
+            .filter(|(_, answered)| (from..=self.reaped).contains(answered))
+            .map(|(value, _)| u64::from(value))
+            .collect()
+    }
+
+    /// The moment of the kill in ms since the epoch.
+    pub fn at_ms(&self) -> u64 {
+        self.at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
